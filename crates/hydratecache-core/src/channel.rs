@@ -1,0 +1,536 @@
+//! [`Channel<T>`]: typed publish and subscribe over any [`Transport`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec::{CborCodec, Codec, FnCodec};
+use crate::envelope::{Envelope, Kind, PublisherId, Ttl};
+use crate::error::{BoxError, Error, Result};
+use crate::transport::{Event, Gap, SubscribeOptions, Subscription, Transport};
+
+/// A typed topic: publish values of `T` under string keys, subscribe to the
+/// updates and deletes of every publisher.
+///
+/// Each `Channel` is one publisher with its own [`PublisherId`] and sequence
+/// (clones share them). Cheap to clone.
+///
+/// ```
+/// use hydratecache_core::{Channel, ChannelEvent, MemoryTransport};
+/// use futures::StreamExt;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), hydratecache_core::Error> {
+/// let transport = MemoryTransport::new();
+/// let prices: Channel<f64> = Channel::new(transport.into_arc(), "prices");
+/// let mut updates = prices.subscribe().await?;
+/// prices.publish("AAPL", &189.5).await?;
+/// match updates.next().await {
+///     Some(Ok(ChannelEvent::Update(msg))) => assert_eq!((msg.key.as_str(), msg.value), ("AAPL", 189.5)),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Channel<T> {
+    inner: Arc<Inner<T>>,
+}
+
+struct Inner<T> {
+    transport: Arc<dyn Transport>,
+    topic: String,
+    codec: Arc<dyn Codec<T>>,
+    publisher: PublisherId,
+    sequence: AtomicU64,
+}
+
+impl<T> Clone for Channel<T> {
+    fn clone(&self) -> Self {
+        Channel {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Channel<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("backend", &self.inner.transport.backend())
+            .field("topic", &self.inner.topic)
+            .field("publisher", &self.inner.publisher)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of one publish: TTL and version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishOptions {
+    /// Time to live, starting at the publish.
+    pub ttl: Option<Duration>,
+    /// Version of the value at the source of truth.
+    pub version: Option<u64>,
+}
+
+impl PublishOptions {
+    /// No TTL, no version.
+    pub fn new() -> PublishOptions {
+        PublishOptions::default()
+    }
+
+    /// With a time to live starting now.
+    pub fn ttl(mut self, ttl: Duration) -> PublishOptions {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// With a version.
+    pub fn version(mut self, version: u64) -> PublishOptions {
+        self.version = Some(version);
+        self
+    }
+}
+
+/// What a publish sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Receipt {
+    /// The message's sequence number.
+    pub sequence: u64,
+    /// Size of the encoded envelope.
+    pub encoded_len: usize,
+}
+
+/// A received update.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Message<T> {
+    /// The key.
+    pub key: String,
+    /// The decoded value.
+    pub value: T,
+    /// Time to live, if the publisher set one.
+    pub ttl: Option<Ttl>,
+    /// Version at the source of truth, if the publisher set one.
+    pub version: Option<u64>,
+    /// Who published it.
+    pub publisher: PublisherId,
+    /// The publisher's sequence number.
+    pub sequence: u64,
+    /// When it was published.
+    pub published_at: SystemTime,
+}
+
+impl<T> Message<T> {
+    /// Time left to live, `None` without a TTL (zero once expired).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.ttl.map(|ttl| ttl.remaining())
+    }
+}
+
+/// A received delete (or invalidation) of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Deletion {
+    /// The key.
+    pub key: String,
+    /// Version of the delete, if the publisher set one.
+    pub version: Option<u64>,
+    /// Who published it.
+    pub publisher: PublisherId,
+    /// The publisher's sequence number.
+    pub sequence: u64,
+    /// When it was published.
+    pub published_at: SystemTime,
+}
+
+/// A publisher's "I am idle, my last sequence was N".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Heartbeat {
+    /// Who sent it.
+    pub publisher: PublisherId,
+    /// The publisher's latest sequence number.
+    pub sequence: u64,
+}
+
+/// One item of a [`ChannelSubscription`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ChannelEvent<T> {
+    /// A key was set.
+    Update(Message<T>),
+    /// A key was deleted.
+    Delete(Deletion),
+    /// A publisher's heartbeat.
+    Heartbeat(Heartbeat),
+    /// Messages may have been missed here: repair what depends on them.
+    Gap(Gap),
+}
+
+/// Builds a [`Channel`] with a custom codec.
+pub struct ChannelBuilder<T> {
+    transport: Arc<dyn Transport>,
+    topic: String,
+    codec: Option<Arc<dyn Codec<T>>>,
+}
+
+impl<T> fmt::Debug for ChannelBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelBuilder")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + Sync + 'static> ChannelBuilder<T> {
+    /// Uses `codec` for values.
+    pub fn codec(mut self, codec: impl Codec<T>) -> Self {
+        self.codec = Some(Arc::new(codec));
+        self
+    }
+
+    /// Uses a pair of functions for values (the seed's `WithEncoder` / `WithDecoder`).
+    pub fn encoder_decoder(
+        self,
+        encode: impl Fn(&T) -> Result<Vec<u8>, BoxError> + Send + Sync + 'static,
+        decode: impl Fn(&[u8]) -> Result<T, BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        self.codec(FnCodec::new(encode, decode))
+    }
+
+    /// The channel. Without a codec set, values are CBOR.
+    pub fn build(self) -> Channel<T>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let codec = self.codec.unwrap_or_else(|| Arc::new(CborCodec::new()));
+        Channel::with_codec_arc(self.transport, self.topic, codec)
+    }
+
+    /// The channel, for types without serde: a codec must have been set.
+    pub fn build_with_codec(self) -> Option<Channel<T>> {
+        let codec = self.codec?;
+        Some(Channel::with_codec_arc(self.transport, self.topic, codec))
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Channel<T> {
+    /// A channel on `topic` with the default CBOR codec.
+    pub fn new(transport: Arc<dyn Transport>, topic: impl Into<String>) -> Channel<T> {
+        Channel::with_codec(transport, topic, CborCodec::new())
+    }
+}
+
+impl<T: Send + Sync + 'static> Channel<T> {
+    /// A builder, to choose the codec.
+    pub fn builder(transport: Arc<dyn Transport>, topic: impl Into<String>) -> ChannelBuilder<T> {
+        ChannelBuilder {
+            transport,
+            topic: topic.into(),
+            codec: None,
+        }
+    }
+
+    /// A channel on `topic` with `codec`.
+    pub fn with_codec(
+        transport: Arc<dyn Transport>,
+        topic: impl Into<String>,
+        codec: impl Codec<T>,
+    ) -> Channel<T> {
+        Channel::with_codec_arc(transport, topic.into(), Arc::new(codec))
+    }
+
+    fn with_codec_arc(
+        transport: Arc<dyn Transport>,
+        topic: String,
+        codec: Arc<dyn Codec<T>>,
+    ) -> Channel<T> {
+        Channel {
+            inner: Arc::new(Inner {
+                transport,
+                topic,
+                codec,
+                publisher: PublisherId::random(),
+                sequence: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// This channel's publisher id.
+    pub fn publisher(&self) -> PublisherId {
+        self.inner.publisher
+    }
+
+    /// The transport underneath.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.inner.transport
+    }
+
+    /// The last sequence number this channel used (0 before its first publish).
+    pub fn last_sequence(&self) -> u64 {
+        self.inner.sequence.load(Ordering::Acquire)
+    }
+
+    /// Publishes `value` under `key`.
+    pub async fn publish(&self, key: &str, value: &T) -> Result<Receipt> {
+        self.publish_with(key, value, PublishOptions::new()).await
+    }
+
+    /// Publishes `value` under `key` with a TTL and/or version.
+    ///
+    /// Sequence numbers are taken in call order; publishes issued concurrently
+    /// from one channel may reach the wire in either order.
+    pub async fn publish_with(
+        &self,
+        key: &str,
+        value: &T,
+        options: PublishOptions,
+    ) -> Result<Receipt> {
+        let payload = self
+            .inner
+            .codec
+            .encode(value)
+            .map_err(|source| Error::Encode {
+                key: key.to_owned(),
+                source,
+            })?;
+        self.send(Kind::Update, key, payload.into(), options).await
+    }
+
+    /// Publishes a delete (invalidation) of `key`.
+    pub async fn delete(&self, key: &str) -> Result<Receipt> {
+        self.delete_with(key, PublishOptions::new()).await
+    }
+
+    /// Publishes a delete of `key` with a version (the TTL is ignored).
+    pub async fn delete_with(&self, key: &str, options: PublishOptions) -> Result<Receipt> {
+        self.send(Kind::Delete, key, bytes::Bytes::new(), options)
+            .await
+    }
+
+    /// Sends a heartbeat with the latest sequence number, so that subscribers
+    /// notice a lost last message. Does nothing before the first publish.
+    pub async fn heartbeat(&self) -> Result<Option<Receipt>> {
+        let sequence = self.last_sequence();
+        if sequence == 0 {
+            return Ok(None);
+        }
+        let envelope = Envelope {
+            kind: Kind::Heartbeat,
+            sequence,
+            publisher: self.inner.publisher,
+            ..Envelope::update(String::new(), bytes::Bytes::new())
+        };
+        self.inner
+            .transport
+            .publish(&self.inner.topic, &envelope)
+            .await?;
+        Ok(Some(Receipt {
+            sequence,
+            encoded_len: envelope.encoded_len(),
+        }))
+    }
+
+    async fn send(
+        &self,
+        kind: Kind,
+        key: &str,
+        payload: bytes::Bytes,
+        options: PublishOptions,
+    ) -> Result<Receipt> {
+        let now = SystemTime::now();
+        let mut envelope = Envelope {
+            kind,
+            key: key.to_owned(),
+            payload,
+            ttl: match kind {
+                Kind::Update => options.ttl.map(|duration| Ttl {
+                    start: now,
+                    duration,
+                }),
+                _ => None,
+            },
+            version: options.version,
+            publisher: self.inner.publisher,
+            sequence: 0,
+            published_at: now,
+        };
+        // Refuse oversize messages before a sequence number is spent on them,
+        // so that a refused publish does not look like a lost message.
+        self.inner
+            .transport
+            .capabilities()
+            .check_envelope(self.inner.transport.backend(), &envelope)?;
+        envelope.sequence = self.inner.sequence.fetch_add(1, Ordering::AcqRel) + 1;
+        let encoded_len = envelope.encoded_len();
+        let result = self
+            .inner
+            .transport
+            .publish(&self.inner.topic, &envelope)
+            .await;
+        match &result {
+            Ok(()) => {
+                tracing::trace!(topic = %self.inner.topic, key, seq = envelope.sequence, encoded_len, "published")
+            }
+            Err(e) => {
+                tracing::debug!(topic = %self.inner.topic, key, seq = envelope.sequence, error = %e, "publish failed")
+            }
+        }
+        result?;
+        Ok(Receipt {
+            sequence: envelope.sequence,
+            encoded_len,
+        })
+    }
+
+    /// Subscribes to every publisher's updates, from now on.
+    pub async fn subscribe(&self) -> Result<ChannelSubscription<T>> {
+        self.subscribe_with(SubscribeOptions::default()).await
+    }
+
+    /// Subscribes with options (for example replay from the earliest message).
+    pub async fn subscribe_with(
+        &self,
+        options: SubscribeOptions,
+    ) -> Result<ChannelSubscription<T>> {
+        let inner = self
+            .inner
+            .transport
+            .subscribe(&self.inner.topic, options)
+            .await?;
+        Ok(ChannelSubscription {
+            inner,
+            codec: Arc::clone(&self.inner.codec),
+        })
+    }
+
+    /// Runs `handler` on every event until `shutdown` resolves or the
+    /// subscription ends (the seed's `Subscribe(ctx, handler)`).
+    ///
+    /// `shutdown` is any future: a `CancellationToken::cancelled()`, a
+    /// `oneshot::Receiver`, `tokio::signal::ctrl_c()`...
+    ///
+    /// ```
+    /// use hydratecache_core::{Channel, ChannelEvent, MemoryTransport};
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), hydratecache_core::Error> {
+    /// let channel: Channel<String> = Channel::new(MemoryTransport::new().into_arc(), "greetings");
+    /// let mut keys = Vec::new();
+    /// // Runs for 50 ms here; in a service, until its cancellation token fires.
+    /// channel
+    ///     .run(
+    ///         |event| {
+    ///             if let Ok(ChannelEvent::Update(msg)) = event {
+    ///                 keys.push(msg.key);
+    ///             }
+    ///             async {}
+    ///         },
+    ///         tokio::time::sleep(Duration::from_millis(50)),
+    ///     )
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run<H, Fut, S>(&self, mut handler: H, shutdown: S) -> Result<()>
+    where
+        H: FnMut(Result<ChannelEvent<T>>) -> Fut,
+        Fut: Future<Output = ()>,
+        S: Future,
+    {
+        let subscription = self.subscribe().await?;
+        let mut events = std::pin::pin!(subscription.take_until(shutdown));
+        while let Some(event) = events.next().await {
+            handler(event).await;
+        }
+        Ok(())
+    }
+}
+
+/// The typed stream of a [`Channel`]: updates, deletes, heartbeats and gaps;
+/// `Err` items for messages that could not be decoded (the stream goes on).
+/// Dropping it unsubscribes.
+pub struct ChannelSubscription<T> {
+    inner: Subscription,
+    codec: Arc<dyn Codec<T>>,
+}
+
+impl<T> fmt::Debug for ChannelSubscription<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelSubscription")
+            .field("topic", &self.inner.topic())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: 'static> ChannelSubscription<T> {
+    fn typed(&self, event: Event) -> Result<ChannelEvent<T>> {
+        let envelope = match event {
+            Event::Gap(gap) => {
+                tracing::warn!(topic = self.inner.topic(), reason = %gap.reason, missed = ?gap.missed, "gap");
+                return Ok(ChannelEvent::Gap(gap));
+            }
+            Event::Message(envelope) => envelope,
+        };
+        Ok(match envelope.kind {
+            Kind::Update => {
+                let value = self.codec.decode(&envelope.payload).map_err(|source| {
+                    tracing::warn!(topic = self.inner.topic(), key = %envelope.key, error = %source, "cannot decode value");
+                    Error::Decode {
+                        key: envelope.key.clone(),
+                        source,
+                    }
+                })?;
+                ChannelEvent::Update(Message {
+                    key: envelope.key,
+                    value,
+                    ttl: envelope.ttl,
+                    version: envelope.version,
+                    publisher: envelope.publisher,
+                    sequence: envelope.sequence,
+                    published_at: envelope.published_at,
+                })
+            }
+            Kind::Delete => ChannelEvent::Delete(Deletion {
+                key: envelope.key,
+                version: envelope.version,
+                publisher: envelope.publisher,
+                sequence: envelope.sequence,
+                published_at: envelope.published_at,
+            }),
+            Kind::Heartbeat => ChannelEvent::Heartbeat(Heartbeat {
+                publisher: envelope.publisher,
+                sequence: envelope.sequence,
+            }),
+        })
+    }
+
+    /// The underlying raw subscription's topic.
+    pub fn topic(&self) -> &str {
+        self.inner.topic()
+    }
+}
+
+impl<T: 'static> Stream for ChannelSubscription<T> {
+    type Item = Result<ChannelEvent<T>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(event))) => Poll::Ready(Some(self.typed(event))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,29 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod channel;
+pub mod codec;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
+pub mod envelope;
+pub mod error;
+pub mod memory;
+pub mod transport;
+
+pub use channel::{
+    Channel, ChannelBuilder, ChannelEvent, ChannelSubscription, Deletion, Heartbeat, Message,
+    PublishOptions, Receipt,
+};
+pub use codec::{CborCodec, Codec, FnCodec};
+pub use envelope::{Envelope, EnvelopeError, Kind, PublisherId, Ttl};
+pub use error::{BoxError, Error, Result};
+pub use memory::MemoryTransport;
+pub use transport::{
+    Capabilities, Event, Gap, GapReason, StartFrom, SubscribeOptions, Subscription, Transport,
+};
+
+// The workspace README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct WorkspaceReadme;

@@ -1,0 +1,261 @@
+//! The [`Transport`] trait: what every backend adapter implements.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream};
+
+use crate::envelope::{Envelope, FIXED_HEADER_LEN, OPTIONAL_FIELDS_LEN};
+use crate::error::{Error, Result};
+
+/// Moves [`Envelope`]s over one messaging backend, by topic name.
+///
+/// Object safe: hold it as `Arc<dyn Transport>`. Pub/sub backends deliver at
+/// most once; a subscription therefore reports every point where messages
+/// may have been missed as an [`Event::Gap`], never silently.
+///
+/// Adapters encode the envelope with [`Envelope::encode`] unless the backend
+/// carries metadata natively (Kafka headers).
+pub trait Transport: Send + Sync + 'static {
+    /// Short backend name for errors and logs (`"redis"`, `"memory"`...).
+    fn backend(&self) -> &'static str;
+
+    /// What this backend promises.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes one message on `topic`. Resolves once the backend accepted
+    /// it; an oversize message fails with [`Error::PayloadTooLarge`] before
+    /// anything is sent.
+    fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>>;
+
+    /// Subscribes to `topic`. Resolves once the subscription is active on the
+    /// server: every message published after that is delivered or covered by
+    /// a gap event. Dropping the [`Subscription`] unsubscribes.
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Subscription>>;
+
+    /// Flushes what is pending and releases connections. Later publishes fail
+    /// with [`Error::Closed`]; open subscriptions end.
+    fn close(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// What a backend promises, so callers and the conformance suite know what to
+/// expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Largest encoded envelope ([`Envelope::encoded_len`]) the backend
+    /// accepts, or `None` when it has no limit of its own.
+    pub max_message_size: Option<usize>,
+    /// Whether a subscription can start from the earliest retained message
+    /// ([`StartFrom::Earliest`]).
+    pub replay: bool,
+}
+
+impl Capabilities {
+    /// Capabilities with a message size limit and no replay.
+    pub fn new(max_message_size: Option<usize>) -> Capabilities {
+        Capabilities {
+            max_message_size,
+            replay: false,
+        }
+    }
+
+    /// The same, with replay set.
+    pub fn with_replay(mut self, replay: bool) -> Capabilities {
+        self.replay = replay;
+        self
+    }
+
+    /// Largest payload that fits with `key` and every optional field (TTL and
+    /// version) present; `None` when unlimited.
+    ///
+    /// ```
+    /// use hydratecache_core::Capabilities;
+    /// let caps = Capabilities::new(Some(1024));
+    /// assert_eq!(caps.max_payload("k"), Some(1024 - 62 - 1));
+    /// ```
+    pub fn max_payload(&self, key: &str) -> Option<usize> {
+        self.max_message_size
+            .map(|limit| limit.saturating_sub(FIXED_HEADER_LEN + OPTIONAL_FIELDS_LEN + key.len()))
+    }
+
+    /// Checks `size` (the message as the backend sees it) against the limit.
+    ///
+    /// `size` is usually [`Envelope::encoded_len`]; adapters that transform the
+    /// envelope (Postgres encodes it as text) pass the transformed size and
+    /// their own `limit`.
+    pub fn check_size(
+        backend: &'static str,
+        envelope: &Envelope,
+        size: usize,
+        limit: Option<usize>,
+        max_payload: impl FnOnce() -> usize,
+    ) -> Result<()> {
+        match limit {
+            Some(limit) if size > limit => Err(Error::PayloadTooLarge {
+                backend,
+                size,
+                limit,
+                max_payload: max_payload(),
+            })
+            .inspect_err(|e| tracing::debug!(key = %envelope.key, error = %e, "publish refused")),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`check_size`](Self::check_size) for adapters that send
+    /// [`Envelope::encode`] as is.
+    pub fn check_envelope(&self, backend: &'static str, envelope: &Envelope) -> Result<()> {
+        Self::check_size(
+            backend,
+            envelope,
+            envelope.encoded_len(),
+            self.max_message_size,
+            || self.max_payload(&envelope.key).unwrap_or(usize::MAX),
+        )
+    }
+}
+
+/// Where a new subscription starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StartFrom {
+    /// Only messages published after the subscription is active.
+    #[default]
+    Latest,
+    /// Every retained message first (backends with [`Capabilities::replay`]).
+    Earliest,
+}
+
+/// Options for [`Transport::subscribe`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Where to start.
+    pub start: StartFrom,
+}
+
+impl SubscribeOptions {
+    /// Options starting at `start`.
+    pub fn starting(start: StartFrom) -> SubscribeOptions {
+        SubscribeOptions { start }
+    }
+}
+
+/// Why messages may have been missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GapReason {
+    /// The subscriber fell behind and its buffer overflowed.
+    Lagged,
+    /// The connection was lost and has been re-established.
+    Reconnected,
+    /// The server reported this subscriber as too slow and dropped messages.
+    SlowConsumer,
+    /// The backend's log was reset or truncated under the subscriber.
+    Reset,
+}
+
+impl fmt::Display for GapReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GapReason::Lagged => "lagged",
+            GapReason::Reconnected => "reconnected",
+            GapReason::SlowConsumer => "slow consumer",
+            GapReason::Reset => "log reset",
+        })
+    }
+}
+
+/// Messages may have been missed at this point of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// Why.
+    pub reason: GapReason,
+    /// How many were missed, when the backend knows.
+    pub missed: Option<u64>,
+}
+
+impl Gap {
+    /// A gap with an unknown count.
+    pub fn new(reason: GapReason) -> Gap {
+        Gap {
+            reason,
+            missed: None,
+        }
+    }
+}
+
+/// One item of a [`Subscription`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message.
+    Message(Envelope),
+    /// Messages may have been missed here.
+    Gap(Gap),
+}
+
+/// The stream of one subscription: `Ok(Event)` for messages and gaps, `Err`
+/// for a message that could not be read (the stream goes on). It ends when the
+/// transport is closed.
+///
+/// Dropping it unsubscribes. To end it on a signal, combine it with
+/// [`StreamExt::take_until`](futures::StreamExt::take_until).
+pub struct Subscription {
+    topic: String,
+    inner: BoxStream<'static, Result<Event>>,
+}
+
+impl Subscription {
+    /// Wraps an adapter's stream; whatever the stream owns is released when
+    /// the subscription is dropped.
+    pub fn new(topic: impl Into<String>, inner: BoxStream<'static, Result<Event>>) -> Subscription {
+        Subscription {
+            topic: topic.into(),
+            inner,
+        }
+    }
+
+    /// The topic subscribed to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Event>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// Decodes a wire frame into an event, or a per-message error naming `topic`.
+///
+/// For adapters that carry [`Envelope::encode`]d bytes.
+pub fn decode_frame(topic: &str, frame: &bytes::Bytes) -> Result<Event> {
+    Envelope::decode_bytes(frame)
+        .map(Event::Message)
+        .map_err(|source| {
+            tracing::warn!(topic, error = %source, len = frame.len(), "malformed message");
+            Error::Malformed {
+                topic: topic.to_owned(),
+                source,
+            }
+        })
+}
