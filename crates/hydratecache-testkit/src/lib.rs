@@ -1,0 +1,18 @@
+//! Private backend servers for tests: each on its own port and in its own
+//! temporary directory, killed when dropped (also when a test panics).
+//!
+//! A server binary is looked up in `HYDRATECACHE_<NAME>_BIN`, then on `PATH`
+//! and in the usual install directories; when it is missing the error names
+//! the package to install (`cargo xtask itest` installs it).
+//!
+//! Tests that only need *a* server call `<backend>::shared_or_private()`,
+//! which uses `HYDRATECACHE_<BACKEND>_URL` when set; tests that restart or kill
+//! the server always start their own.
+
+pub mod kafka;
+pub mod nats;
+pub mod postgres;
+pub mod process;
+pub mod redis;
+
+pub use process::{find_binary, free_port, wait_for_port, Process, TempDir};

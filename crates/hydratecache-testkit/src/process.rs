@@ -1,0 +1,192 @@
+//! Processes, ports and directories for private servers.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Directories searched after `PATH`.
+const EXTRA_DIRS: &[&str] = &["/usr/local/bin", "/usr/sbin", "/usr/bin", "/usr/local/sbin"];
+
+/// Finds `name`: `$env_var` if set, else `PATH`, else `EXTRA_DIRS` and `more_dirs`.
+/// The error says how to install it (`install_hint`).
+pub fn find_binary(name: &str, env_var: &str, more_dirs: &[PathBuf], install_hint: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!("{env_var}={} is not a file", path.display());
+    }
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let candidates = path_dirs
+        .into_iter()
+        .chain(EXTRA_DIRS.iter().map(PathBuf::from))
+        .chain(more_dirs.iter().cloned());
+    for dir in candidates {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    bail!("`{name}` not found (set {env_var}, or put it on PATH): {install_hint}")
+}
+
+/// A free TCP port on 127.0.0.1 *below* the kernel's range for outgoing
+/// connections, so a client reconnecting during a restart cannot take it.
+pub fn free_port() -> Result<u16> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let low = ephemeral_low().unwrap_or(32768).min(32768);
+    let base = 20_000u16.min(low.saturating_sub(2000));
+    let span = u64::from(low - base);
+    for attempt in 0..200 {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        h.write_u32(attempt);
+        let port = base + (h.finish() % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found between {base} and {low}")
+}
+
+fn ephemeral_low() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr} after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A temporary directory, removed when dropped.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new empty directory under the system's temp dir.
+    pub fn new(prefix: &str) -> Result<TempDir> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let path = std::env::temp_dir().join(format!("hydratecache-{prefix}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process, killed (with its children) when dropped.
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Process {
+    /// Spawns `cmd` in its own process group with output to `log` (appended).
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Process> {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .process_group(0);
+        let child = cmd.spawn().with_context(|| format!("start {name}: {cmd:?}"))?;
+        Ok(Process {
+            name: name.to_owned(),
+            child: Some(child),
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Sends `signal` (a name like `STOP`, `CONT`, `KILL`) to it.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().context("process already reaped")?;
+        run_quiet(Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()))
+    }
+
+    /// kill -9 of the process, its group and its direct children; waits for it.
+    pub fn kill9(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = child.id().to_string();
+        // Children may sit in their own groups (postgres backends do): kill them
+        // by parent first, then the group, then the process itself.
+        let _ = run_quiet(Command::new("pkill").args(["-9", "-P", &pid]));
+        let _ = run_quiet(Command::new("kill").args(["-9", &format!("-{pid}")]));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Its name, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `cmd` to completion, failing with its output when it fails.
+pub fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
