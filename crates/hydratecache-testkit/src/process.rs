@@ -15,7 +15,12 @@ const EXTRA_DIRS: &[&str] = &["/usr/local/bin", "/usr/sbin", "/usr/bin", "/usr/l
 
 /// Finds `name`: `$env_var` if set, else `PATH`, else `EXTRA_DIRS` and `more_dirs`.
 /// The error says how to install it (`install_hint`).
-pub fn find_binary(name: &str, env_var: &str, more_dirs: &[PathBuf], install_hint: &str) -> Result<PathBuf> {
+pub fn find_binary(
+    name: &str,
+    env_var: &str,
+    more_dirs: &[PathBuf],
+    install_hint: &str,
+) -> Result<PathBuf> {
     if let Some(path) = std::env::var_os(env_var) {
         let path = PathBuf::from(path);
         if path.is_file() {
@@ -92,7 +97,10 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or_default();
-        let path = std::env::temp_dir().join(format!("hydratecache-{prefix}-{}-{n}-{nanos}", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "hydratecache-{prefix}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
         Ok(TempDir(path))
     }
@@ -130,7 +138,9 @@ impl Process {
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .process_group(0);
-        let child = cmd.spawn().with_context(|| format!("start {name}: {cmd:?}"))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {name}: {cmd:?}"))?;
         Ok(Process {
             name: name.to_owned(),
             child: Some(child),
@@ -150,12 +160,18 @@ impl Process {
     /// Sends `signal` (a name like `STOP`, `CONT`, `KILL`) to it.
     pub fn signal(&self, signal: &str) -> Result<()> {
         let pid = self.pid().context("process already reaped")?;
-        run_quiet(Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()))
+        run_quiet(
+            Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string()),
+        )
     }
 
     /// kill -9 of the process, its group and its direct children; waits for it.
     pub fn kill9(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let pid = child.id().to_string();
         // Children may sit in their own groups (postgres backends do): kill them
         // by parent first, then the group, then the process itself.
@@ -179,7 +195,10 @@ impl Drop for Process {
 
 /// Runs `cmd` to completion, failing with its output when it fails.
 pub fn run_quiet(cmd: &mut Command) -> Result<()> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("run {cmd:?}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}{}",
