@@ -48,6 +48,8 @@ struct Inner<T> {
     codec: Arc<dyn Codec<T>>,
     publisher: PublisherId,
     sequence: AtomicU64,
+    /// When this channel last sent anything (µs since the epoch), for heartbeats.
+    last_sent: AtomicU64,
 }
 
 impl<T> Clone for Channel<T> {
@@ -259,6 +261,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
                 codec,
                 publisher: PublisherId::random(),
                 sequence: AtomicU64::new(0),
+                last_sent: AtomicU64::new(0),
             }),
         }
     }
@@ -333,6 +336,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
             publisher: self.inner.publisher,
             ..Envelope::update(String::new(), bytes::Bytes::new())
         };
+        self.mark_sent();
         self.inner
             .transport
             .publish(&self.inner.topic, &envelope)
@@ -341,6 +345,53 @@ impl<T: Send + Sync + 'static> Channel<T> {
             sequence,
             encoded_len: envelope.encoded_len(),
         }))
+    }
+
+    fn mark_sent(&self) {
+        self.inner.last_sent.store(micros_now(), Ordering::Release);
+    }
+
+    /// How long since this channel last sent a message or heartbeat (`None`
+    /// before the first).
+    pub fn idle_for(&self) -> Option<Duration> {
+        let last = self.inner.last_sent.load(Ordering::Acquire);
+        (last != 0).then(|| Duration::from_micros(micros_now().saturating_sub(last)))
+    }
+
+    /// Sends a [`heartbeat`](Self::heartbeat) whenever this channel has been
+    /// idle for `interval`, until `shutdown` resolves; then sends a last one.
+    /// A channel that never published sends nothing.
+    ///
+    /// Subscribers that track sequences (such as `LocalCache`) use heartbeats
+    /// to notice a lost *last* message within about one interval. Spawn it
+    /// next to a channel that publishes:
+    /// `tokio::spawn(channel.clone().run_heartbeats(Duration::from_secs(1), token.cancelled_owned()))`.
+    pub async fn run_heartbeats<S: Future>(self, interval: Duration, shutdown: S) {
+        let interval = interval.max(Duration::from_millis(1));
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let wait = match self.idle_for() {
+                Some(idle) if idle >= interval => {
+                    if let Err(e) = self.heartbeat().await {
+                        tracing::debug!(topic = %self.inner.topic, error = %e, "heartbeat failed");
+                    }
+                    interval
+                }
+                Some(idle) => interval - idle,
+                None => interval,
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        if let Err(e) = self.heartbeat().await {
+            tracing::debug!(topic = %self.inner.topic, error = %e, "last heartbeat failed");
+        }
+    }
+
+    pub(crate) fn codec(&self) -> &Arc<dyn Codec<T>> {
+        &self.inner.codec
     }
 
     async fn send(
@@ -375,6 +426,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
             .check_envelope(self.inner.transport.backend(), &envelope)?;
         envelope.sequence = self.inner.sequence.fetch_add(1, Ordering::AcqRel) + 1;
         let encoded_len = envelope.encoded_len();
+        self.mark_sent();
         let result = self
             .inner
             .transport
@@ -456,6 +508,13 @@ impl<T: Send + Sync + 'static> Channel<T> {
         }
         Ok(())
     }
+}
+
+fn micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(1)
 }
 
 /// The typed stream of a [`Channel`]: updates, deletes, heartbeats and gaps;

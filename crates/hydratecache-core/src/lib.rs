@@ -8,6 +8,9 @@ pub mod codec;
 pub mod conformance;
 pub mod envelope;
 pub mod error;
+#[cfg(feature = "local-cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "local-cache")))]
+pub mod local_cache;
 pub mod memory;
 pub mod transport;
 
@@ -18,6 +21,8 @@ pub use channel::{
 pub use codec::{CborCodec, Codec, FnCodec};
 pub use envelope::{Envelope, EnvelopeError, Kind, PublisherId, Ttl};
 pub use error::{BoxError, Error, Result};
+#[cfg(feature = "local-cache")]
+pub use local_cache::{CacheStats, Loaded, Loader, LocalCache, LocalCacheBuilder, RepairPolicy};
 pub use memory::MemoryTransport;
 pub use transport::{
     Capabilities, Event, Gap, GapReason, StartFrom, SubscribeOptions, Subscription, Transport,

@@ -1,0 +1,230 @@
+//! The hydration task: applies the channel's messages to the cache, tracks
+//! each publisher's sequence, repairs on gaps, and sends this cache's heartbeats.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::OptionFuture;
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+use super::{Inner, Origin, WarmStream};
+use crate::envelope::{Envelope, Kind, PublisherId};
+use crate::error::Error;
+use crate::transport::{Event, Subscription};
+
+/// Publishers not heard from for this long are forgotten (they heartbeat
+/// while alive, so only departed ones go).
+const FORGET_PUBLISHER_AFTER: Duration = Duration::from_secs(600);
+
+/// Last sequence seen per publisher.
+#[derive(Default)]
+struct Sequences {
+    last: HashMap<PublisherId, (u64, Instant)>,
+    pruned_at: Option<Instant>,
+}
+
+impl Sequences {
+    /// Records `sequence` from `publisher`; returns how many messages were
+    /// skipped since the last one seen (0 for a new publisher: not a gap).
+    fn observe(
+        &mut self,
+        publisher: PublisherId,
+        sequence: u64,
+        heartbeat: bool,
+        now: Instant,
+    ) -> u64 {
+        let expected_at_most = |last: u64| if heartbeat { last } else { last + 1 };
+        let missed = match self.last.get(&publisher) {
+            Some(&(last, _)) if sequence > expected_at_most(last) => {
+                sequence - expected_at_most(last)
+            }
+            _ => 0,
+        };
+        let entry = self.last.entry(publisher).or_insert((0, now));
+        // A late, reordered message does not move the mark back.
+        entry.0 = entry.0.max(sequence);
+        entry.1 = now;
+        if self
+            .pruned_at
+            .is_none_or(|at| now.duration_since(at) > FORGET_PUBLISHER_AFTER)
+        {
+            self.last
+                .retain(|_, (_, seen)| now.duration_since(*seen) < FORGET_PUBLISHER_AFTER);
+            self.pruned_at = Some(now);
+        }
+        missed
+    }
+}
+
+pub(super) async fn run<T: Send + Sync + 'static>(
+    inner: Arc<Inner<T>>,
+    mut subscription: Subscription,
+    warm: Option<(WarmStream<T>, Instant)>,
+    heartbeat_interval: Option<Duration>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let (heartbeat_stop, heartbeat_stopped) = oneshot::channel::<()>();
+    let mut heartbeats = std::pin::pin!(OptionFuture::from(heartbeat_interval.map(|interval| {
+        inner
+            .channel
+            .clone()
+            .run_heartbeats(interval, heartbeat_stopped)
+    })));
+    let mut warming =
+        std::pin::pin!(OptionFuture::from(warm.map(|(entries, since)| {
+            warm_up(Arc::clone(&inner), entries, since)
+        })));
+    let mut warm_done = false;
+    // Both optional futures finish once: never poll them again after that.
+    let mut heartbeats_done = false;
+    let mut sequences = Sequences::default();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = &mut heartbeats, if !heartbeats_done => heartbeats_done = true,
+            _ = &mut warming, if !warm_done => {
+                warm_done = true;
+                inner.mark_ready();
+            }
+            item = subscription.next() => match item {
+                Some(Ok(event)) => apply(&inner, &mut sequences, event),
+                Some(Err(e)) => {
+                    if matches!(e, Error::Malformed { .. }) {
+                        inner.counters.malformed.incr();
+                    }
+                    tracing::warn!(topic = inner.channel.topic(), error = %e, "unreadable message skipped");
+                }
+                None => {
+                    // Without a subscription the cache can no longer know
+                    // what changed: stop serving rather than serve stale values.
+                    tracing::warn!(topic = inner.channel.topic(), "subscription ended: the cache stops serving");
+                    inner.ready.store(false, std::sync::atomic::Ordering::Release);
+                    inner.repair("subscription ended");
+                    break;
+                }
+            }
+        }
+    }
+    let _ = heartbeat_stop.send(());
+    if !heartbeats_done {
+        heartbeats.await;
+    }
+}
+
+async fn warm_up<T: Send + Sync + 'static>(
+    inner: Arc<Inner<T>>,
+    mut entries: WarmStream<T>,
+    since: Instant,
+) {
+    let generation = inner.generation.load(std::sync::atomic::Ordering::Acquire);
+    let mut stored = 0u64;
+    while let Some((key, loaded)) = entries.next().await {
+        // Stored like a load that started when the subscription did: an
+        // update received since then wins.
+        if inner.store_update(
+            &key,
+            Arc::new(loaded.value),
+            loaded.version,
+            loaded.ttl,
+            None,
+            Origin::Load(since, generation),
+        ) {
+            stored += 1;
+        }
+    }
+    tracing::debug!(topic = inner.channel.topic(), stored, "warm-up done");
+}
+
+fn apply<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, sequences: &mut Sequences, event: Event) {
+    let envelope = match event {
+        Event::Gap(gap) => {
+            inner.counters.gaps.incr();
+            inner.repair(&format!(
+                "transport gap ({}, missed {:?})",
+                gap.reason, gap.missed
+            ));
+            return;
+        }
+        Event::Message(envelope) => envelope,
+    };
+    if envelope.publisher == inner.channel.publisher() {
+        inner.counters.own_echoes_skipped.incr();
+        return;
+    }
+    let missed = sequences.observe(
+        envelope.publisher,
+        envelope.sequence,
+        envelope.kind == Kind::Heartbeat,
+        Instant::now(),
+    );
+    if missed > 0 {
+        inner.counters.sequence_gaps.incr();
+        inner.repair(&format!(
+            "publisher {} skipped {missed} message(s) (at sequence {})",
+            envelope.publisher, envelope.sequence
+        ));
+    }
+    apply_message(inner, envelope);
+}
+
+fn apply_message<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, envelope: Envelope) {
+    match envelope.kind {
+        Kind::Heartbeat => {}
+        Kind::Delete => {
+            inner.store_delete(&envelope.key, envelope.version, Origin::Remote);
+        }
+        Kind::Update => match inner.channel.codec().decode(&envelope.payload) {
+            Ok(value) => {
+                inner.store_update(
+                    &envelope.key,
+                    Arc::new(value),
+                    envelope.version,
+                    envelope.ttl.map(|ttl| ttl.remaining()),
+                    Some(envelope.published_at),
+                    Origin::Remote,
+                );
+            }
+            Err(error) => {
+                // The key changed to something we cannot read: forget it
+                // rather than keep serving the old value.
+                inner.counters.decode_errors.incr();
+                inner.forget(&envelope.key);
+                tracing::warn!(topic = inner.channel.topic(), key = %envelope.key, %error, "cannot decode value: key invalidated");
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_report_jumps_not_new_publishers_or_reordering() {
+        let mut s = Sequences::default();
+        let now = Instant::now();
+        let (a, b) = (PublisherId(1), PublisherId(2));
+        assert_eq!(
+            s.observe(a, 7, false, now),
+            0,
+            "a new publisher is a baseline"
+        );
+        assert_eq!(s.observe(a, 8, false, now), 0);
+        assert_eq!(s.observe(a, 11, false, now), 2, "9 and 10 missed");
+        assert_eq!(s.observe(a, 10, false, now), 0, "late message");
+        assert_eq!(s.observe(a, 12, false, now), 0, "mark stayed at 11");
+        assert_eq!(
+            s.observe(a, 12, true, now),
+            0,
+            "heartbeat at the last sequence"
+        );
+        assert_eq!(
+            s.observe(a, 13, true, now),
+            1,
+            "heartbeat ahead: the last message was lost"
+        );
+        assert_eq!(s.observe(b, 1, true, now), 0);
+    }
+}
