@@ -162,7 +162,7 @@ impl Process {
         let pid = self.pid().context("process already reaped")?;
         run_quiet(
             Command::new("kill")
-                .arg(format!("-{signal}"))
+                .args(["-s", signal, "--"])
                 .arg(pid.to_string()),
         )
     }
@@ -176,7 +176,10 @@ impl Process {
         // Children may sit in their own groups (postgres backends do): kill them
         // by parent first, then the group, then the process itself.
         let _ = run_quiet(Command::new("pkill").args(["-9", "-P", &pid]));
-        let _ = run_quiet(Command::new("kill").args(["-9", &format!("-{pid}")]));
+        // `--` is required: procps `kill -9 -PID` reads `-PID` as an option and
+        // ends up calling kill(-1, SIGKILL), which kills every process we may signal.
+        let group = format!("-{pid}");
+        let _ = run_quiet(Command::new("kill").args(["-s", "KILL", "--", &group]));
         let _ = child.kill();
         let _ = child.wait();
     }
