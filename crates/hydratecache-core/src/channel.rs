@@ -390,6 +390,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
         }
     }
 
+    #[cfg(feature = "local-cache")]
     pub(crate) fn codec(&self) -> &Arc<dyn Codec<T>> {
         &self.inner.codec
     }

@@ -1,12 +1,12 @@
 //! A private `redis-server` for tests.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
-use crate::process::{find_binary, free_port, wait_for_port, Process, TempDir};
+use crate::process::{find_binary, free_port, wait_for_port, TempDir};
 
 /// Environment variable naming an existing Redis to use instead of a private one.
 pub const URL_VAR: &str = "HYDRATECACHE_REDIS_URL";
@@ -17,7 +17,45 @@ pub struct RedisServer {
     bin: PathBuf,
     port: u16,
     dir: TempDir,
-    process: Option<Process>,
+    process: Option<ServerProcess>,
+}
+
+/// The `redis-server` child. Started without persistence it forks no
+/// children, so it is killed by pid alone (`Child::kill`, SIGKILL), never
+/// through `kill(1)` with a process-group argument: procps-ng 4.0.2 reads
+/// `kill -9 -PID` as `kill(-1, SIGKILL)`, every process the user may signal.
+#[derive(Debug)]
+struct ServerProcess(Child);
+
+impl ServerProcess {
+    fn spawn(mut cmd: Command, log: &Path) -> Result<ServerProcess> {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start redis-server: {cmd:?}"))?;
+        Ok(ServerProcess(child))
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }
 
 impl RedisServer {
@@ -45,7 +83,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path());
-        let process = Process::spawn("redis-server", cmd, &self.dir.path().join("redis.log"))?;
+        let process = ServerProcess::spawn(cmd, &self.dir.path().join("redis.log"))?;
         self.process = Some(process);
         wait_for_port(self.port, Duration::from_secs(10))
     }
@@ -60,7 +98,8 @@ impl RedisServer {
         self.port
     }
 
-    /// kill -9: the server is gone until [`start_again`](Self::start_again).
+    /// kill -9 (of its pid only): the server is gone until
+    /// [`start_again`](Self::start_again).
     pub fn kill9(&mut self) {
         if let Some(mut p) = self.process.take() {
             p.kill9();
@@ -73,9 +112,9 @@ impl RedisServer {
         self.spawn()
     }
 
-    /// The running process.
-    pub fn process(&self) -> Option<&Process> {
-        self.process.as_ref()
+    /// The running server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.0.id())
     }
 }
 
@@ -96,6 +135,71 @@ impl Redis {
             Redis::Private(server) => server.url(),
         }
     }
+}
+
+/// Finds `redis-cli` (`HYDRATECACHE_REDIS_CLI_BIN`, else `PATH`); the error
+/// names the package to install.
+pub fn cli_binary() -> Result<PathBuf> {
+    find_binary(
+        "redis-cli",
+        "HYDRATECACHE_REDIS_CLI_BIN",
+        &[],
+        "install the Debian package `redis-tools` (it comes with `redis-server`; cargo xtask itest redis installs it)",
+    )
+}
+
+/// Runs `redis-cli -u <url> <args>` and returns its standard output. With
+/// `last_arg_stdin`, the bytes are passed on standard input as the last
+/// argument (`redis-cli -x`): binary safe, NUL bytes included.
+pub fn cli(url: &str, args: &[&str], last_arg_stdin: Option<&[u8]>) -> Result<String> {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let bin = cli_binary()?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["-u", url]);
+    if last_arg_stdin.is_some() {
+        cmd.arg("-x");
+    }
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("start {cmd:?}"))?;
+    {
+        let mut stdin = child.stdin.take().context("redis-cli stdin")?;
+        if let Some(bytes) = last_arg_stdin {
+            stdin.write_all(bytes).context("write to redis-cli")?;
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("run {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || stdout.starts_with("ERR") || stdout.starts_with("(error)") {
+        bail!("{cmd:?} failed ({}): {stdout}{stderr}", out.status);
+    }
+    Ok(stdout)
+}
+
+/// `CLIENT KILL TYPE pubsub`: cuts every subscriber connection of the server
+/// at `url`. Returns how many were killed.
+pub fn kill_pubsub_clients(url: &str) -> Result<u64> {
+    let out = cli(url, &["CLIENT", "KILL", "TYPE", "pubsub"], None)?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("CLIENT KILL answered {out:?}"))
+}
+
+/// `PUBSUB NUMSUB <channel>`: subscribers of `channel` on the server at `url`.
+pub fn numsub(url: &str, channel: &str) -> Result<u64> {
+    let out = cli(url, &["PUBSUB", "NUMSUB", channel], None)?;
+    // Two lines: the channel, then the count.
+    out.lines()
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("PUBSUB NUMSUB answered {out:?}"))
 }
 
 /// The Redis at [`URL_VAR`] if set, else a private one.

@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod subject;
+mod subscription;
+mod transport;
+
+pub use subject::{validate_topic, MAX_SUBJECT_LEN};
+pub use transport::{
+    NatsBuilder, NatsTransport, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_PUBLISH_TIMEOUT,
+    DEFAULT_RECONNECT_CHECK, DEFAULT_SUBSCRIPTION_BUFFER,
+};
+
+/// Re-export of the client crate, for [`ConnectOptions`](async_nats::ConnectOptions)
+/// and [`Client`](async_nats::Client).
+pub use async_nats;
+
+/// The backend name in errors and logs.
+pub(crate) const BACKEND: &str = "nats";

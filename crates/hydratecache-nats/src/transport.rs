@@ -1,0 +1,670 @@
+//! [`NatsTransport`]: the [`Transport`] over core NATS.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::{Client, ConnectOptions, Statistics, ToServerAddrs};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use hydratecache_core::{
+    Capabilities, Envelope, Error, Result, StartFrom, SubscribeOptions, Subscription, Transport,
+};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::subject::{check_tokens, subject_for};
+use crate::subscription::{pump, subscriber_sid, SubState, SubStream};
+use crate::BACKEND;
+
+/// Default bound on one publish: enqueue plus flush to the server.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default bound on the server's confirmation of a new subscription.
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default number of received messages a subscription buffers before it
+/// reports a [`GapReason::Lagged`](hydratecache_core::GapReason::Lagged) gap
+/// (the same as async-nats' own per-subscription buffer).
+pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 65_536;
+/// How often a transport built on a client made elsewhere checks the
+/// client's connection count for reconnects (it cannot receive the client's
+/// connection events).
+pub const DEFAULT_RECONNECT_CHECK: Duration = Duration::from_millis(250);
+/// The same check for a transport that receives connection events (a safety
+/// net only).
+const EVENT_RECONNECT_CHECK: Duration = Duration::from_secs(1);
+/// How often a waiting publish looks at the connection state.
+const STATE_POLL: Duration = Duration::from_millis(20);
+
+/// Settings for a [`NatsTransport`]; finish with [`connect`](Self::connect),
+/// [`connect_with_options`](Self::connect_with_options) or
+/// [`from_client`](Self::from_client).
+///
+/// ```no_run
+/// # async fn f() -> Result<(), hydratecache_core::Error> {
+/// use std::time::Duration;
+/// let transport = hydratecache_nats::NatsTransport::builder()
+///     .subject_prefix("cache")
+///     .publish_timeout(Duration::from_secs(2))
+///     .connect("nats://127.0.0.1:4222")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct NatsBuilder {
+    subject_prefix: Option<String>,
+    publish_timeout: Duration,
+    confirm_timeout: Duration,
+    subscription_buffer: usize,
+    reconnect_check: Duration,
+}
+
+impl Default for NatsBuilder {
+    fn default() -> Self {
+        NatsBuilder {
+            subject_prefix: None,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+            subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
+            reconnect_check: DEFAULT_RECONNECT_CHECK,
+        }
+    }
+}
+
+impl NatsBuilder {
+    /// Puts every topic under `prefix`: topic `users` becomes the subject
+    /// `<prefix>.users` (for example to match account permissions). The
+    /// prefix follows the topic rules ([`validate_topic`](crate::validate_topic)).
+    pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.subject_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Bound on one publish (default [`DEFAULT_PUBLISH_TIMEOUT`]); past it the
+    /// publish fails.
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Bound on the server's confirmation of a new subscription (default
+    /// [`DEFAULT_CONFIRM_TIMEOUT`]); past it `subscribe` fails.
+    pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.confirm_timeout = timeout;
+        self
+    }
+
+    /// Messages a subscription buffers (at least 1; default
+    /// [`DEFAULT_SUBSCRIPTION_BUFFER`]); a subscriber further behind gets a
+    /// `Lagged` gap with the number missed.
+    pub fn subscription_buffer(mut self, messages: usize) -> Self {
+        self.subscription_buffer = messages.max(1);
+        self
+    }
+
+    /// How often a transport made [`from_client`](Self::from_client) checks
+    /// for reconnects while its subscriptions are idle (default
+    /// [`DEFAULT_RECONNECT_CHECK`]). A message that arrives after a reconnect
+    /// is always preceded by its gap, whatever this interval.
+    pub fn reconnect_check(mut self, interval: Duration) -> Self {
+        self.reconnect_check = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Connects to `url` (or a comma-separated list of URLs) with async-nats'
+    /// default options.
+    pub async fn connect(self, url: &str) -> Result<NatsTransport> {
+        self.connect_with_options(url, ConnectOptions::new()).await
+    }
+
+    /// Connects with `options` (TLS, credentials, reconnect policy...).
+    ///
+    /// The transport installs its own
+    /// [`event_callback`](ConnectOptions::event_callback), to turn
+    /// disconnects and slow-consumer drops into gap events: one set in
+    /// `options` is replaced (build the client yourself and use
+    /// [`from_client`](Self::from_client) to keep yours). The connection is
+    /// named `hydratecache` unless `options` names it.
+    pub async fn connect_with_options(
+        self,
+        addrs: impl ToServerAddrs,
+        options: ConnectOptions,
+    ) -> Result<NatsTransport> {
+        let config = self.config(EVENT_RECONNECT_CHECK)?;
+        let shared = Arc::new(Shared::new());
+        let events = Arc::downgrade(&shared);
+        let options = options.event_callback(move |event| {
+            if let Some(shared) = events.upgrade() {
+                shared.on_event(event);
+            }
+            std::future::ready(())
+        });
+        let client = options
+            .connect(addrs)
+            .await
+            .map_err(|e| Error::backend(BACKEND, "connect", e))?;
+        Ok(NatsTransport::new(client, true, config, shared))
+    }
+
+    /// A transport on a client built elsewhere (shared with other code).
+    ///
+    /// async-nats gives such a client's connection events only to the
+    /// callback set when it connected, so the transport watches the client's
+    /// connection count instead: reconnects still become gap events, but
+    /// messages async-nats drops for a slow consumer cannot be reported (see
+    /// the crate documentation). Closing the transport leaves the client open.
+    pub fn from_client(self, client: Client) -> Result<NatsTransport> {
+        let config = self.config(self.reconnect_check)?;
+        Ok(NatsTransport::new(
+            client,
+            false,
+            config,
+            Arc::new(Shared::new()),
+        ))
+    }
+
+    fn config(&self, reconnect_check: Duration) -> Result<Config> {
+        if let Some(prefix) = &self.subject_prefix {
+            check_tokens(prefix).map_err(|reason| {
+                Error::invalid_topic(BACKEND, prefix.clone(), format!("subject prefix: {reason}"))
+            })?;
+        }
+        Ok(Config {
+            subject_prefix: self.subject_prefix.clone(),
+            publish_timeout: self.publish_timeout,
+            confirm_timeout: self.confirm_timeout,
+            subscription_buffer: self.subscription_buffer,
+            reconnect_check,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    subject_prefix: Option<String>,
+    publish_timeout: Duration,
+    confirm_timeout: Duration,
+    subscription_buffer: usize,
+    reconnect_check: Duration,
+}
+
+/// The [`Transport`] for core NATS (2.x), on [`async_nats`].
+///
+/// Each topic is one subject (see [`subject`](Self::subject)); the envelope
+/// is the message body, without NATS headers. All subscriptions and
+/// publishes of a transport share its one client connection; each
+/// subscription is its own `SUB` on the server, removed when the
+/// subscription is dropped. Clones share the connection.
+#[derive(Debug, Clone)]
+pub struct NatsTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    stats: Arc<Statistics>,
+    owned: bool,
+    config: Config,
+    pub(crate) shared: Arc<Shared>,
+    monitor_started: AtomicBool,
+}
+
+impl Inner {
+    /// Connections established so far (1 after the first connect).
+    pub(crate) fn connects(&self) -> u64 {
+        self.stats.connects.load(Ordering::Acquire)
+    }
+}
+
+/// State the connection-event callback and the subscriptions share. It holds
+/// no client, so the callback (owned by the client) makes no cycle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    subs: Mutex<HashMap<u64, Registered>>,
+    next_id: AtomicU64,
+    /// Highest connection count whose subscriptions the server confirmed
+    /// after a reconnect: idle subscriptions report their gap from it.
+    pub(crate) confirmed: watch::Sender<u64>,
+    pub(crate) closed: watch::Sender<bool>,
+    kick: Notify,
+}
+
+#[derive(Debug)]
+struct Registered {
+    sid: Option<u64>,
+    state: Arc<SubState>,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            subs: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            confirmed: watch::channel(0).0,
+            closed: watch::channel(false).0,
+            kick: Notify::new(),
+        }
+    }
+
+    fn subs(&self) -> MutexGuard<'_, HashMap<u64, Registered>> {
+        // No code path panics while holding the lock; recover if one ever did.
+        self.subs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn register(&self, sid: Option<u64>, state: Arc<SubState>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.subs().insert(id, Registered { sid, state });
+        id
+    }
+
+    fn unregister(&self, id: u64) {
+        self.subs().remove(&id);
+    }
+
+    fn on_event(&self, event: async_nats::Event) {
+        use async_nats::Event as E;
+        match event {
+            E::Connected => {
+                tracing::debug!("nats connected");
+                self.kick.notify_one();
+            }
+            E::Disconnected => {
+                tracing::warn!("nats disconnected; subscriptions get a gap event once reconnected");
+            }
+            E::SlowConsumer(sid) => self.slow_consumer(sid),
+            E::ServerError(e) => tracing::warn!(error = %e, "nats server error"),
+            E::ClientError(e) => tracing::warn!(error = %e, "nats client error"),
+            other => tracing::debug!(event = %other, "nats event"),
+        }
+    }
+
+    /// async-nats dropped a message for subscription `sid`: that
+    /// subscription gets a gap; if some subscription's id could not be read,
+    /// all such subscriptions get one.
+    fn slow_consumer(&self, sid: u64) {
+        let subs = self.subs();
+        if let Some(r) = subs.values().find(|r| r.sid == Some(sid)) {
+            tracing::warn!(
+                sid,
+                "nats slow consumer: messages dropped, signalling a gap"
+            );
+            r.state.flag_slow_consumer();
+            return;
+        }
+        let mut unmapped = 0;
+        for r in subs.values().filter(|r| r.sid.is_none()) {
+            r.state.flag_slow_consumer();
+            unmapped += 1;
+        }
+        if unmapped > 0 {
+            tracing::warn!(
+                sid,
+                unmapped,
+                "nats slow consumer on an unmapped subscription: signalling a gap on each"
+            );
+        } else {
+            tracing::debug!(sid, "nats slow consumer on a subscription that is not ours");
+        }
+    }
+}
+
+impl NatsTransport {
+    /// Settings first: [`NatsBuilder`].
+    pub fn builder() -> NatsBuilder {
+        NatsBuilder::default()
+    }
+
+    /// Connects to `url` with default settings.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), hydratecache_core::Error> {
+    /// let transport = hydratecache_nats::NatsTransport::connect("nats://127.0.0.1:4222").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<NatsTransport> {
+        NatsBuilder::default().connect(url).await
+    }
+
+    /// A transport with default settings on a client built elsewhere (the
+    /// seed's `hcnats.New(nc)`); see [`NatsBuilder::from_client`].
+    pub fn from_client(client: Client) -> NatsTransport {
+        let config = Config {
+            subject_prefix: None,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+            subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
+            reconnect_check: DEFAULT_RECONNECT_CHECK,
+        };
+        NatsTransport::new(client, false, config, Arc::new(Shared::new()))
+    }
+
+    fn new(client: Client, owned: bool, config: Config, shared: Arc<Shared>) -> NatsTransport {
+        let stats = client.statistics();
+        shared
+            .confirmed
+            .send_replace(stats.connects.load(Ordering::Acquire));
+        NatsTransport {
+            inner: Arc::new(Inner {
+                client,
+                stats,
+                owned,
+                config,
+                shared,
+                monitor_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The async-nats client (for its statistics, or other subjects).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The subject `topic` is published and subscribed on: the topic itself,
+    /// or `<prefix>.<topic>` with a [prefix](NatsBuilder::subject_prefix).
+    /// Fails with [`Error::InvalidTopic`] for a topic that is not valid
+    /// ([`validate_topic`](crate::validate_topic)).
+    pub fn subject(&self, topic: &str) -> Result<String> {
+        subject_for(self.inner.config.subject_prefix.as_deref(), topic)
+    }
+
+    /// This transport as an `Arc<dyn Transport>`.
+    pub fn into_arc(self) -> Arc<dyn Transport> {
+        Arc::new(self)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if *self.inner.shared.closed.borrow() {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        Ok(())
+    }
+
+    async fn publish_frame(&self, subject: String, frame: Bytes) -> Result<()> {
+        let inner = &self.inner;
+        let state = inner.client.connection_state();
+        if state != State::Connected {
+            return Err(Error::backend(
+                BACKEND,
+                format!("publish to {subject}"),
+                format!("the client is {state}, not connected; nothing was sent"),
+            ));
+        }
+        let before = inner.connects();
+        let timeout = inner.config.publish_timeout;
+        let send =
+            async {
+                inner
+                    .client
+                    .publish(subject.clone(), frame)
+                    .await
+                    .map_err(|e| Error::backend(BACKEND, format!("publish to {subject}"), e))?;
+                inner.client.flush().await.map_err(|e| {
+                    Error::backend(BACKEND, format!("flush the publish to {subject}"), e)
+                })
+            };
+        // async-nats shows the connection state only by polling: a loss seen
+        // while the publish waits fails it at once rather than at the timeout.
+        let lost = async {
+            loop {
+                tokio::time::sleep(STATE_POLL).await;
+                if inner.client.connection_state() == State::Disconnected {
+                    return;
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                result = send => Some(result),
+                () = lost => None,
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Some(result)) => result?,
+            Ok(None) => {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!("publish to {subject}"),
+                    "the connection was lost during the publish; the message may not reach \
+                     the server (or may be sent once the client reconnects)",
+                ))
+            }
+            Err(_) => {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!("publish to {subject}"),
+                    format!(
+                        "not written to the server within {timeout:?} (connection {}); \
+                         it may still be sent once the client reconnects",
+                        inner.client.connection_state()
+                    ),
+                ))
+            }
+        }
+        if inner.connects() != before {
+            return Err(Error::backend(
+                BACKEND,
+                format!("publish to {subject}"),
+                "the connection was lost and re-established during the publish; \
+                 the message may not have reached the server",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn subscribe_topic(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription> {
+        self.check_open()?;
+        if options.start == StartFrom::Earliest {
+            return Err(Error::Unsupported {
+                backend: BACKEND,
+                what: "replay from the earliest message (core NATS keeps no history)",
+            });
+        }
+        let subject = self.subject(topic)?;
+        self.ensure_monitor();
+        let inner = &self.inner;
+        // Read before the SUB: a reconnect from here on gives a gap.
+        let generation = inner.connects();
+        let state = Arc::new(SubState::new());
+        let timeout = inner.config.confirm_timeout;
+        let confirmed = tokio::time::timeout(timeout, async {
+            let subscriber = inner
+                .client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| Error::backend(BACKEND, format!("subscribe to {subject}"), e))?;
+            let sid = subscriber_sid(&subscriber);
+            let id = inner.shared.register(sid, Arc::clone(&state));
+            let guard = Registration {
+                shared: Arc::clone(&inner.shared),
+                id,
+            };
+            round_trip(&inner.client).await.map_err(|e| {
+                Error::backend(BACKEND, format!("confirm the subscription to {subject}"), e)
+            })?;
+            Ok::<_, Error>((subscriber, guard))
+        })
+        .await;
+        let (subscriber, guard) = match confirmed {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!("subscribe to {subject}"),
+                    format!(
+                        "the server did not confirm the subscription within {timeout:?} \
+                         (connection {})",
+                        inner.client.connection_state()
+                    ),
+                ))
+            }
+        };
+        let (tx, rx) = mpsc::channel(inner.config.subscription_buffer);
+        tokio::spawn(pump(
+            subscriber,
+            tx,
+            Arc::clone(&state),
+            Arc::clone(&inner.stats),
+            inner.shared.closed.subscribe(),
+        ));
+        tracing::debug!(topic, subject, "nats subscription confirmed");
+        let stream = SubStream::new(
+            Arc::clone(inner),
+            topic.to_owned(),
+            guard,
+            state,
+            rx,
+            generation,
+        );
+        Ok(Subscription::new(topic, stream.into_stream()))
+    }
+
+    /// Starts the task that turns reconnects into gaps for idle
+    /// subscriptions (once, on the first subscription: it needs a runtime).
+    fn ensure_monitor(&self) {
+        if self.inner.monitor_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(monitor(
+            Arc::downgrade(&self.inner),
+            Arc::clone(&self.inner.shared),
+        ));
+    }
+}
+
+/// A subscription's entry in [`Shared`], removed when dropped.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.unregister(self.id);
+    }
+}
+
+/// Proves that the server has processed everything this client sent before:
+/// subscribes to a fresh inbox, publishes to it and waits for the echo. The
+/// server handles one connection's operations in order, so the echo comes
+/// back after every earlier `SUB` took effect. (async-nats' `flush` only
+/// writes to the socket; it does not wait for the server.)
+async fn round_trip(client: &Client) -> std::result::Result<(), async_nats::Error> {
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await?;
+    client.publish(inbox, Bytes::new()).await?;
+    match echo.next().await {
+        Some(_) => Ok(()),
+        None => Err("the client closed before the server answered".into()),
+    }
+}
+
+/// Watches for reconnects: once the server has confirmed the re-sent
+/// subscriptions (a round trip on the new connection), idle subscriptions
+/// report their gap. Ends with the transport.
+async fn monitor(inner: Weak<Inner>, shared: Arc<Shared>) {
+    let mut closed = shared.closed.subscribe();
+    loop {
+        let interval = match inner.upgrade() {
+            Some(inner) => inner.config.reconnect_check,
+            None => return,
+        };
+        tokio::select! {
+            _ = shared.kick.notified() => {}
+            _ = tokio::time::sleep(interval) => {}
+            _ = closed.wait_for(|closed| *closed) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let connects = inner.connects();
+        if connects <= *shared.confirmed.borrow()
+            || inner.client.connection_state() != State::Connected
+        {
+            continue;
+        }
+        match tokio::time::timeout(inner.config.confirm_timeout, round_trip(&inner.client)).await {
+            Ok(Ok(())) => {
+                tracing::info!(
+                    connects,
+                    "nats reconnected and subscriptions confirmed; signalling a gap"
+                );
+                shared.confirmed.send_if_modified(|c| {
+                    let newer = connects > *c;
+                    *c = (*c).max(connects);
+                    newer
+                });
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "nats: could not confirm subscriptions after a reconnect; retrying")
+            }
+            Err(_) => tracing::warn!(
+                "nats: no answer confirming subscriptions after a reconnect; retrying"
+            ),
+        }
+    }
+}
+
+impl Transport for NatsTransport {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    /// The largest message is the server's `max_payload` (from its `INFO`,
+    /// 1 MiB by default), since the envelope is the whole body; no replay.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(Some(self.inner.client.max_payload()))
+    }
+
+    fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>> {
+        async move {
+            self.check_open()?;
+            let subject = self.subject(topic)?;
+            self.capabilities().check_envelope(BACKEND, envelope)?;
+            let frame = Bytes::from(envelope.encode()?);
+            self.publish_frame(subject, frame).await
+        }
+        .boxed()
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Subscription>> {
+        self.subscribe_topic(topic, options).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            if self.inner.shared.closed.send_replace(true) {
+                return Ok(());
+            }
+            let inner = &self.inner;
+            let timeout = inner.config.publish_timeout;
+            let flushed = tokio::time::timeout(timeout, inner.client.flush()).await;
+            if inner.owned {
+                // Closes the connection once what is queued is written.
+                if let Err(e) = inner.client.drain().await {
+                    tracing::debug!(error = %e, "nats drain on close");
+                }
+            }
+            match flushed {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Error::backend(BACKEND, "flush on close", e)),
+                Err(_) => Err(Error::backend(
+                    BACKEND,
+                    "flush on close",
+                    format!("not flushed within {timeout:?}"),
+                )),
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod queue;
+mod subscriber;
+mod transport;
+
+pub use transport::{
+    default_reconnect_policy, RedisBuilder, RedisTransport, DEFAULT_BROADCAST_CAPACITY,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_SUBSCRIPTION_BUFFER, MAX_BULK_LEN,
+};
+
+/// The fred version this crate is built on, for building clients and configs
+/// ([`RedisBuilder::connect_config`], [`RedisBuilder::from_clients`]).
+pub use fred;
+
+/// Backend name in errors and logs.
+pub const BACKEND: &str = "redis";

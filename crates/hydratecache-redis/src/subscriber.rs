@@ -1,0 +1,447 @@
+//! The shared subscriber connection: server-side subscriptions counted per
+//! channel, fan-out of fred's messages to the subscriptions, and gaps for
+//! everything that can lose messages.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::types::config::{Options, Server};
+use fred::types::{ClusterHash, Message, MessageKind, Value};
+use futures::Stream;
+use hydratecache_core::{Envelope, Error, Event, Gap, GapReason, Result};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::queue::Queue;
+use crate::BACKEND;
+
+/// Work for the control task.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// The last local subscription of this channel is gone.
+    Unsubscribe(String),
+    /// The connection was re-established: subscribe again (`attempt` counts
+    /// failed tries, for the back-off).
+    Resubscribe { attempt: u32 },
+}
+
+/// Local subscriptions by channel: (id, queue) each.
+type Topics = HashMap<String, Vec<(u64, Arc<Queue>)>>;
+
+/// State shared by the transport, its tasks and its subscriptions.
+pub(crate) struct Shared {
+    pub(crate) subscriber: SubscriberClient,
+    pub(crate) sharded: bool,
+    pub(crate) command_timeout: Duration,
+    pub(crate) buffer: usize,
+    /// Local subscriptions by channel.
+    topics: Mutex<Topics>,
+    /// Channels subscribed on the server (or maybe: a SUBSCRIBE was sent),
+    /// with the connection epoch in which that was confirmed (`None`: not
+    /// confirmed). Held across SUBSCRIBE/UNSUBSCRIBE so they never interleave.
+    server: tokio::sync::Mutex<HashMap<String, Option<u64>>>,
+    /// Incremented on every reconnect of the subscriber connection.
+    epoch: AtomicU64,
+    next_id: AtomicU64,
+    pub(crate) closed: AtomicBool,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("subscriber", &self.subscriber.id())
+            .field("sharded", &self.sharded)
+            .field("epoch", &self.epoch.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        subscriber: SubscriberClient,
+        sharded: bool,
+        command_timeout: Duration,
+        buffer: usize,
+    ) -> (Arc<Shared>, mpsc::UnboundedReceiver<Control>) {
+        let (control, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            subscriber,
+            sharded,
+            command_timeout,
+            buffer,
+            topics: Mutex::new(HashMap::new()),
+            server: tokio::sync::Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            control,
+        });
+        (shared, rx)
+    }
+
+    fn topics(&self) -> MutexGuard<'_, Topics> {
+        // Nothing panics while holding the lock; recover if it ever did.
+        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn has_local(&self, topic: &str) -> bool {
+        self.topics()
+            .get(topic)
+            .is_some_and(|subs| !subs.is_empty())
+    }
+
+    fn options(&self) -> Options {
+        let mut options = Options {
+            timeout: Some(self.command_timeout),
+            ..Options::default()
+        };
+        if self.subscriber.is_clustered() && !self.sharded {
+            // fred sends SUBSCRIBE to the node chosen by the client id's hash
+            // slot (commands::pubsub::cluster_hash_legacy_command); the PING
+            // that confirms it must take the same connection.
+            let slot = fred::util::redis_keyslot(self.subscriber.id().as_bytes());
+            options.cluster_hash = Some(ClusterHash::Custom(slot));
+        }
+        options
+    }
+
+    /// Registers a local subscription and makes sure the server has the
+    /// channel subscribed; resolves once the server confirmed it.
+    pub(crate) async fn subscribe(self: &Arc<Self>, topic: &str) -> Result<SubscriptionStream> {
+        let queue = Arc::new(Queue::new(self.buffer));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.topics()
+            .entry(topic.to_owned())
+            .or_default()
+            .push((id, Arc::clone(&queue)));
+        // From here on, dropping (also on cancellation) unregisters it.
+        let stream = SubscriptionStream {
+            queue,
+            _guard: Guard {
+                shared: Arc::clone(self),
+                topic: topic.to_owned(),
+                id,
+            },
+        };
+        let mut server = self.server.lock().await;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if server.get(topic) == Some(&Some(epoch)) {
+            return Ok(stream);
+        }
+        // Recorded before sending, so a cancelled or failed attempt is still
+        // unsubscribed when the last local subscription goes.
+        server.insert(topic.to_owned(), None);
+        self.send_subscribe(&[topic.to_owned()]).await?;
+        server.insert(topic.to_owned(), Some(epoch));
+        Ok(stream)
+    }
+
+    /// SUBSCRIBE (or SSUBSCRIBE) and wait for the server's confirmation.
+    async fn send_subscribe(&self, topics: &[String]) -> Result<()> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let client = self.subscriber.with_options(&self.options());
+        let context = || {
+            format!(
+                "subscribe to {} channel(s), first {:?}",
+                topics.len(),
+                topics[0]
+            )
+        };
+        if self.sharded {
+            // fred resolves SSUBSCRIBE with the server's reply, but one reply
+            // per channel: send one channel per command so no extra reply is
+            // taken for another command's.
+            for topic in topics {
+                client
+                    .ssubscribe(topic.as_str())
+                    .await
+                    .map_err(|e| Error::backend(BACKEND, context(), e))?;
+            }
+            return Ok(());
+        }
+        // fred resolves SUBSCRIBE as soon as it is written (it has no reply
+        // of its own: Command::has_no_responses). A PING on the same
+        // connection is answered after the server processed the SUBSCRIBE.
+        for chunk in topics.chunks(1024) {
+            client
+                .subscribe(chunk.to_vec())
+                .await
+                .map_err(|e| Error::backend(BACKEND, context(), e))?;
+        }
+        client
+            .ping::<Value>(None)
+            .await
+            .map_err(|e| Error::backend(BACKEND, context(), e))?;
+        Ok(())
+    }
+
+    /// UNSUBSCRIBE `topic` if no local subscription wants it any more.
+    async fn unsubscribe_if_unused(&self, topic: &str) {
+        let mut server = self.server.lock().await;
+        if self.has_local(topic) || server.remove(topic).is_none() {
+            return;
+        }
+        self.unsubscribe_now(topic).await;
+    }
+
+    /// UNSUBSCRIBE (or SUNSUBSCRIBE) `topic`; failures are logged.
+    pub(crate) async fn unsubscribe_now(&self, topic: &str) {
+        let client = self.subscriber.with_options(&self.options());
+        let result = if self.sharded {
+            client.sunsubscribe(topic).await
+        } else {
+            client.unsubscribe(topic).await
+        };
+        match result {
+            Ok(()) => tracing::debug!(topic, "unsubscribed"),
+            // Either the connection is down (the new one will not have it) or
+            // the server will keep sending it and the dispatcher drops it.
+            Err(e) => tracing::warn!(topic, error = %e, "UNSUBSCRIBE failed"),
+        }
+    }
+
+    /// Subscribes again to every channel with a local subscription, after a
+    /// reconnect.
+    async fn resubscribe(self: &Arc<Self>, attempt: u32) {
+        let mut server = self.server.lock().await;
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let wanted: Vec<String> = {
+            let topics = self.topics();
+            server.retain(|t, _| topics.get(t).is_some_and(|s| !s.is_empty()));
+            server.keys().cloned().collect()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        for confirmed in server.values_mut() {
+            *confirmed = None;
+        }
+        match self.send_subscribe(&wanted).await {
+            Ok(()) => {
+                for confirmed in server.values_mut() {
+                    *confirmed = Some(epoch);
+                }
+                tracing::info!(channels = wanted.len(), "resubscribed after reconnect");
+            }
+            Err(e) => {
+                let delay = Duration::from_millis(100 << attempt.min(5));
+                tracing::error!(error = %e, retry_in = ?delay, "resubscribe after reconnect failed");
+                let shared = Arc::clone(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = shared.control.send(Control::Resubscribe {
+                        attempt: attempt.saturating_add(1),
+                    });
+                });
+            }
+        }
+    }
+
+    /// Every local subscription gets `gap`.
+    fn gap_all(&self, gap: &Gap) {
+        for subs in self.topics().values() {
+            for (_, queue) in subs {
+                queue.push_gap(gap.clone());
+            }
+        }
+    }
+
+    fn on_reconnect(&self, server: Option<&Server>) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let active = self.topics().len();
+        tracing::warn!(
+            ?server,
+            subscribed_channels = active,
+            "redis subscriber connection re-established: messages may have been missed"
+        );
+        self.gap_all(&Gap::new(GapReason::Reconnected));
+        let _ = self.control.send(Control::Resubscribe { attempt: 0 });
+    }
+
+    fn on_lagged(&self, missed: u64) {
+        let topics = self.topics();
+        tracing::warn!(
+            missed,
+            "the redis client's message buffer overflowed (raise broadcast_capacity)"
+        );
+        // The count is exact for a subscription only when it is the only
+        // channel this connection receives.
+        let missed = (topics.len() == 1).then_some(missed);
+        for subs in topics.values() {
+            for (_, queue) in subs {
+                queue.push_gap(Gap {
+                    reason: GapReason::Lagged,
+                    missed,
+                });
+            }
+        }
+    }
+
+    fn route(&self, message: Message) {
+        let expected = if self.sharded {
+            MessageKind::SMessage
+        } else {
+            MessageKind::Message
+        };
+        if message.kind != expected {
+            return;
+        }
+        let topics = self.topics();
+        let Some(subs) = topics.get(&*message.channel) else {
+            return;
+        };
+        let frame = value_bytes(message.value);
+        match Envelope::decode_bytes(&frame) {
+            Ok(envelope) => {
+                for (_, queue) in subs {
+                    queue.push(Ok(Event::Message(envelope.clone())));
+                }
+            }
+            Err(source) => {
+                tracing::warn!(
+                    topic = &*message.channel,
+                    error = %source,
+                    len = frame.len(),
+                    "malformed message"
+                );
+                for (_, queue) in subs {
+                    queue.push(Err(Error::Malformed {
+                        topic: message.channel.to_string(),
+                        source: source.clone(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Ends every subscription stream and forgets them.
+    pub(crate) fn end_all(&self) {
+        for (_, subs) in self.topics().drain() {
+            for (_, queue) in subs {
+                queue.close();
+            }
+        }
+    }
+
+    /// Channels that may be subscribed on the server, forgotten.
+    pub(crate) async fn take_server_channels(&self) -> Vec<String> {
+        self.server.lock().await.drain().map(|(t, _)| t).collect()
+    }
+
+    fn remove(&self, topic: &str, id: u64) {
+        let now_unused = {
+            let mut topics = self.topics();
+            match topics.get_mut(topic) {
+                Some(subs) => {
+                    subs.retain(|(i, _)| *i != id);
+                    if subs.is_empty() {
+                        topics.remove(topic);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if now_unused && !self.closed.load(Ordering::Acquire) {
+            // The control task is gone only once the transport is closed.
+            let _ = self.control.send(Control::Unsubscribe(topic.to_owned()));
+        }
+    }
+}
+
+/// The payload bytes of a pub/sub message (fred gives valid UTF-8 as a string).
+fn value_bytes(value: Value) -> Bytes {
+    match value {
+        Value::Bytes(b) => b,
+        Value::String(s) => s.into_inner(),
+        Value::Null => Bytes::new(),
+        other => other
+            .as_bytes_str()
+            .map(|s| s.into_inner())
+            .unwrap_or_default(),
+    }
+}
+
+/// Reads fred's message and reconnect broadcasts, in that priority order
+/// reversed: a reconnect is handled before any message that was queued after
+/// it, so its gap comes before every message of the new connection.
+pub(crate) async fn dispatch(
+    shared: Arc<Shared>,
+    mut messages: broadcast::Receiver<Message>,
+    mut reconnects: broadcast::Receiver<Server>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            event = reconnects.recv() => match event {
+                Ok(server) => shared.on_reconnect(Some(&server)),
+                Err(RecvError::Lagged(_)) => shared.on_reconnect(None),
+                Err(RecvError::Closed) => break,
+            },
+            message = messages.recv() => match message {
+                Ok(message) => shared.route(message),
+                Err(RecvError::Lagged(missed)) => shared.on_lagged(missed),
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+    tracing::debug!("redis message stream closed; ending subscriptions");
+    shared.end_all();
+}
+
+/// Runs unsubscribes and resubscribes, one at a time.
+pub(crate) async fn control(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Control>) {
+    while let Some(work) = rx.recv().await {
+        match work {
+            Control::Unsubscribe(topic) => shared.unsubscribe_if_unused(&topic).await,
+            Control::Resubscribe { attempt } => shared.resubscribe(attempt).await,
+        }
+    }
+}
+
+/// Unregisters one subscription when dropped.
+#[derive(Debug)]
+struct Guard {
+    shared: Arc<Shared>,
+    topic: String,
+    id: u64,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shared.remove(&self.topic, self.id);
+    }
+}
+
+/// The stream behind a [`Subscription`](hydratecache_core::Subscription).
+#[derive(Debug)]
+pub(crate) struct SubscriptionStream {
+    queue: Arc<Queue>,
+    _guard: Guard,
+}
+
+impl Stream for SubscriptionStream {
+    type Item = Result<Event>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.queue.poll_next(cx)
+    }
+}
