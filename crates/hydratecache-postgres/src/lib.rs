@@ -1,0 +1,460 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod listener;
+mod wire;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use hydratecache_core::{
+    Capabilities, Codec, Envelope, Error, Kind, PublishOptions, PublisherId, Result, StartFrom,
+    SubscribeOptions, Subscription, Transport, Ttl,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use tokio::sync::{mpsc, oneshot};
+
+pub use listener::ListenerInfo;
+pub use wire::{validate_topic, MAX_MESSAGE_SIZE, MAX_NOTIFY_PAYLOAD, MAX_TOPIC_LEN};
+
+/// Re-exported so that callers use the same sqlx as this crate.
+pub use sqlx;
+
+/// The backend name in errors and logs.
+pub const BACKEND: &str = "postgres";
+
+/// Default buffer of each subscription, in messages; a subscriber that falls
+/// further behind misses messages and gets a [`GapReason::Lagged`](hydratecache_core::GapReason::Lagged) gap.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 65_536;
+
+/// `application_name` of the listener connection, as `pg_stat_activity` shows it.
+pub const LISTENER_APPLICATION_NAME: &str = "hydratecache-listener";
+
+/// The [`Transport`] over PostgreSQL `LISTEN`/`NOTIFY`.
+///
+/// Publishes with `SELECT pg_notify($1, $2)` through a pool; all
+/// subscriptions of one transport share one listener connection. Cheap to
+/// clone (clones share everything). See the [crate documentation](crate) for
+/// the configuration, the delivery guarantees and transactional publishing.
+#[derive(Clone)]
+pub struct PostgresTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    owns_pool: bool,
+    config: listener::ListenerConfig,
+    commands: Mutex<Option<mpsc::UnboundedSender<listener::Command>>>,
+    closed: AtomicBool,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for PostgresTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresTransport")
+            .field("owns_pool", &self.inner.owns_pool)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a [`PostgresTransport`]; start from [`PostgresTransport::builder`].
+#[derive(Debug, Clone)]
+pub struct PostgresBuilder {
+    subscription_capacity: usize,
+    max_connections: u32,
+    connect_timeout: Duration,
+    max_backoff: Duration,
+    keepalive: Option<Duration>,
+}
+
+impl Default for PostgresBuilder {
+    fn default() -> Self {
+        PostgresBuilder {
+            subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
+            keepalive: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl PostgresBuilder {
+    /// Messages each subscription buffers before it misses some (and gets a
+    /// gap); default [`DEFAULT_SUBSCRIPTION_CAPACITY`], at least 1.
+    pub fn subscription_capacity(mut self, capacity: usize) -> Self {
+        self.subscription_capacity = capacity.max(1);
+        self
+    }
+
+    /// Size of the publishing pool that [`connect`](Self::connect) creates
+    /// (default 10); a pool given to [`from_pool`](Self::from_pool) keeps its own.
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// How long to wait for a connection, and for the listener's keepalive
+    /// query to answer (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Longest wait between two attempts to re-establish the listener
+    /// connection (default 5 s; the first retry is immediate).
+    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.max_backoff = delay;
+        self
+    }
+
+    /// After this long without traffic the listener connection is checked
+    /// with `SELECT 1`, so that a silently dead connection is noticed (and
+    /// reported as a gap); `None` turns the check off. Default 30 s.
+    pub fn keepalive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.keepalive = interval;
+        self
+    }
+
+    /// Connects to `url` (`postgres://user:password@host:port/database?...`).
+    pub async fn connect(self, url: &str) -> Result<PostgresTransport> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::backend(BACKEND, "parse the connection URL", e))?;
+        self.connect_with(options).await
+    }
+
+    /// Connects with sqlx connection options.
+    pub async fn connect_with(self, options: PgConnectOptions) -> Result<PostgresTransport> {
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.connect_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| Error::backend(BACKEND, "connect", e))?;
+        Ok(self.build(pool, true))
+    }
+
+    /// Uses an existing pool for publishing (the seed's `hcpg.New(pool)`).
+    ///
+    /// The listener opens its own connection with the pool's connect options,
+    /// so it never holds one of the pool's connections. [`Transport::close`]
+    /// leaves the pool open.
+    pub fn from_pool(self, pool: PgPool) -> PostgresTransport {
+        self.build(pool, false)
+    }
+
+    fn build(self, pool: PgPool, owns_pool: bool) -> PostgresTransport {
+        let connect_options = pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .application_name(LISTENER_APPLICATION_NAME);
+        PostgresTransport {
+            inner: Arc::new(Inner {
+                pool,
+                owns_pool,
+                config: listener::ListenerConfig {
+                    connect_options,
+                    capacity: self.subscription_capacity,
+                    connect_timeout: self.connect_timeout,
+                    max_backoff: self.max_backoff,
+                    keepalive: self.keepalive,
+                },
+                commands: Mutex::new(None),
+                closed: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+}
+
+impl PostgresTransport {
+    /// Settings other than the defaults.
+    pub fn builder() -> PostgresBuilder {
+        PostgresBuilder::default()
+    }
+
+    /// Connects to `url` with the default settings.
+    pub async fn connect(url: &str) -> Result<PostgresTransport> {
+        PostgresBuilder::default().connect(url).await
+    }
+
+    /// Publishes through an existing pool, with the default settings.
+    pub fn from_pool(pool: PgPool) -> PostgresTransport {
+        PostgresBuilder::default().from_pool(pool)
+    }
+
+    /// This transport as an `Arc<dyn Transport>`.
+    pub fn into_arc(self) -> Arc<dyn Transport> {
+        Arc::new(self)
+    }
+
+    /// The pool used for publishing.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// What the listener connection listens on, asked of the server on that
+    /// connection (`pg_listening_channels()`): a diagnostic, and how tests
+    /// check that dropping the last subscription of a topic `UNLISTEN`s it.
+    /// Does not open a connection when there is none.
+    pub async fn listener_info(&self) -> Result<ListenerInfo> {
+        let commands = {
+            let guard = self.commands_slot();
+            match guard.as_ref() {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => return Ok(ListenerInfo::default()),
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(listener::Command::Info { reply })
+            .map_err(|_| self.closed_error())?;
+        answer.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Publishes `envelope` on `topic` through `executor`, typically the
+    /// caller's open transaction (`&mut *tx`) or connection: PostgreSQL
+    /// delivers the notification when, and only if, that transaction commits.
+    ///
+    /// The envelope is sent as it is: its publisher id and sequence are the
+    /// caller's ([`publish_value_tx`](Self::publish_value_tx) fills them in).
+    /// Oversize envelopes fail with [`Error::PayloadTooLarge`] before anything
+    /// is sent.
+    pub async fn publish_tx<'c, E>(executor: E, topic: &str, envelope: &Envelope) -> Result<()>
+    where
+        E: sqlx::Executor<'c, Database = Postgres>,
+    {
+        validate_topic(topic)?;
+        let text = wire::encode(envelope)?;
+        notify(executor, topic, &text).await
+    }
+
+    /// Encodes `value` with `codec` and publishes it as an update of `key`
+    /// through `executor` (your transaction: delivered if and only if it
+    /// commits). Returns the envelope sent.
+    ///
+    /// The envelope is built as [`Channel`](hydratecache_core::Channel) builds
+    /// it (TTL starting now, version from `options`), except that each
+    /// transactional publish is its own publisher with sequence 1: a
+    /// transaction that rolls back then leaves no hole in anyone's sequence
+    /// numbers, and transactions may commit in any order.
+    pub async fn publish_value_tx<'c, E, T, C>(
+        executor: E,
+        topic: &str,
+        codec: &C,
+        key: &str,
+        value: &T,
+        options: PublishOptions,
+    ) -> Result<Envelope>
+    where
+        E: sqlx::Executor<'c, Database = Postgres>,
+        C: Codec<T> + ?Sized,
+    {
+        let payload = codec.encode(value).map_err(|source| Error::Encode {
+            key: key.to_owned(),
+            source,
+        })?;
+        let envelope = tx_envelope(Kind::Update, key, payload.into(), options);
+        Self::publish_tx(executor, topic, &envelope).await?;
+        Ok(envelope)
+    }
+
+    /// Publishes a delete (invalidation) of `key` through `executor`, like
+    /// [`publish_value_tx`](Self::publish_value_tx) (the TTL is ignored).
+    pub async fn delete_tx<'c, E>(
+        executor: E,
+        topic: &str,
+        key: &str,
+        options: PublishOptions,
+    ) -> Result<Envelope>
+    where
+        E: sqlx::Executor<'c, Database = Postgres>,
+    {
+        let envelope = tx_envelope(Kind::Delete, key, bytes::Bytes::new(), options);
+        Self::publish_tx(executor, topic, &envelope).await?;
+        Ok(envelope)
+    }
+
+    fn commands_slot(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<mpsc::UnboundedSender<listener::Command>>> {
+        // Nothing panics while holding it; recover if something ever did.
+        self.inner
+            .commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The listener task's command channel, starting the task if needed.
+    fn commands(&self) -> Result<mpsc::UnboundedSender<listener::Command>> {
+        let mut slot = self.commands_slot();
+        // Checked under the lock: close() takes the channel under it.
+        self.check_open()?;
+        if let Some(tx) = slot.as_ref().filter(|tx| !tx.is_closed()) {
+            return Ok(tx.clone());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::backend(
+                BACKEND,
+                "subscribe",
+                "the listener task needs a Tokio runtime",
+            ));
+        }
+        let tx = listener::spawn(self.inner.config.clone());
+        *slot = Some(tx.clone());
+        Ok(tx)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed { backend: BACKEND }
+    }
+}
+
+fn tx_envelope(kind: Kind, key: &str, payload: bytes::Bytes, options: PublishOptions) -> Envelope {
+    // Whole microseconds, as the wire carries them: the envelope returned
+    // equals the one subscribers receive.
+    let now = SystemTime::now();
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| std::time::UNIX_EPOCH + Duration::from_micros(d.as_micros() as u64))
+        .unwrap_or(now);
+    Envelope {
+        kind,
+        key: key.to_owned(),
+        payload,
+        ttl: match kind {
+            Kind::Update => options.ttl.map(|duration| Ttl {
+                start: now,
+                duration,
+            }),
+            _ => None,
+        },
+        version: options.version,
+        publisher: PublisherId::random(),
+        sequence: 1,
+        published_at: now,
+    }
+}
+
+/// `SELECT pg_notify($1, $2)`: channel and payload are bind parameters.
+async fn notify<'c, E>(executor: E, topic: &str, text: &str) -> Result<()>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(topic)
+        .bind(text)
+        .execute(executor)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::backend(BACKEND, format!("pg_notify on topic {topic:?}"), e))
+}
+
+impl Transport for PostgresTransport {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(Some(MAX_MESSAGE_SIZE))
+    }
+
+    fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>> {
+        async move {
+            self.check_open()?;
+            validate_topic(topic)?;
+            let text = wire::encode(envelope)?;
+            notify(&self.inner.pool, topic, &text).await?;
+            tracing::trace!(topic, key = %envelope.key, len = text.len(), "published");
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Subscription>> {
+        async move {
+            self.check_open()?;
+            validate_topic(topic)?;
+            match options.start {
+                StartFrom::Latest => {}
+                _ => {
+                    return Err(Error::Unsupported {
+                        backend: BACKEND,
+                        what: "replay from the earliest message (NOTIFY keeps no history)",
+                    })
+                }
+            }
+            let commands = self.commands()?;
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = mpsc::channel(self.inner.config.capacity);
+            let pending = Arc::new(listener::PendingGap::default());
+            // Created first: if this future is dropped mid-way, the task
+            // forgets the subscription (and UNLISTENs if it was the last).
+            let guard = listener::UnsubscribeOnDrop {
+                commands: commands.clone(),
+                topic: topic.to_owned(),
+                id,
+            };
+            let (reply, answer) = oneshot::channel();
+            commands
+                .send(listener::Command::Subscribe {
+                    topic: topic.to_owned(),
+                    subscriber: listener::Subscriber {
+                        id,
+                        tx,
+                        pending: Arc::clone(&pending),
+                    },
+                    reply,
+                })
+                .map_err(|_| self.closed_error())?;
+            answer.await.map_err(|_| self.closed_error())??;
+            let stream = listener::SubscriptionStream {
+                rx,
+                pending,
+                _guard: guard,
+            };
+            Ok(Subscription::new(topic, stream.boxed()))
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let commands = {
+                let mut slot = self.commands_slot();
+                self.inner.closed.store(true, Ordering::Release);
+                slot.take()
+            };
+            if let Some(commands) = commands {
+                let (done, stopped) = oneshot::channel();
+                if commands.send(listener::Command::Close { done }).is_ok() {
+                    let _ = stopped.await;
+                }
+            }
+            if self.inner.owns_pool {
+                self.inner.pool.close().await;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
