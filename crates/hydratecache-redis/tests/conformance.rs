@@ -35,3 +35,59 @@ async fn redis_passes_the_conformance_suite() {
 async fn redis_sharded_pubsub_passes_the_conformance_suite() {
     run(true).await;
 }
+
+/// LocalCache over Redis: `CLIENT KILL TYPE pubsub` cuts B's subscriber
+/// connection while A rewrites every key; B must never serve a pre-cut value
+/// once it has signalled the gap (Clear and Reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cache_never_serves_pre_gap_values_after_client_kill() -> anyhow::Result<()> {
+    let server = hydratecache_testkit::redis::shared_or_private()?;
+    let url = server.url();
+    let harness = common::RedisHarness::new(&url, false).await?;
+    for policy in [
+        hydratecache_core::RepairPolicy::Clear,
+        hydratecache_core::RepairPolicy::Reload,
+    ] {
+        let url = url.clone();
+        let cut = || async move {
+            let killed = hydratecache_testkit::redis::kill_pubsub_clients(&url)?;
+            if killed == 0 {
+                return Err("CLIENT KILL found no pub/sub connection".into());
+            }
+            Ok::<(), hydratecache_core::BoxError>(())
+        };
+        let report = hydratecache_core::conformance::local_cache_never_serves_pre_gap_values(
+            &harness, policy, cut,
+        )
+        .await;
+        println!("{policy:?}: {report:?}");
+    }
+    Ok(())
+}
+
+/// The same cut with `RepairPolicy::Ignore` does serve stale values: the
+/// check above can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_repair_ignored_the_cut_check_fails() -> anyhow::Result<()> {
+    let server = hydratecache_testkit::redis::shared_or_private()?;
+    let url = server.url();
+    let scenario = tokio::spawn(async move {
+        let harness = common::RedisHarness::new(&url, false)
+            .await
+            .expect("harness");
+        let cut = || async move {
+            hydratecache_testkit::redis::kill_pubsub_clients(&url)?;
+            Ok::<(), hydratecache_core::BoxError>(())
+        };
+        hydratecache_core::conformance::local_cache_never_serves_pre_gap_values(
+            &harness,
+            hydratecache_core::RepairPolicy::Ignore,
+            cut,
+        )
+        .await
+    });
+    let outcome = scenario.await;
+    let err = outcome.expect_err("Ignore passed the stale-read check");
+    assert!(err.is_panic(), "{err}");
+    Ok(())
+}

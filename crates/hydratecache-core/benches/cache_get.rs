@@ -1,0 +1,115 @@
+//! `LocalCache::get` on a hit (expiry check and value handle included),
+//! against the same read on moka and on bare quick_cache: 10,000 String keys,
+//! 128-byte values, 1 and 2 threads.
+//!
+//! Run: `cargo xtask bench cache`, which also measures a Redis GET round trip
+//! in the same run and reports the ratio.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use hydratecache_core::{Channel, Loaded, LocalCache, MemoryTransport, PublishOptions};
+
+const KEYS: usize = 10_000;
+
+fn keys() -> Vec<String> {
+    (0..KEYS).map(|i| format!("user:{i:06}")).collect()
+}
+
+fn value() -> Vec<u8> {
+    vec![0x5a; 128]
+}
+
+/// Runs `per_thread` reads on each of `threads` threads; returns the mean
+/// time per read as seen by one thread (wall time / reads per thread).
+fn threaded(threads: usize, iters: u64, read: impl Fn(usize) + Sync) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let read = &read;
+            s.spawn(move || {
+                for i in 0..iters as usize {
+                    read(i.wrapping_mul(7919).wrapping_add(t * 31) % KEYS);
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let keys = Arc::new(keys());
+    let local: LocalCache<Vec<u8>> = rt.block_on(async {
+        let cache = LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), "bench"))
+            .max_entries(2 * KEYS as u64)
+            .heartbeat_interval(None)
+            .build()
+            .await
+            .expect("cache");
+        for k in keys.iter() {
+            cache
+                .get_or_load(k, |_| async { Ok(Some(Loaded::new(value()))) })
+                .await
+                .expect("load");
+        }
+        // Half the entries carry a TTL, so the expiry check is on the path.
+        for k in keys.iter().step_by(2) {
+            cache
+                .put_with(
+                    k,
+                    value(),
+                    PublishOptions::new().ttl(Duration::from_secs(3600)),
+                )
+                .await
+                .expect("put");
+        }
+        cache
+    });
+    assert_eq!(local.len(), KEYS);
+    let moka: moka::sync::Cache<String, Arc<Vec<u8>>> = moka::sync::Cache::new(2 * KEYS as u64);
+    let quick: quick_cache::sync::Cache<String, Arc<Vec<u8>>> =
+        quick_cache::sync::Cache::new(2 * KEYS);
+    for k in keys.iter() {
+        moka.insert(k.clone(), Arc::new(value()));
+        quick.insert(k.clone(), Arc::new(value()));
+    }
+
+    let mut group = c.benchmark_group("get-hit");
+    for threads in [1usize, 2] {
+        group.bench_function(format!("local_cache/{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                threaded(threads, iters, |i| {
+                    black_box(local.get(&keys[i]).expect("hit"));
+                })
+            })
+        });
+        group.bench_function(format!("moka/{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                threaded(threads, iters, |i| {
+                    black_box(moka.get(&keys[i]).expect("hit"));
+                })
+            })
+        });
+        group.bench_function(format!("quick_cache/{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                threaded(threads, iters, |i| {
+                    black_box(quick.get(&keys[i]).expect("hit"));
+                })
+            })
+        });
+    }
+    group.finish();
+    assert!(local.stats().hits > 0);
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! { name = benches; config = config(); targets = bench }
+criterion_main!(benches);
