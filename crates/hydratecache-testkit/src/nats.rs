@@ -47,7 +47,9 @@ impl ServerProcess {
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .process_group(0);
-        let child = cmd.spawn().with_context(|| format!("start nats-server: {cmd:?}"))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start nats-server: {cmd:?}"))?;
         Ok(ServerProcess(child))
     }
 
@@ -198,7 +200,9 @@ pub fn shared_or_private() -> Result<Nats> {
     match std::env::var(URL_VAR) {
         Ok(url) if !url.is_empty() => Ok(Nats::External {
             url,
-            monitor_url: std::env::var(MONITOR_URL_VAR).ok().filter(|u| !u.is_empty()),
+            monitor_url: std::env::var(MONITOR_URL_VAR)
+                .ok()
+                .filter(|u| !u.is_empty()),
         }),
         _ => Ok(Nats::Private(NatsServer::start()?)),
     }
@@ -219,7 +223,10 @@ pub fn monitor_get(monitor_url: &str, path: &str) -> Result<String> {
         .with_context(|| format!("connect to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
