@@ -1,0 +1,227 @@
+//! Configuration of a [`KafkaTransport`](crate::KafkaTransport).
+
+use std::time::Duration;
+
+use hydratecache_core::Error;
+
+use crate::BACKEND;
+
+/// Default broker limit on a record batch: 1 MiB, Kafka's
+/// `message.max.bytes` rounded down.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// How topics that do not exist yet are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSettings {
+    /// Number of partitions (default 1: one partition keeps every publisher's
+    /// messages in order, not only each key's).
+    pub partitions: i32,
+    /// Replication factor (default 1; use 3 on a production cluster).
+    pub replication_factor: i16,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        TopicSettings {
+            partitions: 1,
+            replication_factor: 1,
+        }
+    }
+}
+
+impl TopicSettings {
+    /// Settings with `partitions` partitions and `replication_factor` replicas.
+    pub fn new(partitions: i32, replication_factor: i16) -> TopicSettings {
+        TopicSettings {
+            partitions,
+            replication_factor,
+        }
+    }
+}
+
+/// Settings of a [`KafkaTransport`](crate::KafkaTransport); build it with
+/// [`KafkaConfig::new`] or [`KafkaConfig::from_url`] and the setters.
+///
+/// ```
+/// use hydratecache_kafka::{KafkaConfig, TopicSettings};
+/// use std::time::Duration;
+///
+/// let config = KafkaConfig::from_url("kafka://broker-1:9092,broker-2:9092")?
+///     .create_topics(TopicSettings::new(1, 3))
+///     .linger(Duration::from_millis(2));
+/// assert_eq!(config.brokers(), ["broker-1:9092", "broker-2:9092"]);
+/// # Ok::<(), hydratecache_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub(crate) brokers: Vec<String>,
+    pub(crate) client_id: String,
+    pub(crate) create_topics: Option<TopicSettings>,
+    pub(crate) linger: Duration,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) request_timeout: Duration,
+    pub(crate) fetch_max_wait: Duration,
+    pub(crate) fetch_max_bytes: Option<usize>,
+    pub(crate) subscriber_buffer: usize,
+    pub(crate) retry_backoff_max: Duration,
+    pub(crate) reset_confirmations: u32,
+    pub(crate) metadata_refresh: Duration,
+}
+
+impl KafkaConfig {
+    /// Settings for the bootstrap brokers `brokers` (`host:port` each).
+    pub fn new<I, S>(brokers: I) -> KafkaConfig
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        KafkaConfig {
+            brokers: brokers.into_iter().map(Into::into).collect(),
+            client_id: "hydratecache".into(),
+            create_topics: None,
+            linger: Duration::from_millis(1),
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            request_timeout: Duration::from_secs(10),
+            fetch_max_wait: Duration::from_millis(500),
+            fetch_max_bytes: None,
+            subscriber_buffer: 65_536,
+            retry_backoff_max: Duration::from_secs(2),
+            reset_confirmations: 3,
+            metadata_refresh: Duration::from_secs(10),
+        }
+    }
+
+    /// Settings from `kafka://host:port[,host:port...]` (the scheme is
+    /// optional).
+    pub fn from_url(url: &str) -> Result<KafkaConfig, Error> {
+        let rest = url.strip_prefix("kafka://").unwrap_or(url);
+        let rest = rest.trim_end_matches('/');
+        let brokers: Vec<String> = rest
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if brokers.is_empty() || rest.contains('/') {
+            return Err(Error::backend(
+                BACKEND,
+                format!("parse {url:?}"),
+                "expected kafka://host:port[,host:port...]",
+            ));
+        }
+        if let Some(bad) = brokers.iter().find(|b| !b.contains(':')) {
+            return Err(Error::backend(
+                BACKEND,
+                format!("parse {url:?}"),
+                format!("broker {bad:?} has no port"),
+            ));
+        }
+        Ok(KafkaConfig::new(brokers))
+    }
+
+    /// The bootstrap brokers.
+    pub fn brokers(&self) -> &[String] {
+        &self.brokers
+    }
+
+    /// The client id the broker sees (default `hydratecache`).
+    pub fn client_id(mut self, client_id: impl Into<String>) -> KafkaConfig {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// Creates topics that do not exist, on publish and on subscribe, with
+    /// these settings. Off by default: using a missing topic is then an
+    /// [`Error::InvalidTopic`].
+    pub fn create_topics(mut self, settings: TopicSettings) -> KafkaConfig {
+        self.create_topics = Some(settings);
+        self
+    }
+
+    /// How long the first record of a batch waits for more before the batch
+    /// is sent (default 1 ms). While a request is in flight, new records
+    /// queue and go out together in the next one whatever the linger.
+    pub fn linger(mut self, linger: Duration) -> KafkaConfig {
+        self.linger = linger;
+        self
+    }
+
+    /// The broker's limit on a record batch (`message.max.bytes`, or the
+    /// topic's `max.message.bytes`), default 1 MiB. Batches never exceed it;
+    /// the largest envelope is this minus
+    /// [`KAFKA_OVERHEAD`](crate::record::KAFKA_OVERHEAD).
+    pub fn max_batch_bytes(mut self, bytes: usize) -> KafkaConfig {
+        self.max_batch_bytes = bytes;
+        self
+    }
+
+    /// Bound on one request, retries included (default 10 s): a publish
+    /// fails after it, a subscription retries.
+    pub fn request_timeout(mut self, timeout: Duration) -> KafkaConfig {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long the broker holds a fetch open when there is nothing new
+    /// (default 500 ms).
+    pub fn fetch_max_wait(mut self, wait: Duration) -> KafkaConfig {
+        self.fetch_max_wait = wait;
+        self
+    }
+
+    /// Most bytes one fetch asks for per partition (default: four times
+    /// [`max_batch_bytes`](Self::max_batch_bytes), at least 4 MiB).
+    pub fn fetch_max_bytes(mut self, bytes: usize) -> KafkaConfig {
+        self.fetch_max_bytes = Some(bytes);
+        self
+    }
+
+    /// Messages a live subscription may fall behind its topic's shared
+    /// reader before it gets a [`GapReason::Lagged`] gap (default 65,536).
+    ///
+    /// [`GapReason::Lagged`]: hydratecache_core::GapReason::Lagged
+    pub fn subscriber_buffer(mut self, messages: usize) -> KafkaConfig {
+        self.subscriber_buffer = messages.max(1);
+        self
+    }
+
+    /// Longest pause between reconnection attempts (default 2 s).
+    pub fn retry_backoff_max(mut self, max: Duration) -> KafkaConfig {
+        self.retry_backoff_max = max;
+        self
+    }
+
+    /// How often a subscription looks for partitions added to its topic
+    /// (default 10 s); a new partition is read from its start, so this
+    /// delays its messages but loses none.
+    pub fn metadata_refresh(mut self, every: Duration) -> KafkaConfig {
+        self.metadata_refresh = every;
+        self
+    }
+
+    pub(crate) fn fetch_bytes(&self) -> usize {
+        self.fetch_max_bytes
+            .unwrap_or_else(|| (self.max_batch_bytes.saturating_mul(4)).max(4 << 20))
+    }
+
+    pub(crate) fn max_message_size(&self) -> usize {
+        self.max_batch_bytes
+            .saturating_sub(crate::record::KAFKA_OVERHEAD)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let c = KafkaConfig::from_url("kafka://127.0.0.1:9092").expect("parses");
+        assert_eq!(c.brokers(), ["127.0.0.1:9092"]);
+        let c = KafkaConfig::from_url("a:1, b:2").expect("parses");
+        assert_eq!(c.brokers(), ["a:1", "b:2"]);
+        assert!(KafkaConfig::from_url("kafka://").is_err());
+        assert!(KafkaConfig::from_url("kafka://host").is_err());
+        assert!(KafkaConfig::from_url("kafka://h:1/x").is_err());
+    }
+}

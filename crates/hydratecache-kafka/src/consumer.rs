@@ -1,0 +1,618 @@
+//! Readers: one task per partition, fetching from a position it keeps
+//! itself (no consumer group, no committed offsets).
+//!
+//! Live subscriptions ([`StartFrom::Latest`]) of one transport share one
+//! reader per topic, which fans out through a broadcast channel; a
+//! subscription that falls `subscriber_buffer` messages behind gets a
+//! [`GapReason::Lagged`] gap. A replaying subscription
+//! ([`StartFrom::Earliest`]) has its own reader, with backpressure instead
+//! of loss: Kafka keeps the log, so the reader simply waits.
+//!
+//! Log resets: a fetch whose high watermark is below the reader's position,
+//! or an offset-out-of-range error, seen `reset_confirmations` times in a
+//! row, means the log under the reader was truncated or replaced (a broker
+//! that lost its storage, retention that passed the reader): a
+//! [`GapReason::Reset`] gap, then reading resumes at the log's start. After
+//! a connection error the reader also checks that the record before its
+//! position is still the one it read (offset, timestamp and a hash of key,
+//! value and headers); a different record means a new log that has already
+//! grown past the position, which the watermark alone would not show.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use futures::StreamExt;
+use hydratecache_core::{
+    EnvelopeError, Error, Event, Gap, GapReason, Result, StartFrom, Subscription,
+};
+use rskafka::client::error::{Error as ClientError, ProtocolError};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::Client;
+use rskafka::record::RecordAndOffset;
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::record::from_record;
+use crate::{KafkaError, BACKEND};
+
+/// What a reader sends to its subscriptions.
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    Event(Event),
+    Malformed(EnvelopeError),
+}
+
+/// Where a reader delivers.
+#[derive(Debug, Clone)]
+pub(crate) enum Sink {
+    /// Every live subscription of the topic; slow ones lag.
+    Shared(broadcast::Sender<Item>),
+    /// One replaying subscription, with backpressure.
+    Private(mpsc::Sender<Item>),
+}
+
+impl Sink {
+    /// Delivers `item`; false once nobody can receive it any more.
+    async fn send(&self, item: Item) -> bool {
+        match self {
+            // With no receiver left the reader is about to be dropped.
+            Sink::Shared(tx) => {
+                let _ = tx.send(item);
+                true
+            }
+            Sink::Private(tx) => tx.send(item).await.is_ok(),
+        }
+    }
+}
+
+/// What a reader needs.
+#[derive(Debug, Clone)]
+pub(crate) struct ReaderCtx {
+    pub(crate) client: Arc<Client>,
+    pub(crate) topic: String,
+    pub(crate) request_timeout: Duration,
+    pub(crate) fetch_max_wait: Duration,
+    pub(crate) fetch_bytes: usize,
+    pub(crate) retry_backoff_max: Duration,
+    pub(crate) reset_confirmations: u32,
+    pub(crate) metadata_refresh: Duration,
+    /// Wakes the supervisor to look for new partitions now.
+    pub(crate) refresh: Arc<Notify>,
+    pub(crate) closed: watch::Receiver<bool>,
+}
+
+/// A task aborted when this is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One reader: its supervisor task, which owns the partition tasks; all
+/// are aborted when this is dropped.
+#[derive(Debug)]
+pub(crate) struct ReaderHandle {
+    _supervisor: AbortOnDrop,
+}
+
+/// A topic's reader shared by the transport's live subscriptions.
+#[derive(Debug)]
+pub(crate) struct SharedReader {
+    _handle: ReaderHandle,
+    tx: broadcast::Sender<Item>,
+}
+
+impl SharedReader {
+    pub(crate) fn new(handle: ReaderHandle, tx: broadcast::Sender<Item>) -> SharedReader {
+        SharedReader {
+            _handle: handle,
+            tx,
+        }
+    }
+}
+
+/// Identity of a record, to tell whether the log under a position is still
+/// the one that was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    offset: i64,
+    timestamp: i64,
+    hash: u64,
+}
+
+impl Fingerprint {
+    fn of(r: &RecordAndOffset) -> Fingerprint {
+        let mut h = DefaultHasher::new();
+        r.record.key.hash(&mut h);
+        r.record.value.hash(&mut h);
+        r.record.headers.hash(&mut h);
+        Fingerprint {
+            offset: r.offset,
+            timestamp: r.record.timestamp.timestamp_millis(),
+            hash: h.finish(),
+        }
+    }
+}
+
+/// One partition's reading state.
+#[derive(Debug)]
+struct Cursor {
+    partition: i32,
+    /// Next offset to read.
+    position: i64,
+    /// The record at `position - 1`, when known.
+    last: Option<Fingerprint>,
+    /// Check the log's identity before reading on (after an error).
+    verify: bool,
+    /// Consecutive answers saying the log ends before `position`.
+    low_watermarks: u32,
+    /// Whether the current outage was already logged at `warn`.
+    warned: bool,
+    /// Fetches that found missing offsets right at `position`.
+    hole_retries: u32,
+}
+
+/// Wait of fetches that only probe the log. Not zero: tansu 0.6 answers a
+/// fetch with `max_wait_ms` 0 with no topic at all, even when it has data.
+const PROBE_WAIT: Duration = Duration::from_millis(1);
+
+/// Missing offsets within this distance of the high watermark are fetched
+/// again before being skipped: tansu 0.6, under concurrent producers on
+/// several connections, advances the high watermark before every record
+/// below it is readable (seen: a fetch at 699 returning 700..702 with the
+/// watermark at 703, and 699 readable a moment later). On Kafka such holes
+/// near the end are transaction markers and cost this short wait.
+const HOLE_WINDOW: i64 = 4096;
+/// How often a hole is fetched again before it is taken as real.
+const HOLE_RETRIES: u32 = 10;
+/// Pause before fetching a hole again.
+const HOLE_WAIT: Duration = Duration::from_millis(20);
+
+/// A fetch's outcome.
+enum Fetched {
+    Records(Vec<RecordAndOffset>, i64),
+    OutOfRange,
+}
+
+async fn fetch(
+    ctx: &ReaderCtx,
+    pc: &PartitionClient,
+    offset: i64,
+    max_wait: Duration,
+) -> std::result::Result<Fetched, KafkaError> {
+    let bytes = 1..i32::try_from(ctx.fetch_bytes).unwrap_or(i32::MAX);
+    let wait_ms = i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX);
+    let limit = ctx.request_timeout + max_wait;
+    match tokio::time::timeout(limit, pc.fetch_records(offset, bytes, wait_ms)).await {
+        Err(_) => Err(KafkaError::Timeout(limit)),
+        Ok(Ok((records, hw))) => Ok(Fetched::Records(records, hw)),
+        Ok(Err(ClientError::ServerError {
+            protocol_error: ProtocolError::OffsetOutOfRange,
+            response,
+            ..
+        })) => {
+            tracing::debug!(offset, ?response, "offset out of range");
+            Ok(Fetched::OutOfRange)
+        }
+        Ok(Err(e)) => Err(KafkaError::Client(e)),
+    }
+}
+
+async fn offset(
+    ctx: &ReaderCtx,
+    pc: &PartitionClient,
+    at: OffsetAt,
+) -> std::result::Result<i64, KafkaError> {
+    match tokio::time::timeout(ctx.request_timeout, pc.get_offset(at)).await {
+        Err(_) => Err(KafkaError::Timeout(ctx.request_timeout)),
+        Ok(Ok(offset)) => Ok(offset.max(0)),
+        Ok(Err(e)) => Err(KafkaError::Client(e)),
+    }
+}
+
+/// Opens every partition of the topic at `start` and spawns their tasks;
+/// resolves once every start position is known.
+pub(crate) async fn start(
+    ctx: ReaderCtx,
+    partitions: &[i32],
+    start: StartFrom,
+    sink: Sink,
+) -> Result<ReaderHandle> {
+    let opened = try_join_all(partitions.iter().map(|&p| open(&ctx, p, start))).await?;
+    let tasks = opened
+        .into_iter()
+        .map(|(pc, cursor)| spawn_partition(&ctx, pc, cursor, &sink))
+        .collect();
+    let known = partitions.iter().copied().collect();
+    let supervisor = tokio::spawn(supervise(ctx, known, tasks, sink));
+    Ok(ReaderHandle {
+        _supervisor: AbortOnDrop(supervisor),
+    })
+}
+
+fn spawn_partition(
+    ctx: &ReaderCtx,
+    pc: PartitionClient,
+    cursor: Cursor,
+    sink: &Sink,
+) -> AbortOnDrop {
+    let ctx = ctx.clone();
+    let sink = sink.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        let mut closed = ctx.closed.clone();
+        tokio::select! {
+            _ = closed.wait_for(|c| *c) => {}
+            () = run(&ctx, &pc, cursor, &sink) => {}
+        }
+    }))
+}
+
+/// Looks for partitions added to the topic (every `metadata_refresh`, and
+/// at once after a log reset, which may come with a recreated topic) and
+/// reads each new one from its earliest offset: everything in it was
+/// written after it appeared, so after the subscription started.
+async fn supervise(
+    ctx: ReaderCtx,
+    mut known: HashSet<i32>,
+    mut tasks: Vec<AbortOnDrop>,
+    sink: Sink,
+) {
+    let mut closed = ctx.closed.clone();
+    let watch_partitions = async {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(ctx.metadata_refresh) => {}
+                () = ctx.refresh.notified() => {}
+            }
+            let listed = tokio::time::timeout(ctx.request_timeout, ctx.client.list_topics()).await;
+            let partitions = match listed {
+                Ok(Ok(topics)) => topics
+                    .into_iter()
+                    .find(|t| t.name == ctx.topic)
+                    .map(|t| t.partitions)
+                    .unwrap_or_default(),
+                Ok(Err(e)) => {
+                    tracing::debug!(topic = %ctx.topic, error = %e, "partition refresh failed");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for partition in partitions {
+                if known.contains(&partition) {
+                    continue;
+                }
+                match open(&ctx, partition, StartFrom::Earliest).await {
+                    Ok((pc, cursor)) => {
+                        tracing::info!(topic = %ctx.topic, partition, "new partition: reading it from its start");
+                        known.insert(partition);
+                        tasks.push(spawn_partition(&ctx, pc, cursor, &sink));
+                    }
+                    Err(e) => {
+                        tracing::debug!(topic = %ctx.topic, partition, error = %e, "cannot open a new partition yet");
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = closed.wait_for(|c| *c) => {}
+        () = watch_partitions => {}
+    }
+}
+
+async fn open(
+    ctx: &ReaderCtx,
+    partition: i32,
+    start: StartFrom,
+) -> Result<(PartitionClient, Cursor)> {
+    let what = || format!("subscribe to {} partition {partition}", ctx.topic);
+    let opening = async {
+        let pc = ctx
+            .client
+            .partition_client(ctx.topic.clone(), partition, UnknownTopicHandling::Retry)
+            .await
+            .map_err(KafkaError::Client)?;
+        let (position, last) = match start {
+            StartFrom::Earliest => (offset(ctx, &pc, OffsetAt::Earliest).await?, None),
+            _ => log_end(ctx, &pc).await?,
+        };
+        Ok::<_, KafkaError>((pc, position, last))
+    };
+    let (pc, position, last) = tokio::time::timeout(ctx.request_timeout * 2, opening)
+        .await
+        .map_err(|_| {
+            Error::backend(
+                BACKEND,
+                what(),
+                KafkaError::Timeout(ctx.request_timeout * 2),
+            )
+        })?
+        .map_err(|e| Error::backend(BACKEND, what(), e))?;
+    tracing::debug!(topic = %ctx.topic, partition, position, ?start, "partition opened");
+    Ok((
+        pc,
+        Cursor {
+            partition,
+            position,
+            last,
+            verify: false,
+            low_watermarks: 0,
+            warned: false,
+            hole_retries: 0,
+        },
+    ))
+}
+
+/// The end of the log (the high watermark of a fetch: ListOffsets may be
+/// wrong on some brokers) and the fingerprint of its last record.
+async fn log_end(
+    ctx: &ReaderCtx,
+    pc: &PartitionClient,
+) -> std::result::Result<(i64, Option<Fingerprint>), KafkaError> {
+    // A hint near the end, so the probing fetch returns little data.
+    let hint = offset(ctx, pc, OffsetAt::Latest).await.unwrap_or(0);
+    let mut at = (hint - 1).max(0);
+    for _ in 0..3 {
+        match fetch(ctx, pc, at, PROBE_WAIT).await? {
+            Fetched::Records(records, hw) => {
+                let hw = hw.max(0);
+                let last = records
+                    .iter()
+                    .find(|r| r.offset == hw - 1)
+                    .map(Fingerprint::of);
+                if last.is_some() || hw == 0 || at == hw - 1 {
+                    return Ok((hw, last));
+                }
+                at = hw - 1;
+            }
+            // The hint was past the end, or before the log's start.
+            Fetched::OutOfRange => at = offset(ctx, pc, OffsetAt::Earliest).await?,
+        }
+    }
+    Err(KafkaError::Protocol("the log's end keeps moving"))
+}
+
+/// Exponential pause between attempts, cut short by close (the task is
+/// dropped then).
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink) {
+    let mut backoff = Backoff {
+        next: Backoff::FIRST,
+        max: ctx.retry_backoff_max.max(Backoff::FIRST),
+    };
+    loop {
+        let verifying = cur.verify && cur.position > 0;
+        let (at, wait) = if verifying {
+            (cur.position - 1, PROBE_WAIT)
+        } else {
+            (cur.position, ctx.fetch_max_wait)
+        };
+        let fetched = match fetch(ctx, pc, at, wait).await {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                if cur.warned {
+                    tracing::debug!(topic = %ctx.topic, partition = cur.partition, error = %e, "fetch failed, retrying");
+                } else {
+                    tracing::warn!(topic = %ctx.topic, partition = cur.partition, error = %e, "fetch failed, retrying");
+                    cur.warned = true;
+                }
+                cur.verify = true;
+                backoff.wait().await;
+                continue;
+            }
+        };
+        if cur.warned {
+            tracing::info!(topic = %ctx.topic, partition = cur.partition, "fetching again");
+            cur.warned = false;
+        }
+        backoff.reset();
+        let (records, hw) = match fetched {
+            Fetched::Records(records, hw) if hw >= cur.position => {
+                cur.low_watermarks = 0;
+                (records, hw)
+            }
+            // The log ends before our position, or our position is gone.
+            _ => {
+                cur.low_watermarks += 1;
+                cur.verify = true;
+                if cur.low_watermarks >= ctx.reset_confirmations {
+                    if !reset(ctx, pc, &mut cur, sink).await {
+                        return;
+                    }
+                } else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                continue;
+            }
+        };
+        if verifying {
+            let previous = records.iter().find(|r| r.offset == cur.position - 1);
+            match (cur.last, previous) {
+                (Some(last), Some(found)) if Fingerprint::of(found) != last => {
+                    tracing::warn!(topic = %ctx.topic, partition = cur.partition, position = cur.position, "a different log under the position");
+                    if !reset(ctx, pc, &mut cur, sink).await {
+                        return;
+                    }
+                }
+                _ => cur.verify = false,
+            }
+            continue;
+        }
+        let fetched_any = !records.is_empty();
+        let mut advanced = false;
+        let mut hole = false;
+        for r in records {
+            if r.offset < cur.position {
+                continue;
+            }
+            if r.offset > cur.position
+                && hw - r.offset <= HOLE_WINDOW
+                && cur.hole_retries < HOLE_RETRIES
+            {
+                // Offsets missing near the end of the log: look again before
+                // taking them as compacted away or as transaction markers.
+                hole = true;
+                break;
+            }
+            if r.offset > cur.position {
+                tracing::debug!(topic = %ctx.topic, partition = cur.partition, from = cur.position, to = r.offset, "offsets skipped (compaction or transaction markers)");
+            }
+            cur.position = r.offset + 1;
+            cur.last = Some(Fingerprint::of(&r));
+            cur.hole_retries = 0;
+            advanced = true;
+            let item = match from_record(r.record) {
+                Ok(envelope) => Item::Event(Event::Message(envelope)),
+                Err(e) => {
+                    tracing::warn!(topic = %ctx.topic, partition = cur.partition, offset = r.offset, error = %e, "malformed record");
+                    Item::Malformed(e)
+                }
+            };
+            if !sink.send(item).await {
+                return;
+            }
+        }
+        if hole {
+            cur.hole_retries += 1;
+            tokio::time::sleep(HOLE_WAIT).await;
+        } else if fetched_any && !advanced {
+            // Only records before the position (or control batches): do not
+            // spin on them.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Reports a gap and moves the cursor to the start of the (new) log.
+async fn reset(ctx: &ReaderCtx, pc: &PartitionClient, cur: &mut Cursor, sink: &Sink) -> bool {
+    let start = match offset(ctx, pc, OffsetAt::Earliest).await {
+        Ok(start) => start,
+        Err(e) => {
+            tracing::debug!(topic = %ctx.topic, partition = cur.partition, error = %e, "earliest offset unknown, using 0");
+            0
+        }
+    };
+    let missed = (start > cur.position).then(|| u64::try_from(start - cur.position).unwrap_or(0));
+    tracing::warn!(topic = %ctx.topic, partition = cur.partition, from = cur.position, to = start, ?missed, "log reset: gap");
+    cur.position = start;
+    cur.last = None;
+    cur.verify = false;
+    cur.low_watermarks = 0;
+    cur.hole_retries = 0;
+    // The topic may have been recreated with other partitions.
+    ctx.refresh.notify_one();
+    sink.send(Item::Event(Event::Gap(Gap {
+        reason: GapReason::Reset,
+        missed,
+    })))
+    .await
+}
+
+fn to_result(topic: &str, item: Item) -> Result<Event> {
+    match item {
+        Item::Event(event) => Ok(event),
+        Item::Malformed(source) => Err(Error::Malformed {
+            topic: topic.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The stream of a live subscription on `reader`.
+pub(crate) fn shared_subscription(
+    topic: &str,
+    reader: Arc<SharedReader>,
+    closed: Arc<watch::Sender<bool>>,
+) -> Subscription {
+    struct State {
+        topic: String,
+        rx: broadcast::Receiver<Item>,
+        closed: watch::Receiver<bool>,
+        // Keeps the reader (and the close signal) alive while subscribed.
+        _reader: Arc<SharedReader>,
+        _closed: Arc<watch::Sender<bool>>,
+    }
+    let state = State {
+        topic: topic.to_owned(),
+        rx: reader.tx.subscribe(),
+        closed: closed.subscribe(),
+        _reader: reader,
+        _closed: closed,
+    };
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        let received = tokio::select! {
+            biased;
+            _ = s.closed.wait_for(|c| *c) => return None,
+            r = s.rx.recv() => r,
+        };
+        let item = match received {
+            Ok(item) => to_result(&s.topic, item),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(topic = %s.topic, missed = n, "subscriber lagged: gap");
+                Ok(Event::Gap(Gap {
+                    reason: GapReason::Lagged,
+                    missed: Some(n),
+                }))
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((item, s))
+    });
+    Subscription::new(topic, stream.boxed())
+}
+
+/// The stream of a replaying subscription with its own reader.
+pub(crate) fn private_subscription(
+    topic: &str,
+    rx: mpsc::Receiver<Item>,
+    handle: ReaderHandle,
+    closed: Arc<watch::Sender<bool>>,
+) -> Subscription {
+    struct State {
+        topic: String,
+        rx: mpsc::Receiver<Item>,
+        closed: watch::Receiver<bool>,
+        _handle: ReaderHandle,
+        _closed: Arc<watch::Sender<bool>>,
+    }
+    let state = State {
+        topic: topic.to_owned(),
+        rx,
+        closed: closed.subscribe(),
+        _handle: handle,
+        _closed: closed,
+    };
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        let item = tokio::select! {
+            biased;
+            _ = s.closed.wait_for(|c| *c) => return None,
+            r = s.rx.recv() => r?,
+        };
+        Some((to_result(&s.topic, item), s))
+    });
+    Subscription::new(topic, stream.boxed())
+}

@@ -1,0 +1,72 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod consumer;
+mod producer;
+pub mod record;
+mod transport;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{KafkaConfig, TopicSettings, DEFAULT_MAX_BATCH_BYTES};
+pub use transport::KafkaTransport;
+
+/// The backend name in errors and logs.
+pub const BACKEND: &str = "kafka";
+
+/// What went wrong below the transport, kept as the `source` of
+/// [`hydratecache_core::Error::Backend`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum KafkaError {
+    /// The rskafka client failed.
+    Client(rskafka::client::error::Error),
+    /// No answer within the configured bound.
+    Timeout(Duration),
+    /// The broker's answers did not make sense.
+    Protocol(&'static str),
+}
+
+impl fmt::Display for KafkaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KafkaError::Client(e) => write!(f, "{e}"),
+            KafkaError::Timeout(d) => write!(f, "no answer within {d:?}"),
+            KafkaError::Protocol(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for KafkaError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            KafkaError::Client(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<rskafka::client::error::Error> for KafkaError {
+    fn from(e: rskafka::client::error::Error) -> Self {
+        KafkaError::Client(e)
+    }
+}
+
+/// One failure reported to every publisher of a batch.
+#[derive(Debug, Clone)]
+struct SharedError(Arc<KafkaError>);
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}

@@ -1,0 +1,418 @@
+//! [`KafkaTransport`]: the [`Transport`] over rskafka.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use hydratecache_core::envelope::MAX_KEY_LEN;
+use hydratecache_core::{
+    Capabilities, Envelope, EnvelopeError, Error, Result, StartFrom, SubscribeOptions,
+    Subscription, Transport,
+};
+use rskafka::client::controller::ControllerClient;
+use rskafka::client::error::{Error as ClientError, ProtocolError};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::BackoffConfig;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::config::KafkaConfig;
+use crate::consumer::{self, ReaderCtx, SharedReader, Sink};
+use crate::producer::{PartitionProducer, Pending, ProducerCtx};
+use crate::record::{partition_for, record_size_bound, to_record, validate_topic};
+use crate::{KafkaError, BACKEND};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code path panics while holding these locks; recover if one ever did.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Partition ids of the topics this transport has used.
+#[derive(Debug, Default)]
+pub(crate) struct TopicCache {
+    topics: Mutex<HashMap<String, Arc<[i32]>>>,
+}
+
+impl TopicCache {
+    fn get(&self, topic: &str) -> Option<Arc<[i32]>> {
+        lock(&self.topics).get(topic).cloned()
+    }
+
+    fn insert(&self, topic: &str, partitions: Arc<[i32]>) {
+        lock(&self.topics).insert(topic.to_owned(), partitions);
+    }
+
+    /// Drops what is known of `topic`, so the next use looks it up again.
+    pub(crate) fn forget(&self, topic: &str) {
+        lock(&self.topics).remove(topic);
+    }
+}
+
+type ReaderSlot = Arc<tokio::sync::Mutex<Weak<SharedReader>>>;
+
+struct Inner {
+    config: KafkaConfig,
+    client: Arc<Client>,
+    controller: ControllerClient,
+    topics: Arc<TopicCache>,
+    /// Serialises topic look-ups and creation.
+    topic_lock: tokio::sync::Mutex<()>,
+    /// Batching tasks by (topic, partition); `None` once closed.
+    producers: Mutex<Option<HashMap<(String, i32), PartitionProducer>>>,
+    /// The shared reader of each topic with live subscriptions.
+    readers: Mutex<HashMap<String, ReaderSlot>>,
+    closed: Arc<watch::Sender<bool>>,
+}
+
+/// The [`Transport`] for Kafka (and Kafka-compatible brokers such as
+/// Redpanda or tansu), on the pure-Rust client `rskafka`.
+///
+/// Clones share the client, its connections and its batching tasks.
+///
+/// See the [crate documentation](crate) for the record layout, the
+/// delivery guarantees and what a gap means here.
+#[derive(Clone)]
+pub struct KafkaTransport {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for KafkaTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaTransport")
+            .field("brokers", &self.inner.config.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaTransport {
+    /// Connects to the brokers of `config` (fetching the cluster metadata
+    /// once, within the configured request timeout).
+    pub async fn connect(config: KafkaConfig) -> Result<KafkaTransport> {
+        let backoff = BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: config.retry_backoff_max,
+            base: 2.0,
+            deadline: Some(config.request_timeout),
+        };
+        let builder = ClientBuilder::new(config.brokers.clone())
+            .client_id(config.client_id.clone())
+            .max_message_size(config.fetch_bytes().saturating_mul(2).max(100 << 20))
+            .backoff_config(backoff);
+        let what = format!("connect to {}", config.brokers.join(","));
+        let client = match tokio::time::timeout(config.request_timeout, builder.build()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(Error::backend(BACKEND, what, e)),
+            Err(_) => {
+                return Err(Error::backend(
+                    BACKEND,
+                    what,
+                    KafkaError::Timeout(config.request_timeout),
+                ))
+            }
+        };
+        let controller = client
+            .controller_client()
+            .map_err(|e| Error::backend(BACKEND, "controller client", e))?;
+        let (closed, _) = watch::channel(false);
+        Ok(KafkaTransport {
+            inner: Arc::new(Inner {
+                config,
+                client: Arc::new(client),
+                controller,
+                topics: Arc::default(),
+                topic_lock: tokio::sync::Mutex::new(()),
+                producers: Mutex::new(Some(HashMap::new())),
+                readers: Mutex::new(HashMap::new()),
+                closed: Arc::new(closed),
+            }),
+        })
+    }
+
+    /// [`connect`](Self::connect) with default settings for
+    /// `kafka://host:port[,host:port...]`.
+    pub async fn connect_url(url: &str) -> Result<KafkaTransport> {
+        KafkaTransport::connect(KafkaConfig::from_url(url)?).await
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.inner.config
+    }
+
+    /// This transport as an `Arc<dyn Transport>`.
+    pub fn into_arc(self) -> Arc<dyn Transport> {
+        Arc::new(self)
+    }
+
+    /// Makes sure `topic` exists, creating it when
+    /// [`KafkaConfig::create_topics`] allows, and returns its partition count.
+    pub async fn ensure_topic(&self, topic: &str) -> Result<usize> {
+        self.check_topic(topic)?;
+        Ok(self.partitions(topic).await?.len())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if *self.inner.closed.borrow() {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        Ok(())
+    }
+
+    fn check_topic(&self, topic: &str) -> Result<()> {
+        validate_topic(topic).map_err(|reason| Error::invalid_topic(BACKEND, topic, reason))
+    }
+
+    /// The partition ids of `topic`, looked up once, created if allowed.
+    async fn partitions(&self, topic: &str) -> Result<Arc<[i32]>> {
+        if let Some(p) = self.inner.topics.get(topic) {
+            return Ok(p);
+        }
+        let _guard = self.inner.topic_lock.lock().await;
+        if let Some(p) = self.inner.topics.get(topic) {
+            return Ok(p);
+        }
+        let timeout = self.inner.config.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut created = false;
+        loop {
+            if let Some(p) = self.list_partitions(topic, deadline).await? {
+                self.inner.topics.insert(topic, Arc::clone(&p));
+                return Ok(p);
+            }
+            let Some(settings) = self.inner.config.create_topics else {
+                return Err(Error::invalid_topic(
+                    BACKEND,
+                    topic,
+                    "the topic does not exist and topic creation is off \
+                     (create it, or enable KafkaConfig::create_topics)",
+                ));
+            };
+            if !created {
+                self.create_topic(topic, settings, deadline).await?;
+                created = true;
+                tracing::info!(
+                    topic,
+                    partitions = settings.partitions,
+                    replication = settings.replication_factor,
+                    "topic created"
+                );
+            } else if tokio::time::Instant::now() >= deadline {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!("create topic {topic}"),
+                    "the topic was created but does not show in the metadata",
+                ));
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    async fn list_partitions(
+        &self,
+        topic: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Arc<[i32]>>> {
+        let what = || format!("look up topic {topic}");
+        let topics = tokio::time::timeout_at(deadline, self.inner.client.list_topics())
+            .await
+            .map_err(|_| {
+                Error::backend(
+                    BACKEND,
+                    what(),
+                    KafkaError::Timeout(self.inner.config.request_timeout),
+                )
+            })?
+            .map_err(|e| Error::backend(BACKEND, what(), e))?;
+        Ok(topics
+            .into_iter()
+            .find(|t| t.name == topic && !t.partitions.is_empty())
+            .map(|t| t.partitions.into_iter().collect::<Vec<_>>().into()))
+    }
+
+    async fn create_topic(
+        &self,
+        topic: &str,
+        settings: crate::TopicSettings,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
+        let what = || format!("create topic {topic}");
+        let timeout_ms =
+            i32::try_from(self.inner.config.request_timeout.as_millis()).unwrap_or(i32::MAX);
+        let create = self.inner.controller.create_topic(
+            topic,
+            settings.partitions,
+            settings.replication_factor,
+            timeout_ms,
+        );
+        match tokio::time::timeout_at(deadline, create).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(ClientError::ServerError {
+                protocol_error: ProtocolError::TopicAlreadyExists,
+                ..
+            })) => Ok(()),
+            Ok(Err(e)) => Err(Error::backend(BACKEND, what(), e)),
+            Err(_) => Err(Error::backend(
+                BACKEND,
+                what(),
+                KafkaError::Timeout(self.inner.config.request_timeout),
+            )),
+        }
+    }
+
+    async fn publish_envelope(&self, topic: &str, envelope: &Envelope) -> Result<()> {
+        self.check_open()?;
+        self.check_topic(topic)?;
+        if envelope.key.len() > MAX_KEY_LEN {
+            return Err(Error::Envelope(EnvelopeError::KeyTooLong(
+                envelope.key.len(),
+            )));
+        }
+        self.capabilities().check_envelope(BACKEND, envelope)?;
+        let record = to_record(envelope);
+        let size = record_size_bound(&record);
+        let partitions = self.partitions(topic).await?;
+        let index = partition_for(envelope.key.as_bytes(), partitions.len());
+        let partition = partitions[index];
+        let tx = {
+            let mut producers = lock(&self.inner.producers);
+            let Some(producers) = producers.as_mut() else {
+                return Err(Error::Closed { backend: BACKEND });
+            };
+            producers
+                .entry((topic.to_owned(), partition))
+                .or_insert_with(|| {
+                    PartitionProducer::spawn(ProducerCtx {
+                        client: Arc::clone(&self.inner.client),
+                        topics: Arc::clone(&self.inner.topics),
+                        topic: topic.to_owned(),
+                        partition,
+                        linger: self.inner.config.linger,
+                        max_batch_bytes: self.inner.config.max_batch_bytes,
+                        request_timeout: self.inner.config.request_timeout,
+                    })
+                })
+                .tx
+                .clone()
+        };
+        let (reply, answer) = oneshot::channel();
+        tx.send(Pending {
+            record,
+            size,
+            reply,
+        })
+        .await
+        .map_err(|_| Error::Closed { backend: BACKEND })?;
+        answer
+            .await
+            .map_err(|_| Error::Closed { backend: BACKEND })?
+    }
+
+    async fn subscribe_topic(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription> {
+        self.check_open()?;
+        self.check_topic(topic)?;
+        let partitions = self.partitions(topic).await?;
+        let ctx = ReaderCtx {
+            client: Arc::clone(&self.inner.client),
+            topic: topic.to_owned(),
+            request_timeout: self.inner.config.request_timeout,
+            fetch_max_wait: self.inner.config.fetch_max_wait,
+            fetch_bytes: self.inner.config.fetch_bytes(),
+            retry_backoff_max: self.inner.config.retry_backoff_max,
+            reset_confirmations: self.inner.config.reset_confirmations,
+            metadata_refresh: self.inner.config.metadata_refresh,
+            refresh: Arc::default(),
+            closed: self.inner.closed.subscribe(),
+        };
+        let closed = Arc::clone(&self.inner.closed);
+        match options.start {
+            StartFrom::Earliest => {
+                let (tx, rx) = mpsc::channel(1024);
+                let handle =
+                    consumer::start(ctx, &partitions, StartFrom::Earliest, Sink::Private(tx))
+                        .await?;
+                Ok(consumer::private_subscription(topic, rx, handle, closed))
+            }
+            // Latest, and anything a later core may add.
+            _ => {
+                let slot = {
+                    let mut readers = lock(&self.inner.readers);
+                    // Forget topics nobody reads any more.
+                    readers.retain(|_, slot| {
+                        slot.try_lock().map_or(true, |weak| weak.strong_count() > 0)
+                    });
+                    Arc::clone(readers.entry(topic.to_owned()).or_default())
+                };
+                let mut guard = slot.lock().await;
+                let reader = match guard.upgrade() {
+                    Some(reader) => reader,
+                    None => {
+                        let (tx, _) = broadcast::channel(self.inner.config.subscriber_buffer);
+                        let handle = consumer::start(
+                            ctx,
+                            &partitions,
+                            StartFrom::Latest,
+                            Sink::Shared(tx.clone()),
+                        )
+                        .await?;
+                        let reader = Arc::new(SharedReader::new(handle, tx));
+                        *guard = Arc::downgrade(&reader);
+                        reader
+                    }
+                };
+                drop(guard);
+                Ok(consumer::shared_subscription(topic, reader, closed))
+            }
+        }
+    }
+
+    async fn close_all(&self) -> Result<()> {
+        let producers = lock(&self.inner.producers).take();
+        self.inner.closed.send_replace(true);
+        let Some(producers) = producers else {
+            return Ok(());
+        };
+        // Dropping the queues lets each task send what is pending, then end.
+        let tasks: Vec<_> = producers.into_values().map(|p| p.task).collect();
+        let limit = self.inner.config.request_timeout * 2 + self.inner.config.linger;
+        for mut task in tasks {
+            if tokio::time::timeout(limit, &mut task).await.is_err() {
+                tracing::warn!("a produce task did not finish within {limit:?}; aborted");
+                task.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Transport for KafkaTransport {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(Some(self.inner.config.max_message_size())).with_replay(true)
+    }
+
+    fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>> {
+        self.publish_envelope(topic, envelope).boxed()
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Subscription>> {
+        self.subscribe_topic(topic, options).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        self.close_all().boxed()
+    }
+}
