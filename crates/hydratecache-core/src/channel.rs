@@ -174,6 +174,9 @@ pub enum ChannelEvent<T> {
     Heartbeat(Heartbeat),
     /// Messages may have been missed here: repair what depends on them.
     Gap(Gap),
+    /// A replay from the earliest message has caught up with the log as it
+    /// was at subscribe time (see [`Event::ReplayDone`]).
+    ReplayDone,
 }
 
 /// Builds a [`Channel`] with a custom codec.
@@ -541,6 +544,7 @@ impl<T: 'static> ChannelSubscription<T> {
                 tracing::warn!(topic = self.inner.topic(), reason = %gap.reason, missed = ?gap.missed, "gap");
                 return Ok(ChannelEvent::Gap(gap));
             }
+            Event::ReplayDone => return Ok(ChannelEvent::ReplayDone),
             Event::Message(envelope) => envelope,
         };
         Ok(match envelope.kind {

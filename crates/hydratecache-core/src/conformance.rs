@@ -592,8 +592,9 @@ pub async fn concurrent_publishers_all_arrive(h: &dyn Harness) -> Outcome {
 }
 
 /// With [`Capabilities::replay`](crate::Capabilities::replay), a subscription
-/// from the earliest message sees what was published before it; without,
-/// asking for it is an [`Error::Unsupported`].
+/// from the earliest message sees what was published before it, then
+/// [`Event::ReplayDone`], then live messages; without, asking for it is an
+/// [`Error::Unsupported`].
 pub async fn replay_from_earliest(h: &dyn Harness) -> Outcome {
     let t = connect(h).await;
     let topic = topic(h, "replay").await;
@@ -620,6 +621,10 @@ pub async fn replay_from_earliest(h: &dyn Harness) -> Outcome {
         next_message(&mut sub, "the replayed message").await.key,
         "early"
     );
+    match next_event(&mut sub, "the end of the replay").await {
+        Ok(Event::ReplayDone) => {}
+        other => panic!("expected ReplayDone after the replayed message, got {other:?}"),
+    }
     publish(&*t, &topic, &envelope(publisher, 2, "late", &b"2"[..])).await;
     assert_eq!(next_message(&mut sub, "the live message").await.key, "late");
     Outcome::Passed

@@ -55,15 +55,27 @@ pub struct Capabilities {
     /// Whether a subscription can start from the earliest retained message
     /// ([`StartFrom::Earliest`]).
     pub replay: bool,
+    /// Whether one publisher's messages on a topic arrive in publish order, so
+    /// that a jump in its sequence numbers means a lost message. False where
+    /// a topic is split into partitions read in parallel (Kafka): there,
+    /// losses show as [`Event::Gap`] only.
+    pub ordered: bool,
 }
 
 impl Capabilities {
-    /// Capabilities with a message size limit and no replay.
+    /// Capabilities with a message size limit, ordered delivery and no replay.
     pub fn new(max_message_size: Option<usize>) -> Capabilities {
         Capabilities {
             max_message_size,
             replay: false,
+            ordered: true,
         }
+    }
+
+    /// The same, with `ordered` set.
+    pub fn with_ordered(mut self, ordered: bool) -> Capabilities {
+        self.ordered = ordered;
+        self
     }
 
     /// The same, with replay set.
@@ -200,6 +212,10 @@ pub enum Event {
     Message(Envelope),
     /// Messages may have been missed here.
     Gap(Gap),
+    /// A subscription from [`StartFrom::Earliest`] has delivered everything
+    /// the log held when it started (on every partition); what follows is
+    /// live. Sent once, only by backends with [`Capabilities::replay`].
+    ReplayDone,
 }
 
 /// The stream of one subscription: `Ok(Event)` for messages and gaps, `Err`

@@ -21,6 +21,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,6 +158,26 @@ struct Cursor {
     warned: bool,
     /// Fetches that found missing offsets right at `position`.
     hole_retries: u32,
+    /// For a replay: the log's end at subscribe time, and how many
+    /// partitions of the subscription have not reached theirs yet.
+    replay: Option<(i64, Arc<AtomicUsize>)>,
+}
+
+impl Cursor {
+    /// Marks this partition's replay done when it reached the end it had at
+    /// subscribe time (or its log was reset); the last partition to get
+    /// there sends [`Event::ReplayDone`]. False once nobody receives.
+    async fn check_replay(&mut self, sink: &Sink, reset: bool) -> bool {
+        let Some((end, remaining)) = &self.replay else {
+            return true;
+        };
+        if self.position < *end && !reset {
+            return true;
+        }
+        let last = remaining.fetch_sub(1, Ordering::AcqRel) == 1;
+        self.replay = None;
+        !last || sink.send(Item::Event(Event::ReplayDone)).await
+    }
 }
 
 /// Wait of fetches that only probe the log. Not zero: tansu 0.6 answers a
@@ -225,7 +246,16 @@ pub(crate) async fn start(
     start: StartFrom,
     sink: Sink,
 ) -> Result<ReaderHandle> {
-    let opened = try_join_all(partitions.iter().map(|&p| open(&ctx, p, start))).await?;
+    let mut opened = try_join_all(partitions.iter().map(|&p| open(&ctx, p, start))).await?;
+    if start == StartFrom::Earliest {
+        let remaining = Arc::new(AtomicUsize::new(opened.len()));
+        for (pc, cursor) in &mut opened {
+            let (end, _) = log_end(&ctx, pc).await.map_err(|e| {
+                Error::backend(BACKEND, format!("find the end of {}", ctx.topic), e)
+            })?;
+            cursor.replay = Some((end, Arc::clone(&remaining)));
+        }
+    }
     let tasks = opened
         .into_iter()
         .map(|(pc, cursor)| spawn_partition(&ctx, pc, cursor, &sink))
@@ -346,6 +376,7 @@ async fn open(
             low_watermarks: 0,
             warned: false,
             hole_retries: 0,
+            replay: None,
         },
     ))
 }
@@ -405,6 +436,9 @@ async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink
         max: ctx.retry_backoff_max.max(Backoff::FIRST),
     };
     loop {
+        if !cur.check_replay(sink, false).await {
+            return;
+        }
         let verifying = cur.verify && cur.position > 0;
         let (at, wait) = if verifying {
             (cur.position - 1, PROBE_WAIT)
@@ -518,6 +552,9 @@ async fn reset(ctx: &ReaderCtx, pc: &PartitionClient, cur: &mut Cursor, sink: &S
     };
     let missed = (start > cur.position).then(|| u64::try_from(start - cur.position).unwrap_or(0));
     tracing::warn!(topic = %ctx.topic, partition = cur.partition, from = cur.position, to = start, ?missed, "log reset: gap");
+    if !cur.check_replay(sink, true).await {
+        return false;
+    }
     cur.position = start;
     cur.last = None;
     cur.verify = false;

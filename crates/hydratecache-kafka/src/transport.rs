@@ -397,7 +397,11 @@ impl Transport for KafkaTransport {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(Some(self.inner.config.max_message_size())).with_replay(true)
+        // Partitions are read in parallel: one publisher's messages for
+        // different keys may arrive out of publish order.
+        Capabilities::new(Some(self.inner.config.max_message_size()))
+            .with_replay(true)
+            .with_ordered(false)
     }
 
     fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>> {

@@ -86,7 +86,7 @@ pub(super) async fn run<T: Send + Sync + 'static>(
             _ = &mut heartbeats, if !heartbeats_done => heartbeats_done = true,
             _ = &mut warming, if !warm_done => {
                 warm_done = true;
-                inner.mark_ready();
+                inner.warm_done();
             }
             item = subscription.next() => match item {
                 Some(Ok(event)) => apply(&inner, &mut sequences, event),
@@ -147,18 +147,28 @@ fn apply<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, sequences: &mut Sequen
             ));
             return;
         }
+        Event::ReplayDone => {
+            inner.replay_done();
+            return;
+        }
         Event::Message(envelope) => envelope,
     };
     if envelope.publisher == inner.channel.publisher() {
         inner.counters.own_echoes_skipped.incr();
         return;
     }
-    let missed = sequences.observe(
-        envelope.publisher,
-        envelope.sequence,
-        envelope.kind == Kind::Heartbeat,
-        Instant::now(),
-    );
+    // Sequence numbers reveal a loss only where one publisher's messages
+    // arrive in order; elsewhere the transport's gap events are the signal.
+    let missed = if inner.ordered {
+        sequences.observe(
+            envelope.publisher,
+            envelope.sequence,
+            envelope.kind == Kind::Heartbeat,
+            Instant::now(),
+        )
+    } else {
+        0
+    };
     if missed > 0 {
         inner.counters.sequence_gaps.incr();
         inner.repair(&format!(

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::channel::{Channel, PublishOptions, Receipt};
 use crate::error::{BoxError, Error, Result};
-use crate::transport::SubscribeOptions;
+use crate::transport::{StartFrom, SubscribeOptions};
 
 pub use stats::CacheStats;
 
@@ -152,6 +152,12 @@ struct Inner<T> {
     in_flight: Mutex<HashMap<String, InFlight<T>>>,
     ready: AtomicBool,
     ready_tx: watch::Sender<bool>,
+    /// Whether publishers' sequence numbers can reveal losses (see
+    /// [`Capabilities::ordered`](crate::Capabilities::ordered)).
+    ordered: bool,
+    /// Conditions still to meet before `ready`: a warm-up stream, a replay.
+    pending_warm: AtomicBool,
+    pending_replay: AtomicBool,
     counters: stats::Counters,
 }
 
@@ -325,6 +331,7 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         let entries =
             quick_cache::sync::Cache::with_weighter(estimated, self.capacity, EntryWeigher);
         let (ready_tx, _) = watch::channel(false);
+        let ordered = self.channel.transport().capabilities().ordered;
         let inner = Arc::new(Inner {
             channel: self.channel,
             entries,
@@ -339,6 +346,9 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             in_flight: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             ready_tx,
+            ordered,
+            pending_warm: AtomicBool::new(self.warm.is_some()),
+            pending_replay: AtomicBool::new(self.subscribe.start == StartFrom::Earliest),
             counters: stats::Counters::default(),
         });
         let subscription = inner
@@ -347,9 +357,7 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             .subscribe(inner.channel.topic(), self.subscribe)
             .await?;
         let subscribed_at = Instant::now();
-        if self.warm.is_none() {
-            inner.mark_ready();
-        }
+        inner.ready_if_warm();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(hydrate::run(
             Arc::clone(&inner),
@@ -450,8 +458,10 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
         self.inner.channel.delete_with(key, options).await
     }
 
-    /// Resolves once the cache is warm: at once without a warm-up stream,
-    /// else when the stream has been stored. Reads before that miss.
+    /// Resolves once the cache is warm: at once, or when the warm-up stream
+    /// has been stored, and, for a cache subscribed from the earliest message
+    /// (a backend that replays, such as Kafka), when the replay has reached
+    /// the end of the log as it was at subscribe time. Reads before that miss.
     pub async fn ready(&self) {
         let mut rx = self.inner.ready_tx.subscribe();
         // The sender lives in `inner`, which we hold: the wait cannot fail.
@@ -526,9 +536,24 @@ enum Origin {
 }
 
 impl<T: Send + Sync + 'static> Inner<T> {
-    fn mark_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-        self.ready_tx.send_replace(true);
+    /// Ready once neither a warm-up stream nor a replay is pending.
+    fn ready_if_warm(&self) {
+        if !self.pending_warm.load(Ordering::Acquire)
+            && !self.pending_replay.load(Ordering::Acquire)
+        {
+            self.ready.store(true, Ordering::Release);
+            self.ready_tx.send_replace(true);
+        }
+    }
+
+    fn warm_done(&self) {
+        self.pending_warm.store(false, Ordering::Release);
+        self.ready_if_warm();
+    }
+
+    fn replay_done(&self) {
+        self.pending_replay.store(false, Ordering::Release);
+        self.ready_if_warm();
     }
 
     #[inline]
