@@ -886,6 +886,11 @@ async fn concurrent_publishing_clients_lose_nothing() {
     for n in 0..PUBLISHERS * MESSAGES {
         check_replay(next_message(&mut replay, &format!("replayed message {n}")).await);
     }
+    // The replay has caught up with the log as it was at subscribe time.
+    match hydratecache_core::conformance::next_event(&mut replay, "the end of the replay").await {
+        Ok(Event::ReplayDone) => {}
+        other => panic!("expected ReplayDone, got {other:?}"),
+    }
     expect_silence(&mut live, Duration::from_millis(200)).await;
     expect_silence(&mut replay, Duration::from_millis(200)).await;
 }

@@ -179,11 +179,15 @@ pub async fn high_watermark(client: &Client, topic: &str, partition: i32) -> Res
     Ok(hw)
 }
 
-/// The next item of `sub` within the conformance timeout, or a panic.
+/// The next item of `sub` within the conformance timeout, or a panic;
+/// passes over `Event::ReplayDone` (the conformance suite checks it).
 pub async fn next_item(sub: &mut Subscription, what: &str) -> hydratecache_core::Result<Event> {
-    match tokio::time::timeout(RECEIVE_TIMEOUT, sub.next()).await {
-        Ok(Some(item)) => item,
-        Ok(None) => panic!("subscription ended while waiting for {what}"),
-        Err(_) => panic!("nothing within {RECEIVE_TIMEOUT:?} while waiting for {what}"),
+    loop {
+        match tokio::time::timeout(RECEIVE_TIMEOUT, sub.next()).await {
+            Ok(Some(Ok(Event::ReplayDone))) => continue,
+            Ok(Some(item)) => return item,
+            Ok(None) => panic!("subscription ended while waiting for {what}"),
+            Err(_) => panic!("nothing within {RECEIVE_TIMEOUT:?} while waiting for {what}"),
+        }
     }
 }
