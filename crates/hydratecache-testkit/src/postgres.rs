@@ -7,12 +7,12 @@
 //! `initdb`/`postgres` run as that user through `setpriv` (or `runuser`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::{find_binary, free_port, run_quiet, wait_for_port, TempDir};
+use crate::process::{find_binary, free_port, run_quiet, wait_for_port, Process, TempDir};
 
 /// Environment variable naming an existing PostgreSQL to use instead of a private one.
 pub const URL_VAR: &str = "HYDRATECACHE_POSTGRES_URL";
@@ -34,7 +34,7 @@ pub struct PostgresServer {
     port: u16,
     /// `Some(user)` when the server runs as another OS user (tests run as root).
     run_as: Option<&'static str>,
-    process: Option<ServerProcess>,
+    process: Option<Process>,
     // Dropped last: the directory goes once the server is dead.
     dir: TempDir,
 }
@@ -133,7 +133,7 @@ impl PostgresServer {
             ])
             .args(["-c", "max_connections=300", "-c", "shared_buffers=16MB"]);
         let log = self.dir.path().join("postgres.log");
-        self.process = Some(ServerProcess::spawn(cmd, &log)?);
+        self.process = Some(Process::spawn("postgres", cmd, &log)?);
         let deadline = Instant::now() + Duration::from_secs(60);
         wait_for_port(self.port, Duration::from_secs(60))
             .with_context(|| format!("postgres did not start; see {}", log.display()))?;
@@ -190,68 +190,11 @@ impl PostgresServer {
 
     /// Process id of the running postmaster.
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(|p| p.0.id())
+        self.process.as_ref().and_then(Process::pid)
     }
 }
 
 impl Drop for PostgresServer {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// The postmaster, killed with its whole process tree on drop.
-///
-/// Every process is signalled by its own pid: never a process-group argument
-/// to `kill(1)` (procps-ng 4.0.2 reads `kill -9 -PID` as `kill(-1, SIGKILL)`,
-/// every process the user may signal), and not `Process::kill9`, which
-/// relies on one.
-#[derive(Debug)]
-struct ServerProcess(Child);
-
-impl ServerProcess {
-    fn spawn(mut cmd: Command, log: &Path) -> Result<ServerProcess> {
-        use std::os::unix::process::CommandExt;
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("open {}", log.display()))?;
-        let err = out.try_clone()?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start postgres: {cmd:?}"))?;
-        Ok(ServerProcess(child))
-    }
-
-    fn kill9(&mut self) {
-        let pid = self.0.id();
-        // Backends are the postmaster's children, each in its own process
-        // group; collect the tree first (killed children are re-parented).
-        let tree = descendants(pid);
-        let _ = self.0.kill();
-        for p in &tree {
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", "--", &p.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = self.0.wait();
-        // Backends must be gone before a restart, or the new postmaster
-        // finds the old shared memory still attached.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tree.iter().any(|p| is_alive(*p)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill9();
     }
@@ -378,51 +321,4 @@ fn as_user(user: &str, bin: &Path) -> Command {
         cmd.args(["-u", user, "--"]).arg(bin);
         cmd
     }
-}
-
-/// Every descendant of `root`, from `/proc/<pid>/stat`.
-fn descendants(root: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-                    let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-                    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
-                    let ppid = stat
-                        .rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse()
-                        .ok()?;
-                    Some((pid, ppid))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut found = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for &(pid, ppid) in &parents {
-            if ppid == parent && !found.contains(&pid) {
-                found.push(pid);
-                frontier.push(pid);
-            }
-        }
-    }
-    found
-}
-
-fn is_alive(pid: u32) -> bool {
-    // A killed child of ours is reaped by `ServerProcess::kill9`; a zombie
-    // grandchild (state Z) no longer holds anything.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s != "Z"))
-        })
-        .unwrap_or(false)
 }

@@ -167,21 +167,31 @@ impl Process {
         )
     }
 
-    /// kill -9 of the process, its group and its direct children; waits for it.
+    /// kill -9 of the process and every descendant, each by its own pid
+    /// (postgres backends sit in their own process groups); waits until they
+    /// are gone, so a restart on the same port and directory finds them free.
+    ///
+    /// Never a process-group argument to `kill(1)`: procps-ng 4.0.2 reads
+    /// `kill -9 -PID` as `kill(-1, SIGKILL)`, every process we may signal.
     pub fn kill9(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let pid = child.id().to_string();
-        // Children may sit in their own groups (postgres backends do): kill them
-        // by parent first, then the group, then the process itself.
-        let _ = run_quiet(Command::new("pkill").args(["-9", "-P", &pid]));
-        // `--` is required: procps `kill -9 -PID` reads `-PID` as an option and
-        // ends up calling kill(-1, SIGKILL), which kills every process we may signal.
-        let group = format!("-{pid}");
-        let _ = run_quiet(Command::new("kill").args(["-s", "KILL", "--", &group]));
+        // Collect the tree first: killed parents get their children re-parented.
+        let tree = descendants(child.id());
         let _ = child.kill();
+        for pid in &tree {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tree.iter().any(|p| is_alive(*p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Its name, for messages.
@@ -211,4 +221,51 @@ pub fn run_quiet(cmd: &mut Command) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Every descendant of `root`, from `/proc/<pid>/stat`.
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                    let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+                    let ppid = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()?;
+                    Some((pid, ppid))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid) in &parents {
+            if ppid == parent && !found.contains(&pid) {
+                found.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    found
+}
+
+fn is_alive(pid: u32) -> bool {
+    // A killed child of ours is reaped by `Process::kill9`; a zombie
+    // grandchild (state Z) no longer holds anything.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s != "Z"))
+        })
+        .unwrap_or(false)
 }

@@ -1,12 +1,12 @@
 //! A private `redis-server` for tests.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::{find_binary, free_port, wait_for_port, TempDir};
+use crate::process::{find_binary, free_port, wait_for_port, Process, TempDir};
 
 /// Environment variable naming an existing Redis to use instead of a private one.
 pub const URL_VAR: &str = "HYDRATECACHE_REDIS_URL";
@@ -17,45 +17,7 @@ pub struct RedisServer {
     bin: PathBuf,
     port: u16,
     dir: TempDir,
-    process: Option<ServerProcess>,
-}
-
-/// The `redis-server` child. Started without persistence it forks no
-/// children, so it is killed by pid alone (`Child::kill`, SIGKILL), never
-/// through `kill(1)` with a process-group argument: procps-ng 4.0.2 reads
-/// `kill -9 -PID` as `kill(-1, SIGKILL)`, every process the user may signal.
-#[derive(Debug)]
-struct ServerProcess(Child);
-
-impl ServerProcess {
-    fn spawn(mut cmd: Command, log: &Path) -> Result<ServerProcess> {
-        use std::os::unix::process::CommandExt;
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("open {}", log.display()))?;
-        let err = out.try_clone()?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start redis-server: {cmd:?}"))?;
-        Ok(ServerProcess(child))
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+    process: Option<Process>,
 }
 
 impl RedisServer {
@@ -83,7 +45,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path());
-        let process = ServerProcess::spawn(cmd, &self.dir.path().join("redis.log"))?;
+        let process = Process::spawn("redis-server", cmd, &self.dir.path().join("redis.log"))?;
         self.process = Some(process);
         wait_for_port(self.port, Duration::from_secs(10))
     }
@@ -114,7 +76,7 @@ impl RedisServer {
 
     /// The running server's process id.
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(|p| p.0.id())
+        self.process.as_ref().and_then(Process::pid)
     }
 }
 
