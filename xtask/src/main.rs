@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
+mod chaos;
 mod provision;
+mod release;
 
 const HELP: &str = "\
 cargo xtask <task>
@@ -17,7 +20,16 @@ Tasks:
                            tests, then `itest all`; ends with the number of tests run
   itest <backend|all>      an adapter's conformance and backend tests against a real server
                            (backends: redis, nats, postgres, kafka)
+  bench <backend|codec|cache|all> [--seconds S]
+                           release benchmarks against each raw client in the same run;
+                           writes target/bench/summary.json and docs/benchmarks.md
+  chaos <backend|all> [--duration 60s] [--seed N] [--repair clear|reload|ignore]  fault-injection run of a 4-process LocalCache fleet, invariants checked; target/chaos/summary.json
   provision <backend|all>  make sure the server binaries a suite needs are installed
+  release-check            package, semver-checks, cargo-deny and MSRV checks of every
+                           publishable crate (docs/releasing.md)
+  release <crate> <version> [--execute]
+                           bump a crate, move its changelog, run release-check and print
+                           the publish order; a dry run without --execute; never publishes
   help                     this text
 
 Servers: a suite uses HYDRATECACHE_<BACKEND>_URL when set for the tests that do not
@@ -47,6 +59,11 @@ fn run() -> Result<()> {
             itest(backend, &mut tally)?;
             tally.finish("itest")
         }
+        ["bench", what] => bench::bench(what, None),
+        ["bench", what, "--seconds", seconds] => bench::bench(what, Some(seconds)),
+        ["chaos", rest @ ..] => chaos::run(rest),
+        ["release-check"] => release::check(),
+        ["release", krate, version, rest @ ..] => release::release(krate, version, rest),
         ["provision", backend] => {
             for b in selected(backend)? {
                 provision::ensure(b)?;
@@ -128,6 +145,17 @@ fn ci() -> Result<()> {
         "doc tests",
         cargo(&["test", "--workspace", "--all-features", "--doc"]),
     )?;
+    // Benchmarks are not run in CI (too slow), but they must build.
+    step(
+        "build benchmarks",
+        cargo(&["bench", "-p", "hydratecache-core", "--no-run"]),
+    )?;
+    step(
+        "build end-to-end benchmarks",
+        cargo(&["build", "-p", "hydratecache-bench"]),
+    )?;
+    release::check()?;
+    chaos::smoke()?;
     itest("all", &mut tally)?;
     println!("xtask ci: all steps passed in {:.0?}", started.elapsed());
     tally.finish("ci")
@@ -145,6 +173,21 @@ fn itest(backend: &str, tally: &mut Tally) -> Result<()> {
             &format!("itest {b}"),
             cargo(&["test", "-p", &package, "--all-features", "--tests"]),
         )?;
+        // The command line's tests against this backend.
+        let cli_test = format!("cli_{b}");
+        if Path::new(&format!("crates/hydratecache-cli/tests/{cli_test}.rs")).is_file() {
+            tally.run(
+                &format!("itest {b} (command line)"),
+                cargo(&[
+                    "test",
+                    "-p",
+                    "hydratecache-cli",
+                    "--all-features",
+                    "--test",
+                    &cli_test,
+                ]),
+            )?;
+        }
     }
     Ok(())
 }
