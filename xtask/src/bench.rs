@@ -37,7 +37,9 @@ pub(crate) fn bench(what: &str, seconds: Option<&str>) -> Result<()> {
                 // The fleet experiment: store reads and staleness per mode.
                 provision::ensure("redis")?;
                 provision::ensure("postgres")?;
-                run_bench_binary("fleet", seconds)?;
+                // About 30 s per mode, as the experiment is specified,
+                // whatever the end-to-end benchmarks' --seconds.
+                run_bench_binary("fleet", Some("30"))?;
             }
             backend => {
                 provision::ensure(backend)?;
@@ -53,7 +55,7 @@ fn cargo() -> String {
 }
 
 fn run_bench_binary(name: &str, seconds: Option<&str>) -> Result<()> {
-    let mut cmd = Command::new("target/release/hydratecache-bench");
+    let mut cmd = Command::new(crate::built_binary("release", "hydratecache-bench"));
     cmd.args([name, "--out", OUT]);
     if let Some(s) = seconds {
         cmd.args(["--seconds", s]);

@@ -83,17 +83,18 @@ fn drive(backends: &[&str], pass: &[String], command: &str, release: bool) -> Re
     if !build.status().context("run cargo build")?.success() {
         bail!("building hydratecache-chaos failed");
     }
-    let binary = if release {
-        "target/release/hydratecache-chaos"
-    } else {
-        "target/debug/hydratecache-chaos"
-    };
+    let binary = crate::built_binary(
+        if release { "release" } else { "debug" },
+        "hydratecache-chaos",
+    );
     let mut cmd = Command::new(binary);
     cmd.args(["drive", "--backend", &backends.join(","), "--out", OUT])
         .args(["--command", command])
         .args(pass);
     println!("==> chaos: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("run {binary}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("run {}", binary.display()))?;
     if !status.success() {
         bail!("chaos run failed (see the seed and the first violated invariant above; {OUT}/summary.json)");
     }

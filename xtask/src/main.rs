@@ -192,6 +192,14 @@ fn itest(backend: &str, tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
+/// A binary cargo built for this workspace, in `profile` (`debug`, `release`),
+/// honouring `CARGO_TARGET_DIR`.
+pub(crate) fn built_binary(profile: &str, name: &str) -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    target.join(profile).join(name)
+}
+
 fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(args);
