@@ -87,7 +87,7 @@ fn drive(backends: &[&str], pass: &[String], command: &str, release: bool) -> Re
         if release { "release" } else { "debug" },
         "hydratecache-chaos",
     );
-    let mut cmd = Command::new(binary);
+    let mut cmd = Command::new(&binary);
     cmd.args(["drive", "--backend", &backends.join(","), "--out", OUT])
         .args(["--command", command])
         .args(pass);
