@@ -84,35 +84,9 @@ impl Harness for PostgresHarness {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_transport_passes_the_conformance_suite() {
-    let server = match postgres::shared_or_private() {
-        Ok(server) => server,
-        Err(e) => panic!("no PostgreSQL for the conformance suite: {e:#}"),
-    };
-    let url = server.url();
-    let raw = match sqlx::PgPool::connect(&url).await {
-        Ok(pool) => pool,
-        Err(e) => panic!("connect to {url}: {e}"),
-    };
-    let harness = PostgresHarness {
-        url,
-        raw,
-        clients: Mutex::new(Vec::new()),
-    };
-    let report = run_all(&harness).await;
-    println!("{report}");
-    // Only replay may be skipped: NOTIFY keeps no history.
-    assert_eq!(report.ran.len(), conformance::CASES.len() - 1, "{report}");
-    assert_eq!(report.skipped.len(), 1, "{report}");
-    assert_eq!(report.skipped[0].0, "replay_from_earliest");
-}
-
-/// LocalCache over PostgreSQL: B's listener connection is killed with
-/// `pg_terminate_backend` while A rewrites every key; B must never serve a
-/// pre-cut value once it has signalled the gap (Clear and Reload).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_cache_never_serves_pre_gap_values_after_pg_terminate_backend() {
+/// A PostgreSQL (the one at `HYDRATECACHE_POSTGRES_URL`, or a private
+/// cluster, kept alive by the returned guard) and a harness on it.
+async fn harness() -> (postgres::Postgres, PostgresHarness) {
     let server = match postgres::shared_or_private() {
         Ok(server) => server,
         Err(e) => panic!("no PostgreSQL: {e:#}"),
@@ -127,6 +101,26 @@ async fn local_cache_never_serves_pre_gap_values_after_pg_terminate_backend() {
         raw,
         clients: Mutex::new(Vec::new()),
     };
+    (server, harness)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_transport_passes_the_conformance_suite() {
+    let (_server, harness) = harness().await;
+    let report = run_all(&harness).await;
+    println!("{report}");
+    // Only replay may be skipped: NOTIFY keeps no history.
+    assert_eq!(report.ran.len(), conformance::CASES.len() - 1, "{report}");
+    assert_eq!(report.skipped.len(), 1, "{report}");
+    assert_eq!(report.skipped[0].0, "replay_from_earliest");
+}
+
+/// LocalCache over PostgreSQL: B's listener connection is killed with
+/// `pg_terminate_backend` while A rewrites every key; B must never serve a
+/// pre-cut value once it has signalled the gap (Clear and Reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cache_never_serves_pre_gap_values_after_pg_terminate_backend() {
+    let (_server, harness) = harness().await;
     for policy in [
         hydratecache_core::RepairPolicy::Clear,
         hydratecache_core::RepairPolicy::Reload,
