@@ -3,7 +3,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// quanta reads the TSC (about 10 ns here, against 25 ns for std): the hit path
+// checks expiry on every read of an entry with a TTL.
+use quanta::Instant;
 
 use futures::future::OptionFuture;
 use futures::StreamExt;

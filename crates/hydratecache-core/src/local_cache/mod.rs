@@ -9,7 +9,11 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// quanta reads the TSC (about 10 ns here, against 25 ns for std): the hit path
+// checks expiry on every read of an entry with a TTL.
+use quanta::Instant;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::Stream;
@@ -92,31 +96,53 @@ where
 pub type Weigher<T> = dyn Fn(&str, &T) -> u64 + Send + Sync;
 
 /// One cached key: a value, or a tombstone left by a delete.
+///
+/// Kept small (48 bytes): every hit copies it out of the cache.
 struct Entry<T> {
     /// `None` for a tombstone.
     value: Option<Arc<T>>,
     version: Option<u64>,
-    expires_at: Option<Instant>,
+    /// Meaningful only when `expires` is set (an `Option` would add 8 bytes).
+    expires_at: Instant,
     /// When it was stored: a load that started earlier must not replace it.
     stored_at: Instant,
-    weight: u64,
+    /// Saturated at `u32::MAX`.
+    weight: u32,
+    expires: bool,
 }
+
+const _: () = assert!(std::mem::size_of::<Entry<()>>() <= 48);
 
 impl<T> Clone for Entry<T> {
     fn clone(&self) -> Self {
         Entry {
             value: self.value.clone(),
-            version: self.version,
-            expires_at: self.expires_at,
-            stored_at: self.stored_at,
-            weight: self.weight,
+            ..*self
         }
     }
 }
 
 impl<T> Entry<T> {
+    fn new(
+        value: Option<Arc<T>>,
+        version: Option<u64>,
+        now: Instant,
+        ttl: Option<Duration>,
+        weight: u64,
+    ) -> Self {
+        let expires_at = ttl.and_then(|t| now.checked_add(t));
+        Entry {
+            value,
+            version,
+            expires_at: expires_at.unwrap_or(now),
+            stored_at: now,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+            expires: expires_at.is_some(),
+        }
+    }
+
     fn is_expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|at| now >= at)
+        self.expires && now >= self.expires_at
     }
 }
 
@@ -125,7 +151,7 @@ struct EntryWeigher;
 
 impl<T> quick_cache::Weighter<String, Entry<T>> for EntryWeigher {
     fn weight(&self, _key: &String, entry: &Entry<T>) -> u64 {
-        entry.weight
+        u64::from(entry.weight)
     }
 }
 
@@ -563,7 +589,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
             return None;
         }
         let hit = self.entries.get(key).and_then(|entry| {
-            if entry.expires_at.is_some() && entry.is_expired(Instant::now()) {
+            if entry.expires && entry.is_expired(Instant::now()) {
                 return None;
             }
             entry.value
@@ -638,13 +664,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
         let weight = self.weight(key, Some(&value));
         self.entries.insert(
             key.to_owned(),
-            Entry {
-                value: Some(value),
-                version,
-                expires_at: ttl.and_then(|t| now.checked_add(t)),
-                stored_at: now,
-                weight,
-            },
+            Entry::new(Some(value), version, now, ttl, weight),
         );
         if origin == Origin::Remote {
             self.counters.updates_applied.incr();
@@ -670,13 +690,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
         let weight = self.weight(key, None);
         self.entries.insert(
             key.to_owned(),
-            Entry {
-                value: None,
-                version,
-                expires_at: now.checked_add(self.tombstone_ttl),
-                stored_at: now,
-                weight,
-            },
+            Entry::new(None, version, now, Some(self.tombstone_ttl), weight),
         );
         if origin == Origin::Remote {
             self.counters.deletes_applied.incr();
