@@ -28,9 +28,18 @@
 //! `seconds` measured. The per-instance read rate is [`DEFAULT_RATE`], or
 //! `HYDRATECACHE_FLEET_RATE` (reads/s per instance).
 //!
+//! The broadcast-fed caches (`redis`, `postgres-tx`) start warm, as a
+//! service would run them: [`LocalCacheBuilder::warm_from`] with one bulk
+//! `SELECT` of the table per instance, issued after the cache subscribed and
+//! awaited (`ready()`) before the load starts; that query is not counted in
+//! the per-read figures. Without it, the Zipf tail (s = 1) keeps producing
+//! first loads for minutes, and those would dominate the store reads.
+//!
 //! A cache's store reads are split into first loads of a key by an instance
-//! (cold misses: with Zipf s = 1 the tail keeps producing them for minutes)
-//! and reloads of a key already loaded once (expiry, repair, eviction).
+//! (cold misses) and reloads of a key already loaded once (expiry, repair,
+//! eviction).
+//!
+//! [`LocalCacheBuilder::warm_from`]: hydratecache_core::LocalCacheBuilder::warm_from
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -213,6 +222,38 @@ async fn select(pool: &PgPool, sql: &str, key: &str) -> Result<Option<Row>, sqlx
     .transpose()
 }
 
+/// The whole table as a warm-up stream: one `SELECT` when first polled. A
+/// failed query warms nothing (reads then fall through to the loader).
+fn warm_rows(
+    pool: PgPool,
+    table: String,
+) -> impl futures::Stream<Item = (String, Loaded<Row>)> + Send + 'static {
+    use futures::StreamExt as _;
+    futures::stream::once(async move {
+        let sql = format!("SELECT key, version, value FROM {table}");
+        match sqlx::query(&sql).fetch_all(&pool).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                eprintln!("fleet: warm-up SELECT failed: {e}");
+                Vec::new()
+            }
+        }
+    })
+    .flat_map(|rows| {
+        futures::stream::iter(rows.into_iter().filter_map(|r| {
+            let key: String = r.try_get(0).ok()?;
+            let version: i64 = r.try_get(1).ok()?;
+            let value: Vec<u8> = r.try_get(2).ok()?;
+            let version = u64::try_from(version).unwrap_or(0);
+            let row = Row {
+                version,
+                value: Payload(value),
+            };
+            Some((key, Loaded::new(row).version(version)))
+        }))
+    })
+}
+
 /// How one instance reads.
 #[derive(Clone)]
 enum Reader {
@@ -302,12 +343,18 @@ impl Instance {
                 }
             }
         };
-        let cache = LocalCache::builder(Channel::<Row>::new(Arc::clone(&transport), topic))
+        let mut builder = LocalCache::builder(Channel::<Row>::new(Arc::clone(&transport), topic))
             .max_entries(CACHE_ENTRIES)
-            .loader(loader)
-            .build()
+            .loader(loader);
+        if mode != Mode::Ttl {
+            // A broadcast-fed cache starts warm: one bulk SELECT, run by the
+            // cache after it subscribed, so no update can fall in between.
+            builder = builder.warm_from(warm_rows(pool.clone(), env.table.clone()));
+        }
+        let cache = builder.build().await.context("build a reader's cache")?;
+        tokio::time::timeout(Duration::from_secs(30), cache.ready())
             .await
-            .context("build a reader's cache")?;
+            .context("a reader's cache did not get warm within 30 s")?;
         Ok(Instance {
             reader: Reader::Cached(Arc::new(cache)),
             pool,
