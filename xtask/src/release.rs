@@ -363,6 +363,16 @@ fn check_metadata(crates: &[&Member]) -> Result<()> {
         if !m.dir.join("README.md").is_file() {
             problems.push(format!("{}: no README.md", m.name));
         }
+        // MIT and Apache-2.0 both require the license text to travel with
+        // the code; a crate's package holds only its own directory.
+        for license in ["LICENSE-MIT", "LICENSE-APACHE"] {
+            if !m.dir.join(license).is_file() {
+                problems.push(format!(
+                    "{}: no {license} in the crate directory (link ../../{license})",
+                    m.name
+                ));
+            }
+        }
         match std::fs::read_to_string(m.changelog()) {
             Ok(text) if unreleased_section(&text).is_some() => {}
             Ok(_) => problems.push(format!(
@@ -391,7 +401,7 @@ fn check_metadata(crates: &[&Member]) -> Result<()> {
     if !problems.is_empty() {
         bail!("release metadata incomplete:\n  {}", problems.join("\n  "));
     }
-    println!("==> metadata: description, readme, license, repository, rust-version, docs.rs metadata, README.md and CHANGELOG.md present");
+    println!("==> metadata: description, readme, license, repository, rust-version, docs.rs metadata, README.md, CHANGELOG.md and both license texts present");
     Ok(())
 }
 

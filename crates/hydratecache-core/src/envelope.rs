@@ -24,6 +24,8 @@ pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 const FLAG_TTL: u8 = 0b01;
 const FLAG_VERSION: u8 = 0b10;
 const KNOWN_FLAGS: u8 = FLAG_TTL | FLAG_VERSION;
+/// Named in decode errors, so an old subscriber says which release it runs.
+const CORE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What a message does to the key it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -196,16 +198,29 @@ pub enum EnvelopeError {
         found: u8,
     },
     /// Written by a newer, incompatible format.
-    #[error("envelope format version {found} is not supported (this build reads version {FORMAT_VERSION}); upgrade hydratecache-core")]
+    #[error(
+        "envelope format version {found} is not supported: hydratecache-core \
+         {CORE_VERSION} reads format version {FORMAT_VERSION}; the publisher runs \
+         a newer release, so upgrade this subscriber's hydratecache-core"
+    )]
     UnsupportedVersion {
         /// The version found.
         found: u8,
     },
     /// A kind byte this build does not know.
-    #[error("unknown message kind {0}")]
+    #[error(
+        "unknown message kind {0}: hydratecache-core {CORE_VERSION} reads kinds 1-3 \
+         of envelope format version {FORMAT_VERSION}; the publisher runs a newer \
+         release, so upgrade this subscriber's hydratecache-core"
+    )]
     UnknownKind(u8),
     /// Flag bits this build does not know.
-    #[error("unknown envelope flags {0:#010b}")]
+    #[error(
+        "unknown envelope flags {0:#010b}: hydratecache-core {CORE_VERSION} knows \
+         the flags {KNOWN_FLAGS:#010b} of envelope format version {FORMAT_VERSION}; \
+         the publisher runs a newer release, so upgrade this subscriber's \
+         hydratecache-core"
+    )]
     UnknownFlags(u8),
     /// The key is not UTF-8.
     #[error("envelope key is not valid UTF-8")]
