@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use hydratecache_core::transport::decode_frame;
 use hydratecache_core::{Event, Gap, GapReason, Result};
-use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::transport::{Inner, Registration};
@@ -226,6 +226,16 @@ impl SubStream {
             }
             if let Some(frame) = self.held.take() {
                 return Some(decode_frame(&self.topic, &frame.payload));
+            }
+            // A buffered frame needs no wait: the select below registers four
+            // wakers, which per message costs more than the decode.
+            match self.rx.try_recv() {
+                Ok(frame) => {
+                    self.held = Some(frame);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
             }
             tokio::select! {
                 biased;

@@ -415,13 +415,23 @@ impl NatsTransport {
                 }
             }
         };
-        let outcome = tokio::time::timeout(timeout, async {
-            tokio::select! {
-                result = send => Some(result),
-                () = lost => None,
+        // Fast path: the flush normally returns within microseconds; one
+        // timer, no polling of the connection state.
+        tokio::pin!(send);
+        let started = tokio::time::Instant::now();
+        let outcome = match tokio::time::timeout(STATE_POLL.min(timeout), &mut send).await {
+            Ok(result) => Ok(Some(result)),
+            Err(_) => {
+                let left = timeout.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, async {
+                    tokio::select! {
+                        result = &mut send => Some(result),
+                        () = lost => None,
+                    }
+                })
+                .await
             }
-        })
-        .await;
+        };
         match outcome {
             Ok(Some(result)) => result?,
             Ok(None) => {
