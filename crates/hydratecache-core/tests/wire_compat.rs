@@ -89,7 +89,12 @@ fn frozen_vectors_decode_to_their_documented_fields_and_reencode() {
 
     for (i, bytes) in vectors.iter().enumerate() {
         let decoded = Envelope::decode(bytes).expect("decodes");
-        assert_eq!(&decoded.encode().expect("encodes"), bytes, "vector {}", i + 1);
+        assert_eq!(
+            &decoded.encode().expect("encodes"),
+            bytes,
+            "vector {}",
+            i + 1
+        );
         assert_eq!(bytes[1], 1, "vector {} is format version 1", i + 1);
     }
 }
