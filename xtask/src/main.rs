@@ -20,7 +20,7 @@ Tasks:
                            tests, then `itest all`; ends with the number of tests run
   itest <backend|all>      an adapter's conformance and backend tests against a real server
                            (backends: redis, nats, postgres, kafka)
-  bench <backend|codec|cache|all> [--seconds S]
+  bench <backend|codec|cache|all|summary> [--seconds S]
                            release benchmarks against each raw client in the same run;
                            writes target/bench/summary.json and docs/benchmarks.md
   chaos <backend|all> [--duration 60s] [--seed N] [--repair clear|reload|ignore]  fault-injection run of a 4-process LocalCache fleet, invariants checked; target/chaos/summary.json
