@@ -79,7 +79,11 @@ impl KafkaConfig {
             brokers: brokers.into_iter().map(Into::into).collect(),
             client_id: "hydratecache".into(),
             create_topics: None,
-            linger: Duration::from_millis(1),
+            // Under load, records queue while a request is in flight and go
+            // out together anyway; a linger only delays. On tansu (about
+            // 0.5 ms of broker work per record) linger 0 / 1 / 5 / 20 ms gave
+            // 2,118 / 1,451 / 1,318 / 997 records/s with 64 publishes in flight.
+            linger: Duration::ZERO,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             request_timeout: Duration::from_secs(10),
             fetch_max_wait: Duration::from_millis(500),
@@ -139,8 +143,10 @@ impl KafkaConfig {
     }
 
     /// How long the first record of a batch waits for more before the batch
-    /// is sent (default 1 ms). While a request is in flight, new records
-    /// queue and go out together in the next one whatever the linger.
+    /// is sent (default 0). While a request is in flight, new records queue
+    /// and go out together in the next one whatever the linger, so a busy
+    /// publisher batches without one; a linger trades latency for fewer,
+    /// larger requests when publishes trickle in.
     pub fn linger(mut self, linger: Duration) -> KafkaConfig {
         self.linger = linger;
         self
