@@ -13,6 +13,8 @@ use crate::provision;
 
 const OUT: &str = "target/bench";
 const E2E: &[&str] = &["redis", "nats", "postgres", "kafka"];
+/// The command and time of the last benchmark run, for the docs page.
+const PRODUCED_BY: &str = "produced-by.txt";
 
 pub(crate) fn bench(what: &str, seconds: Option<&str>) -> Result<()> {
     let targets: Vec<&str> = match what {
@@ -23,6 +25,11 @@ pub(crate) fn bench(what: &str, seconds: Option<&str>) -> Result<()> {
         other => bail!("unknown benchmark {other:?}: expected redis, nats, postgres, kafka, codec, cache, all or summary"),
     };
     std::fs::create_dir_all(OUT)?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::fs::write(
+        format!("{OUT}/{PRODUCED_BY}"),
+        format!("`cargo xtask {}` on {}", args.join(" "), today()),
+    )?;
     if targets.iter().any(|t| E2E.contains(t) || *t == "cache") {
         let status = Command::new(cargo())
             .args(["build", "--release", "-p", "hydratecache-bench"])
@@ -106,7 +113,11 @@ fn criterion(bench: &str) -> Result<(Timings, WireSizes)> {
             {
                 wire.push((name.to_owned(), n));
             }
-        } else if let Some((name, rest)) = line.split_once("time:") {
+        } else if let Some((name, rest)) = line
+            .split_once("time:")
+            // Not criterion's "change:" lines against a saved baseline.
+            .filter(|(_, rest)| !rest.contains('%'))
+        {
             let name = if name.trim().is_empty() {
                 previous.clone()
             } else {
@@ -241,6 +252,8 @@ fn summarise() -> Result<()> {
             rows.extend(file);
         }
     }
+    // Rows without a figure (an unparsed line of an older run) say nothing.
+    rows.retain(|r| !r["library"].is_null());
     let machine = machine();
 
     let (fleet, rows): (Vec<Value>, Vec<Value>) =
@@ -301,9 +314,15 @@ fn summarise() -> Result<()> {
         );
     }
     println!("\n{table}");
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Which run made the figures: a re-render names the run, not itself.
+    let produced = std::fs::read_to_string(format!("{OUT}/{PRODUCED_BY}"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            format!("`cargo xtask {}` on {}", args.join(" "), today())
+        });
     let doc = format!(
-        "# Benchmarks\n\nProduced by `cargo xtask {}` on {}.\n\nMachine: {} ({} cores, {} GiB), Linux {}; every server on loopback on the same machine.\n\n\
+        "# Benchmarks\n\nProduced by {}.\n\nMachine: {} ({} cores, {} GiB), Linux {}; every server on loopback on the same machine.\n\n\
          Method: hydratecache and each backend's own client move the same payload bytes in the same run, interleaved \
          (raw, library, raw, library; the mean of each pair). Throughput: one publisher with {} publishes in flight for a \
          fixed time, one subscriber counting. Latency: one message in flight, publish to typed receipt, 1,000 round trips after 20 \
@@ -311,8 +330,7 @@ fn summarise() -> Result<()> {
          `Channel<Payload>` (CBOR byte string in the envelope) and receives the decoded value; the raw side sends the bare \
          payload. Ratios are library ÷ raw: above 1 is better for throughput, below 1 is better for latency. \
          Machine-readable: `target/bench/summary.json`.\n\n{table}\n{}",
-        args.join(" "),
-        today(),
+        produced,
         machine["cpu"].as_str().unwrap_or("unknown CPU"),
         machine["cores"],
         machine["memory_gib"],
