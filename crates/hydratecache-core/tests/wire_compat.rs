@@ -29,7 +29,7 @@ fn frozen_vectors() -> Vec<Vec<u8>> {
         .map(|block| {
             let block = block.split("```").next().expect("closed block");
             let digits: String = block.chars().filter(|c| !c.is_whitespace()).collect();
-            assert!(digits.len() % 2 == 0, "odd hex digits in {block}");
+            assert!(digits.len().is_multiple_of(2), "odd hex digits in {block}");
             (0..digits.len())
                 .step_by(2)
                 .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex"))
