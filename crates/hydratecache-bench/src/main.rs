@@ -295,7 +295,7 @@ fn topic(backend: &str, what: &str, size: usize, who: &str) -> String {
 
 fn flow_notes(lib: &Flow, raw: &Flow) -> String {
     format!(
-        "library: sent {} received {} gaps {} lost-silently {} publish-errors {} receive-errors {}{}; raw: sent {} received {} gaps {} lost {}",
+        "library: sent {} received {} gaps {} lost-silently {} publish-errors {} receive-errors {}{}; raw: sent {} received {} gaps {} lost {}{}",
         lib.sent,
         lib.received,
         lib.gaps,
@@ -307,6 +307,7 @@ fn flow_notes(lib: &Flow, raw: &Flow) -> String {
         raw.received,
         raw.gaps,
         raw.lost_silently,
+        raw.peak_rss_kib.map(|k| format!(" peak-rss {k} KiB")).unwrap_or_default(),
     )
 }
 
