@@ -1,7 +1,7 @@
 //! End-to-end benchmarks: hydratecache against each backend's own client,
 //! moving the same payload bytes, in the same run, interleaved.
 //!
-//! `hydratecache-bench <redis|nats|postgres|kafka|cache-redis> [--seconds S] [--out DIR]`
+//! `hydratecache-bench <redis|nats|postgres|kafka|cache-redis|fleet> [--seconds S] [--out DIR]`
 //! writes `DIR/<backend>.json` (rows of backend, payload size, metric, library
 //! value, raw value, ratio). `cargo xtask bench` runs it in release mode,
 //! merges the rows into `target/bench/summary.json` and `docs/benchmarks.md`.
@@ -73,9 +73,15 @@ struct Args {
     out: PathBuf,
 }
 
+const USAGE: &str = "usage: hydratecache-bench <redis|nats|postgres|kafka|cache-redis|fleet> [--seconds S] [--out DIR]";
+
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
-    let backend = it.next().context("usage: hydratecache-bench <redis|nats|postgres|kafka|cache-redis> [--seconds S] [--out DIR]")?;
+    let backend = it.next().context(USAGE)?;
+    if backend == "--help" || backend == "-h" {
+        println!("{USAGE}");
+        std::process::exit(0);
+    }
     let mut args = Args {
         backend,
         seconds: 3.0,
