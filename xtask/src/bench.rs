@@ -252,8 +252,9 @@ fn summarise() -> Result<()> {
             rows.extend(file);
         }
     }
-    // Rows without a figure (an unparsed line of an older run) say nothing.
-    rows.retain(|r| !r["library"].is_null());
+    // Rows without a figure (an unparsed line of an older run) say nothing;
+    // fleet rows carry their figures under their own names.
+    rows.retain(|r| r["backend"] == "fleet" || !r["library"].is_null());
     let machine = machine();
 
     let (fleet, rows): (Vec<Value>, Vec<Value>) =

@@ -500,6 +500,14 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     }
 
     /// A snapshot of the counters.
+    ///
+    /// With the `metrics` feature, each call also exports the snapshot
+    /// through the [`metrics`](https://docs.rs/metrics) facade, labelled
+    /// `topic`: counters `hydratecache_cache_{hits, misses, loads,
+    /// updates_applied, deletes_applied, stale_rejected, expired_on_arrival,
+    /// own_echoes_skipped, decode_errors, gaps, repairs}` set to their
+    /// totals, and gauges `hydratecache_cache_entries` and
+    /// `hydratecache_cache_lag_p99_seconds`. Call it on your scrape interval.
     pub fn stats(&self) -> CacheStats {
         let stats = self.inner.counters.snapshot(self.inner.entries.len());
         #[cfg(feature = "metrics")]
