@@ -252,13 +252,12 @@ fn summarise() -> Result<()> {
             rows.extend(file);
         }
     }
-    // Rows without a figure (an unparsed line of an older run) say nothing;
-    // fleet rows carry their figures under their own names.
-    rows.retain(|r| r["backend"] == "fleet" || !r["library"].is_null());
     let machine = machine();
 
-    let (fleet, rows): (Vec<Value>, Vec<Value>) =
+    let (fleet, mut rows): (Vec<Value>, Vec<Value>) =
         rows.into_iter().partition(|r| r["backend"] == "fleet");
+    // Rows without a figure (an unparsed line of an older run) say nothing.
+    rows.retain(|r| !r["library"].is_null());
     let mut fleet_table = String::new();
     if !fleet.is_empty() {
         fleet_table.push_str("| mode | store reads/s | reads/s | read p50 (µs) | read p99 (µs) | stale ≤ 10 ms | stale > 10 ms | max staleness (ms) |\n|---|---|---|---|---|---|---|---|\n");
