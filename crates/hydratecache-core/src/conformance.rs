@@ -143,6 +143,7 @@ cases!(
     max_payload_boundary,
     garbage_yields_error_and_stream_continues,
     concurrent_publishers_all_arrive,
+    published_before_drop_arrives,
     replay_from_earliest,
 );
 
@@ -570,13 +571,74 @@ pub async fn concurrent_publishers_all_arrive(h: &dyn Harness) -> Outcome {
             }
         }));
     }
+    receive_from_each(&mut sub, PUBLISHERS, MESSAGES, tasks).await;
+    Outcome::Passed
+}
+
+/// What a short-lived writer (a CLI, a batch job) published arrives although
+/// it drops its transport the moment its last publish returns: a publish
+/// that returned `Ok` is not lost to the connection closing behind it.
+pub async fn published_before_drop_arrives(h: &dyn Harness) -> Outcome {
+    const WRITERS: u64 = 8;
+    const MESSAGES: u64 = 100;
+    let topic = topic(h, "lastwords").await;
+    let mut sub = subscribe(&*connect(h).await, &topic).await;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let t = connect(h).await;
+        let topic = topic.clone();
+        tasks.push(tokio::spawn(async move {
+            let publisher = PublisherId(u128::from(w) + 1);
+            for i in 1..=MESSAGES {
+                publish(&*t, &topic, &envelope(publisher, i, "w", vec![w as u8; 64])).await;
+            }
+            drop(t);
+        }));
+    }
+    receive_from_each(&mut sub, WRITERS, MESSAGES, tasks).await;
+    Outcome::Passed
+}
+
+/// Receives `messages` from each of `publishers` (ids 1..=publishers), each
+/// publisher's in order, then joins the publishing `tasks`. On a timeout the
+/// panic names how far each publisher got.
+async fn receive_from_each(
+    sub: &mut Subscription,
+    publishers: u64,
+    messages: u64,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) {
+    let total = publishers * messages;
     let mut last: HashMap<PublisherId, u64> = HashMap::new();
-    for n in 0..PUBLISHERS * MESSAGES {
-        let got = next_message(
-            &mut sub,
-            &format!("message {n} of {}", PUBLISHERS * MESSAGES),
-        )
+    for n in 0..total {
+        let item = tokio::time::timeout(RECEIVE_TIMEOUT, async {
+            loop {
+                match sub.next().await {
+                    Some(Ok(Event::ReplayDone)) => continue,
+                    other => return other,
+                }
+            }
+        })
         .await;
+        let got = match item {
+            Ok(Some(Ok(Event::Message(env)))) => env,
+            Ok(other) => panic!(
+                "expected message {n} of {total} on {}, got {other:?}",
+                sub.topic()
+            ),
+            Err(_) => {
+                let finished = tasks.iter().filter(|t| t.is_finished()).count();
+                let mut got: Vec<_> = last.iter().map(|(p, n)| (p.0, *n)).collect();
+                got.sort_unstable();
+                panic!(
+                    "no event on {} within {RECEIVE_TIMEOUT:?} while waiting for message \
+                     {n} of {total}; last sequence received per publisher: {got:?}; \
+                     publishing tasks finished: {finished} of {}",
+                    sub.topic(),
+                    tasks.len()
+                );
+            }
+        };
         let prev = last.insert(got.publisher, got.sequence).unwrap_or(0);
         assert_eq!(
             got.sequence,
@@ -590,9 +652,8 @@ pub async fn concurrent_publishers_all_arrive(h: &dyn Harness) -> Outcome {
             panic!("publisher task failed: {e}");
         }
     }
-    assert_eq!(last.len() as u64, PUBLISHERS);
-    assert!(last.values().all(|&n| n == MESSAGES), "{last:?}");
-    Outcome::Passed
+    assert_eq!(last.len() as u64, publishers);
+    assert!(last.values().all(|&n| n == messages), "{last:?}");
 }
 
 /// With [`Capabilities::replay`](crate::Capabilities::replay), a subscription

@@ -673,6 +673,11 @@ impl Transport for NatsTransport {
         self.subscribe_topic(topic, options).boxed()
     }
 
+    /// Flushes, then waits until the server has processed everything this
+    /// transport published (a round trip on the connection, bounded by
+    /// `publish_timeout`), then closes the connection if the transport made
+    /// it. A failed confirmation is an error: what was published last may
+    /// not have reached the server.
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         async move {
             if self.inner.shared.closed.send_replace(true) {
@@ -680,23 +685,65 @@ impl Transport for NatsTransport {
             }
             let inner = &self.inner;
             let timeout = inner.config.publish_timeout;
-            let flushed = tokio::time::timeout(timeout, inner.client.flush()).await;
+            let confirmed = tokio::time::timeout(timeout, confirm_processed(&inner.client)).await;
             if inner.owned {
                 // Closes the connection once what is queued is written.
                 if let Err(e) = inner.client.drain().await {
                     tracing::debug!(error = %e, "nats drain on close");
                 }
             }
-            match flushed {
+            match confirmed {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(Error::backend(BACKEND, "flush on close", e)),
+                Ok(Err(e)) => Err(Error::backend(
+                    BACKEND,
+                    "confirm on close that the server has what was published",
+                    e,
+                )),
                 Err(_) => Err(Error::backend(
                     BACKEND,
-                    "flush on close",
-                    format!("not flushed within {timeout:?}"),
+                    "confirm on close that the server has what was published",
+                    format!("no answer within {timeout:?}"),
                 )),
             }
         }
         .boxed()
+    }
+}
+
+/// Flushes, then proves with a round trip that the server has processed
+/// everything written before it.
+async fn confirm_processed(client: &Client) -> std::result::Result<(), async_nats::Error> {
+    client.flush().await?;
+    round_trip(client).await
+}
+
+impl Drop for Inner {
+    /// Dropped without [`close`](Transport::close): keeps the connection
+    /// open in the background until the server has processed what was
+    /// published (bounded by `publish_timeout`). async-nats closes a dropped
+    /// client's socket at once; if the server's `PING` sits unread in it, the
+    /// close is a reset and the server discards what it had not read yet, so
+    /// the last publishes, already `Ok`, were lost (seen in the conformance
+    /// suite on a loaded machine).
+    fn drop(&mut self) {
+        if *self.shared.closed.borrow() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.client.clone();
+        let timeout = self.config.publish_timeout;
+        runtime.spawn(async move {
+            match tokio::time::timeout(timeout, confirm_processed(&client)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "nats: could not confirm what was published before the drop")
+                }
+                Err(_) => tracing::debug!(
+                    "nats: no confirmation within {timeout:?} of what was published before the drop"
+                ),
+            }
+        });
     }
 }

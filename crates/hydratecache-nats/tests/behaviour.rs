@@ -418,3 +418,66 @@ async fn close_ends_subscriptions_and_refuses_publishes() {
     client.publish("x.after.close", "ok".into()).await.unwrap();
     client.flush().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_returns_once_the_server_has_everything_published() {
+    const WRITERS: u64 = 8;
+    const MESSAGES: u64 = 100;
+    let nats = shared_or_private().unwrap();
+    for mode in [Mode::Url, Mode::Client] {
+        let topic = unique_topic("close_confirms");
+        let raw = async_nats::connect(nats.url()).await.unwrap();
+        let mut sub = raw_subscribe(&raw, &topic).await;
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let url = nats.url();
+            let topic = topic.clone();
+            writers.push(tokio::spawn(async move {
+                let t = match mode {
+                    Mode::Url => NatsTransport::connect(&url).await.unwrap(),
+                    Mode::Client => {
+                        NatsTransport::from_client(async_nats::connect(&url).await.unwrap())
+                    }
+                };
+                for i in 1..=MESSAGES {
+                    let env = Envelope {
+                        sequence: i,
+                        publisher: PublisherId(u128::from(w) + 1),
+                        ..Envelope::update("k", vec![0; 64])
+                    };
+                    t.publish(&topic, &env).await.unwrap();
+                }
+                // Then the transport (and in Client mode the only client) drops.
+                t.close().await.unwrap();
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let mut received = 0;
+        while received < WRITERS * MESSAGES {
+            let m = raw_next(&mut sub, &format!("{mode:?}: message {received}")).await;
+            Envelope::decode(&m.payload).unwrap();
+            received += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_fails_when_the_server_cannot_confirm() {
+    let mut server = server();
+    let t = NatsTransport::builder()
+        .publish_timeout(Duration::from_millis(500))
+        .connect(&server.url())
+        .await
+        .unwrap();
+    t.publish("close.unconfirmed", &message(1, vec![]))
+        .await
+        .unwrap();
+    server.kill9();
+    let err = t.close().await.unwrap_err();
+    assert!(
+        err.to_string().contains("confirm on close"),
+        "unexpected error: {err}"
+    );
+}
