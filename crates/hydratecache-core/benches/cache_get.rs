@@ -10,7 +10,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use hydratecache_core::{Channel, Loaded, LocalCache, MemoryTransport, PublishOptions};
 
 const KEYS: usize = 10_000;
@@ -98,43 +99,35 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("get-hit");
     for threads in [1usize, 2] {
-        group.bench_function(format!("local_cache/{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                threaded(threads, iters, |i| {
-                    black_box(local.get(&keys[i]).expect("hit"));
-                })
-            })
+        hits(&mut group, "local_cache", threads, |i| {
+            black_box(local.get(&keys[i]).expect("hit"));
         });
-        group.bench_function(format!("moka/{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                threaded(threads, iters, |i| {
-                    black_box(moka.get(&keys[i]).expect("hit"));
-                })
-            })
+        hits(&mut group, "moka", threads, |i| {
+            black_box(moka.get(&keys[i]).expect("hit"));
         });
-        group.bench_function(format!("quick_cache/{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                threaded(threads, iters, |i| {
-                    black_box(quick.get(&keys[i]).expect("hit"));
-                })
-            })
+        hits(&mut group, "quick_cache", threads, |i| {
+            black_box(quick.get(&keys[i]).expect("hit"));
         });
-        group.bench_function(format!("quick_cache_256_shards/{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                threaded(threads, iters, |i| {
-                    black_box(quick_256.get(&keys[i]).expect("hit"));
-                })
-            })
+        hits(&mut group, "quick_cache_256_shards", threads, |i| {
+            black_box(quick_256.get(&keys[i]).expect("hit"));
         });
-        group.bench_function(format!("arc_clone_only/{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                threaded(threads, iters, |i| {
-                    black_box(Arc::clone(&handles[i]));
-                })
-            })
+        hits(&mut group, "arc_clone_only", threads, |i| {
+            black_box(Arc::clone(&handles[i]));
         });
     }
     group.finish();
+}
+
+/// One variant, `<name>/<threads>t`: `read(i)` of key `i` on each thread.
+fn hits(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    threads: usize,
+    read: impl Fn(usize) + Sync,
+) {
+    group.bench_function(format!("{name}/{threads}t"), |b| {
+        b.iter_custom(|iters| threaded(threads, iters, &read))
+    });
 }
 
 fn config() -> Criterion {

@@ -551,27 +551,7 @@ pub async fn garbage_yields_error_and_stream_continues(h: &dyn Harness) -> Outco
 /// 4 publishers (separate clients, concurrent) × 250 messages: all 1,000
 /// arrive, each publisher's in order.
 pub async fn concurrent_publishers_all_arrive(h: &dyn Harness) -> Outcome {
-    const PUBLISHERS: u64 = 4;
-    const MESSAGES: u64 = 250;
-    let topic = topic(h, "concurrent").await;
-    let mut sub = subscribe(&*connect(h).await, &topic).await;
-    let mut tasks = Vec::new();
-    for p in 0..PUBLISHERS {
-        let t = connect(h).await;
-        let topic = topic.clone();
-        tasks.push(tokio::spawn(async move {
-            let publisher = PublisherId(u128::from(p) + 1);
-            for i in 1..=MESSAGES {
-                publish(
-                    &*t,
-                    &topic,
-                    &envelope(publisher, i, &format!("p{p}"), vec![p as u8; 16]),
-                )
-                .await;
-            }
-        }));
-    }
-    receive_from_each(&mut sub, PUBLISHERS, MESSAGES, tasks).await;
+    all_arrive_from_concurrent_writers(h, "concurrent", 4, 250, 16).await;
     Outcome::Passed
 }
 
@@ -579,24 +559,41 @@ pub async fn concurrent_publishers_all_arrive(h: &dyn Harness) -> Outcome {
 /// it drops its transport the moment its last publish returns: a publish
 /// that returned `Ok` is not lost to the connection closing behind it.
 pub async fn published_before_drop_arrives(h: &dyn Harness) -> Outcome {
-    const WRITERS: u64 = 8;
-    const MESSAGES: u64 = 100;
-    let topic = topic(h, "lastwords").await;
+    all_arrive_from_concurrent_writers(h, "lastwords", 8, 100, 64).await;
+    Outcome::Passed
+}
+
+/// `writers` transports of their own publish `messages` each at once, each
+/// dropping its transport straight after its last publish; one subscriber
+/// must receive every message, each writer's in order.
+async fn all_arrive_from_concurrent_writers(
+    h: &dyn Harness,
+    case: &str,
+    writers: u64,
+    messages: u64,
+    payload_len: usize,
+) {
+    let topic = topic(h, case).await;
     let mut sub = subscribe(&*connect(h).await, &topic).await;
     let mut tasks = Vec::new();
-    for w in 0..WRITERS {
+    for w in 0..writers {
         let t = connect(h).await;
         let topic = topic.clone();
         tasks.push(tokio::spawn(async move {
             let publisher = PublisherId(u128::from(w) + 1);
-            for i in 1..=MESSAGES {
-                publish(&*t, &topic, &envelope(publisher, i, "w", vec![w as u8; 64])).await;
+            for i in 1..=messages {
+                let payload = vec![w as u8; payload_len];
+                publish(
+                    &*t,
+                    &topic,
+                    &envelope(publisher, i, &format!("w{w}"), payload),
+                )
+                .await;
             }
             drop(t);
         }));
     }
-    receive_from_each(&mut sub, WRITERS, MESSAGES, tasks).await;
-    Outcome::Passed
+    receive_from_each(&mut sub, writers, messages, tasks).await;
 }
 
 /// Receives `messages` from each of `publishers` (ids 1..=publishers), each
