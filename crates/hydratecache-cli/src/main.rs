@@ -21,6 +21,11 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
+/// Bound on `close()` after a publish or a check. Above each adapter's own
+/// bounds (NATS: 5 s to confirm the server has what was published, then up
+/// to 5 s to drain), so the adapter's answer, not this timer, ends the close.
+pub(crate) const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Wrong input that clap could not see (exit status 2, like clap's own).
 #[derive(Debug)]
 pub(crate) struct UsageError(String);

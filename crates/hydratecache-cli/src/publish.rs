@@ -1,7 +1,7 @@
 //! `hydratecache publish`: send one update or delete.
 
 use std::io::Read;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -10,9 +10,6 @@ use hydratecache_core::{Envelope, Kind, PublisherId, Ttl};
 use crate::backends::{self, ConnectOptions};
 use crate::cli::PublishArgs;
 use crate::UsageError;
-
-/// Bound on flushing and closing after the publish.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The payload from VALUE / stdin, as the arguments ask.
 fn payload(args: &PublishArgs, stdin: impl FnOnce() -> Result<Vec<u8>>) -> Result<Bytes> {
@@ -98,13 +95,14 @@ pub(crate) async fn run(args: PublishArgs) -> Result<()> {
         .await
         .with_context(|| format!("publish to {:?} on {}", args.topic, args.url))
         .map_err(|e| backends::advise(&args.url, &args.topic, e));
-    let closed = tokio::time::timeout(CLOSE_TIMEOUT, transport.close()).await;
+    let closed = tokio::time::timeout(crate::CLOSE_TIMEOUT, transport.close()).await;
     result?;
     match closed {
         Ok(Ok(())) => {}
         Ok(Err(e)) => crate::err(&format!("warning: closing the connection failed: {e}")),
         Err(_) => crate::err(&format!(
-            "warning: closing the connection took over {CLOSE_TIMEOUT:?}"
+            "warning: closing the connection took over {:?}",
+            crate::CLOSE_TIMEOUT
         )),
     }
     let wire = adapter.wire_size(&envelope);
@@ -193,7 +191,10 @@ mod tests {
             return;
         };
         let env = envelope(&a, Bytes::new());
-        assert_eq!(env.ttl.map(|t| t.duration), Some(Duration::from_secs(30)));
+        assert_eq!(
+            env.ttl.map(|t| t.duration),
+            Some(std::time::Duration::from_secs(30))
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `LocalCache::get` on a hit (expiry check and value handle included),
 //! against the same read on moka and on bare quick_cache (default shards, and
-//! 256 shards as LocalCache uses), and against the value handle alone (an
+//! 64 shards as LocalCache uses for this bound), and against the value handle alone (an
 //! `Arc` clone): 10,000 String keys, 128-byte values, 1 and 2 threads.
 //!
 //! Run: `cargo xtask bench cache`, which also measures a Redis GET round trip
@@ -74,13 +74,14 @@ fn bench(c: &mut Criterion) {
     let moka: moka::sync::Cache<String, Arc<Vec<u8>>> = moka::sync::Cache::new(2 * KEYS as u64);
     let quick: quick_cache::sync::Cache<String, Arc<Vec<u8>>> =
         quick_cache::sync::Cache::new(2 * KEYS);
-    // As LocalCache builds it: 256 shards rather than 4 per core.
-    let quick_256: quick_cache::sync::Cache<String, Arc<Vec<u8>>> =
+    // As LocalCache builds it for this bound: 64 shards (at least 256
+    // entries each) rather than 4 per core.
+    let quick_64: quick_cache::sync::Cache<String, Arc<Vec<u8>>> =
         quick_cache::sync::Cache::with_options(
             quick_cache::OptionsBuilder::new()
                 .estimated_items_capacity(2 * KEYS)
                 .weight_capacity(2 * KEYS as u64)
-                .shards(256)
+                .shards(64)
                 .build()
                 .expect("options"),
             quick_cache::UnitWeighter,
@@ -90,7 +91,7 @@ fn bench(c: &mut Criterion) {
     for k in keys.iter() {
         moka.insert(k.clone(), Arc::new(value()));
         quick.insert(k.clone(), Arc::new(value()));
-        quick_256.insert(k.clone(), Arc::new(value()));
+        quick_64.insert(k.clone(), Arc::new(value()));
     }
     // No lookup at all: only the value handle a get returns (an `Arc`
     // clone and drop), read in the same order. With two threads both touch
@@ -108,8 +109,8 @@ fn bench(c: &mut Criterion) {
         hits(&mut group, "quick_cache", threads, |i| {
             black_box(quick.get(&keys[i]).expect("hit"));
         });
-        hits(&mut group, "quick_cache_256_shards", threads, |i| {
-            black_box(quick_256.get(&keys[i]).expect("hit"));
+        hits(&mut group, "quick_cache_64_shards", threads, |i| {
+            black_box(quick_64.get(&keys[i]).expect("hit"));
         });
         hits(&mut group, "arc_clone_only", threads, |i| {
             black_box(Arc::clone(&handles[i]));

@@ -151,24 +151,33 @@ impl<T> quick_cache::Weighter<String, Entry<T>> for EntryWeigher {
     }
 }
 
-/// Shards of the entry table. quick_cache's default (4 per core) leaves two
-/// threads' hits contending on the shard locks: on 2 cores a hit took 143 ns
-/// with 8 shards, 88 ns with 64 and 83 ns with 1024, against 46 ns on one
-/// thread (`benches/cache_get.rs`). Fewer for small caches: as quick_cache
-/// itself requires, each shard holds at least 32 entries, and it gets at
-/// least one unit of the capacity.
-fn shards(estimated_items: usize, capacity: u64) -> usize {
-    let mut shards = std::thread::available_parallelism()
+/// Shards of the entry table, for a cache bounded by entry count
+/// (`max_entries`); `None` for a byte-bounded one.
+///
+/// quick_cache's default (4 per core) leaves two threads' hits contending on
+/// the shard locks: on 2 cores a hit took 143 ns with 8 shards, 88 ns with
+/// 64 and 83 ns with 1024, against 46 ns on one thread
+/// (`benches/cache_get.rs`). So an entry-bounded cache gets up to 256, but
+/// each shard keeps at least 256 entries: every shard has an equal share of
+/// the bound, and small shards fill unevenly and evict while the cache as a
+/// whole has room. A byte-bounded cache keeps the default: a shard refuses
+/// any value heavier than its share of the budget, and more shards would
+/// shrink the largest value it takes.
+fn shards(max_entries: Option<u64>) -> usize {
+    let default = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
-        .saturating_mul(4)
-        .max(MIN_SHARDS)
-        .next_power_of_two();
-    while shards > 1 && (estimated_items.div_ceil(shards) < 32 || capacity < shards as u64) {
+        .saturating_mul(4);
+    let Some(max_entries) = max_entries else {
+        return default;
+    };
+    let mut shards = default.max(MIN_SHARDS).next_power_of_two();
+    while shards > 1 && max_entries / (shards as u64) < MIN_ENTRIES_PER_SHARD {
         shards /= 2;
     }
     shards
 }
 
+const MIN_ENTRIES_PER_SHARD: u64 = 256;
 const MIN_SHARDS: usize = 256;
 
 /// A bulk warm-up stream of key/value pairs from the store.
@@ -372,12 +381,18 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
                 .unwrap_or(usize::MAX)
                 .min(1 << 24)
         };
-        let shards = shards(estimated, self.capacity);
+        let by_entries = self.weigher.is_none();
+        let shards = shards(by_entries.then_some(self.capacity));
+        // An equal whole share per shard: quick_cache rounds each share up,
+        // which would let an entry count pass its bound by up to one a shard.
+        let capacity = if by_entries {
+            self.capacity / shards as u64 * shards as u64
+        } else {
+            self.capacity
+        };
         let options = quick_cache::OptionsBuilder::new()
             .estimated_items_capacity(estimated)
-            // Each shard gets an equal whole share: rounding up would let
-            // the cache pass its bound by up to one unit per shard.
-            .weight_capacity(self.capacity / shards as u64 * shards as u64)
+            .weight_capacity(capacity)
             .shards(shards)
             .build()
             .map_err(|e| Error::backend("local-cache", "size the cache", format!("{e:?}")))?;
@@ -927,5 +942,31 @@ fn export_metrics(topic: &str, s: &CacheStats) {
     if let Some(p99) = s.lag_p99 {
         metrics::gauge!("hydratecache_cache_lag_p99_seconds", "topic" => topic)
             .set(p99.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_bounded_caches_get_shards_of_at_least_256_entries() {
+        for max_entries in [1, 255, 511, 8_191, 10_000, 20_000, 1 << 20] {
+            let shards = shards(Some(max_entries)) as u64;
+            assert!(shards.is_power_of_two(), "{max_entries}: {shards}");
+            assert!(
+                shards == 1 || max_entries / shards >= MIN_ENTRIES_PER_SHARD,
+                "{max_entries} entries over {shards} shards"
+            );
+        }
+        assert_eq!(shards(Some(511)), 1);
+        assert_eq!(shards(Some(20_000)), 64);
+        assert!(shards(Some(1 << 20)) >= MIN_SHARDS);
+    }
+
+    #[test]
+    fn byte_bounded_caches_keep_quick_caches_default() {
+        let default = std::thread::available_parallelism().map_or(1, |n| n.get()) * 4;
+        assert_eq!(shards(None), default);
     }
 }
