@@ -419,7 +419,11 @@ impl NatsTransport {
                 format!("the client is {state}, not connected; nothing was sent"),
             ));
         }
-        inner.unconfirmed.store(true, Ordering::Relaxed);
+        // Read first: concurrent publishers then share the flag's cache line
+        // instead of each writing it.
+        if !inner.unconfirmed.load(Ordering::Relaxed) {
+            inner.unconfirmed.store(true, Ordering::Relaxed);
+        }
         let before = inner.connects();
         let timeout = inner.config.publish_timeout;
         let send =
@@ -709,14 +713,10 @@ impl Transport for NatsTransport {
             }
             match confirmed {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(Error::backend(
-                    BACKEND,
-                    "confirm on close that the server has what was published",
-                    e,
-                )),
+                Ok(Err(e)) => Err(Error::backend(BACKEND, CONFIRM_ON_CLOSE, e)),
                 Err(_) => Err(Error::backend(
                     BACKEND,
-                    "confirm on close that the server has what was published",
+                    CONFIRM_ON_CLOSE,
                     format!("no answer within {timeout:?}"),
                 )),
             }
@@ -724,6 +724,8 @@ impl Transport for NatsTransport {
         .boxed()
     }
 }
+
+const CONFIRM_ON_CLOSE: &str = "confirm on close that the server has what was published";
 
 /// Flushes, then proves with a round trip that the server has processed
 /// everything written before it.
