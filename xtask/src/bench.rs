@@ -392,8 +392,9 @@ fn targets(rows: &[Value], fleet: &[Value]) -> String {
                 let ratio = r["ratio"].as_f64().unwrap_or(f64::NAN);
                 line(
                     format!("{backend} {size} B throughput ≥ 0.95 × raw"),
-                    // Three places: 0.947 would print as a failing "0.95".
-                    format!("{ratio:.3} ×"),
+                    // Rounded down to three places: a failing 0.9496 must
+                    // not print as 0.950.
+                    format!("{:.3} ×", (ratio * 1000.0).floor() / 1000.0),
                     ratio >= 0.95,
                 );
             }
@@ -401,7 +402,8 @@ fn targets(rows: &[Value], fleet: &[Value]) -> String {
                 let ratio = r["ratio"].as_f64().unwrap_or(f64::NAN);
                 line(
                     format!("{backend} {size} B latency p50 ≤ 1.10 × raw"),
-                    format!("{ratio:.3} ×"),
+                    // Rounded up, likewise.
+                    format!("{:.3} ×", (ratio * 1000.0).ceil() / 1000.0),
                     ratio <= 1.10,
                 );
             }

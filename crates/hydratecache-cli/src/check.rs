@@ -144,7 +144,7 @@ pub(crate) async fn run(args: CheckArgs) -> Result<()> {
             ));
         }
     };
-    let _ = tokio::time::timeout(crate::CLOSE_TIMEOUT, transport.close()).await;
+    let _ = tokio::time::timeout(crate::close_timeout(options.timeout), transport.close()).await;
     match result {
         Ok(()) => {
             crate::out("ok");

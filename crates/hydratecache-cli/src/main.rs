@@ -21,10 +21,14 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
-/// Bound on `close()` after a publish or a check. Above each adapter's own
-/// bounds (NATS: 5 s to confirm the server has what was published, then up
-/// to 5 s to drain), so the adapter's answer, not this timer, ends the close.
-pub(crate) const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Bound on `close()` after a publish or a check, for adapters given
+/// `connect_timeout` as their own limit. Above each adapter's own bounds
+/// (NATS: up to `connect_timeout` to confirm the server has what was
+/// published, then as long again to drain), so the adapter's answer, not
+/// this timer, ends the close.
+pub(crate) fn close_timeout(connect_timeout: std::time::Duration) -> std::time::Duration {
+    connect_timeout.saturating_mul(2) + std::time::Duration::from_secs(5)
+}
 
 /// Wrong input that clap could not see (exit status 2, like clap's own).
 #[derive(Debug)]

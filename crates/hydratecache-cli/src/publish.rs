@@ -95,14 +95,14 @@ pub(crate) async fn run(args: PublishArgs) -> Result<()> {
         .await
         .with_context(|| format!("publish to {:?} on {}", args.topic, args.url))
         .map_err(|e| backends::advise(&args.url, &args.topic, e));
-    let closed = tokio::time::timeout(crate::CLOSE_TIMEOUT, transport.close()).await;
+    let close_timeout = crate::close_timeout(options.timeout);
+    let closed = tokio::time::timeout(close_timeout, transport.close()).await;
     result?;
     match closed {
         Ok(Ok(())) => {}
         Ok(Err(e)) => crate::err(&format!("warning: closing the connection failed: {e}")),
         Err(_) => crate::err(&format!(
-            "warning: closing the connection took over {:?}",
-            crate::CLOSE_TIMEOUT
+            "warning: closing the connection took over {close_timeout:?}"
         )),
     }
     let wire = adapter.wire_size(&envelope);

@@ -213,6 +213,9 @@ pub(crate) struct Inner {
     /// set by every publish, cleared once `close()` confirmed. A drop with
     /// it set confirms in the background.
     unconfirmed: AtomicBool,
+    /// Held by a `close()` while it confirms, so a second one waits for the
+    /// outcome instead of reporting success early.
+    closing: tokio::sync::Mutex<()>,
     /// The last topic published to and its checked subject: a channel
     /// publishes to one topic, and checking the subject each time showed up
     /// as 4% of a publish-heavy profile.
@@ -220,6 +223,15 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Records that a publish was queued that no `close()` has confirmed.
+    /// Read first: concurrent publishers then share the flag's cache line
+    /// instead of each writing it.
+    fn mark_unconfirmed(&self) {
+        if !self.unconfirmed.load(Ordering::Relaxed) {
+            self.unconfirmed.store(true, Ordering::Release);
+        }
+    }
+
     /// Connections established so far (1 after the first connect).
     pub(crate) fn connects(&self) -> u64 {
         self.stats.connects.load(Ordering::Acquire)
@@ -362,6 +374,7 @@ impl NatsTransport {
                 shared,
                 monitor_started: AtomicBool::new(false),
                 unconfirmed: AtomicBool::new(false),
+                closing: tokio::sync::Mutex::new(()),
                 last_subject: Mutex::new(None),
             }),
         }
@@ -419,11 +432,6 @@ impl NatsTransport {
                 format!("the client is {state}, not connected; nothing was sent"),
             ));
         }
-        // Read first: concurrent publishers then share the flag's cache line
-        // instead of each writing it.
-        if !inner.unconfirmed.load(Ordering::Relaxed) {
-            inner.unconfirmed.store(true, Ordering::Relaxed);
-        }
         let before = inner.connects();
         let timeout = inner.config.publish_timeout;
         let send =
@@ -433,6 +441,9 @@ impl NatsTransport {
                     .publish(subject.clone(), frame)
                     .await
                     .map_err(|e| Error::backend(BACKEND, format!("publish to {subject}"), e))?;
+                // Set once the message is queued, so a close whose round trip
+                // was queued before it cannot clear the flag for it.
+                inner.mark_unconfirmed();
                 inner.client.flush().await.map_err(|e| {
                     Error::backend(BACKEND, format!("flush the publish to {subject}"), e)
                 })
@@ -689,16 +700,31 @@ impl Transport for NatsTransport {
     /// it (its drain also bounded by `publish_timeout`). A failed
     /// confirmation is an error: what was published last may not have
     /// reached the server.
+    ///
+    /// A close after the first (on any clone) waits for the first to finish,
+    /// then returns `Ok` if it confirmed and an error if it did not.
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         async move {
-            if self.inner.shared.closed.send_replace(true) {
-                return Ok(());
-            }
             let inner = &self.inner;
+            let _one_at_a_time = inner.closing.lock().await;
+            if inner.shared.closed.send_replace(true) {
+                return if inner.unconfirmed.load(Ordering::Acquire) {
+                    Err(Error::backend(
+                        BACKEND,
+                        CONFIRM_ON_CLOSE,
+                        "an earlier close() could not confirm, and the transport is closed",
+                    ))
+                } else {
+                    Ok(())
+                };
+            }
             let timeout = inner.config.publish_timeout;
+            // Cleared before the round trip is queued: a publish queued after
+            // it sets the flag again, and a drop then confirms that one.
+            let had_unconfirmed = inner.unconfirmed.swap(false, Ordering::AcqRel);
             let confirmed = tokio::time::timeout(timeout, confirm_processed(&inner.client)).await;
-            if matches!(confirmed, Ok(Ok(()))) {
-                inner.unconfirmed.store(false, Ordering::Relaxed);
+            if had_unconfirmed && !matches!(confirmed, Ok(Ok(()))) {
+                inner.unconfirmed.store(true, Ordering::Release);
             }
             if inner.owned {
                 // Closes the connection once what is queued is written. The
@@ -745,7 +771,7 @@ impl Drop for Inner {
     /// needs the runtime to keep running: at the end of `main` it is cut
     /// short, which is why `close()` is the way to be sure.
     fn drop(&mut self) {
-        if !self.unconfirmed.load(Ordering::Relaxed) {
+        if !self.unconfirmed.load(Ordering::Acquire) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -449,6 +449,8 @@ async fn close_returns_once_the_server_has_everything_published() {
                 }
                 // Then the transport (and in Client mode the only client) drops.
                 t.close().await.unwrap();
+                // A second close has nothing left to confirm.
+                t.close().await.unwrap();
             }));
         }
         for w in writers {
@@ -475,9 +477,15 @@ async fn close_fails_when_the_server_cannot_confirm() {
         .await
         .unwrap();
     server.kill9();
-    let err = t.close().await.unwrap_err();
-    assert!(
-        err.to_string().contains("confirm on close"),
-        "unexpected error: {err}"
-    );
+    // Two closes at once (on clones): the second waits for the first and
+    // reports its failure, as does any close after them.
+    let clone = t.clone();
+    let (first, second) = tokio::join!(t.close(), clone.close());
+    for result in [first, second, t.close().await] {
+        let err = result.unwrap_err();
+        assert!(
+            err.to_string().contains("confirm on close"),
+            "unexpected error: {err}"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The clock entries expire by.
 //!
 //! A hit checks expiry on the kernel's coarse monotonic clock
-//! (`CLOCK_MONOTONIC_COARSE`, about 4 ns a read here), which lags the exact
+//! (`CLOCK_MONOTONIC_COARSE`, about 7 ns a read here), which lags the exact
 //! clock by less than one kernel tick (4 ms at 250 Hz). Reading the exact
 //! clock on every hit cost about a third of the hit (`benches/cache_get.rs`;
 //! see docs/benchmarks.md), and a shared timestamp advanced by a thread every

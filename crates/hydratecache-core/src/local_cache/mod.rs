@@ -157,10 +157,11 @@ impl<T> quick_cache::Weighter<String, Entry<T>> for EntryWeigher {
 /// quick_cache's default (4 per core) leaves two threads' hits contending on
 /// the shard locks: on 2 cores a hit took 143 ns with 8 shards, 88 ns with
 /// 64 and 83 ns with 1024, against 46 ns on one thread
-/// (`benches/cache_get.rs`). So an entry-bounded cache gets up to 256, but
-/// each shard keeps at least 256 entries: every shard has an equal share of
-/// the bound, and small shards fill unevenly and evict while the cache as a
-/// whole has room. A byte-bounded cache keeps the default: a shard refuses
+/// (`benches/cache_get.rs`). So an entry-bounded cache starts from 256
+/// shards (or the default, where that is more: over 64 cores) and halves
+/// that until each shard keeps at least 256 entries: every shard has an
+/// equal share of the bound, and small shards fill unevenly and evict while
+/// the cache as a whole has room. A byte-bounded cache keeps the default: a shard refuses
 /// any value heavier than its share of the budget, and more shards would
 /// shrink the largest value it takes.
 fn shards(max_entries: Option<u64>) -> usize {
@@ -170,15 +171,45 @@ fn shards(max_entries: Option<u64>) -> usize {
     let Some(max_entries) = max_entries else {
         return default;
     };
-    let mut shards = default.max(MIN_SHARDS).next_power_of_two();
+    let mut shards = default.max(ENTRY_BOUNDED_SHARDS).next_power_of_two();
     while shards > 1 && max_entries / (shards as u64) < MIN_ENTRIES_PER_SHARD {
         shards /= 2;
     }
     shards
 }
 
+/// The entry table for a bound of `capacity` entries (`by_entries`) or
+/// bytes.
+fn entry_table<T>(capacity: u64, by_entries: bool) -> Result<Entries<T>> {
+    let estimated = if by_entries {
+        usize::try_from(capacity).unwrap_or(usize::MAX).min(1 << 24)
+    } else {
+        1024
+    };
+    let shards = shards(by_entries.then_some(capacity));
+    // An equal whole share per shard: quick_cache rounds each share up,
+    // which would let an entry count pass its bound by up to one a shard.
+    let capacity = if by_entries {
+        capacity / shards as u64 * shards as u64
+    } else {
+        capacity
+    };
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity(estimated)
+        .weight_capacity(capacity)
+        .shards(shards)
+        .build()
+        .map_err(|e| Error::backend("local-cache", "size the cache", format!("{e:?}")))?;
+    Ok(quick_cache::sync::Cache::with_options(
+        options,
+        EntryWeigher,
+        Default::default(),
+        Default::default(),
+    ))
+}
+
 const MIN_ENTRIES_PER_SHARD: u64 = 256;
-const MIN_SHARDS: usize = 256;
+const ENTRY_BOUNDED_SHARDS: usize = 256;
 
 /// A bulk warm-up stream of key/value pairs from the store.
 pub(crate) type WarmStream<T> = futures::stream::BoxStream<'static, (String, Loaded<T>)>;
@@ -374,34 +405,7 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
 
     /// Subscribes and starts the hydration task (on the current tokio runtime).
     pub async fn build(self) -> Result<LocalCache<T>> {
-        let estimated = if self.weigher.is_some() {
-            1024
-        } else {
-            usize::try_from(self.capacity)
-                .unwrap_or(usize::MAX)
-                .min(1 << 24)
-        };
-        let by_entries = self.weigher.is_none();
-        let shards = shards(by_entries.then_some(self.capacity));
-        // An equal whole share per shard: quick_cache rounds each share up,
-        // which would let an entry count pass its bound by up to one a shard.
-        let capacity = if by_entries {
-            self.capacity / shards as u64 * shards as u64
-        } else {
-            self.capacity
-        };
-        let options = quick_cache::OptionsBuilder::new()
-            .estimated_items_capacity(estimated)
-            .weight_capacity(capacity)
-            .shards(shards)
-            .build()
-            .map_err(|e| Error::backend("local-cache", "size the cache", format!("{e:?}")))?;
-        let entries = quick_cache::sync::Cache::with_options(
-            options,
-            EntryWeigher,
-            Default::default(),
-            Default::default(),
-        );
+        let entries = entry_table(self.capacity, self.weigher.is_none())?;
         let (ready_tx, _) = watch::channel(false);
         let ordered = self.channel.transport().capabilities().ordered;
         let inner = Arc::new(Inner {
@@ -961,12 +965,38 @@ mod tests {
         }
         assert_eq!(shards(Some(511)), 1);
         assert_eq!(shards(Some(20_000)), 64);
-        assert!(shards(Some(1 << 20)) >= MIN_SHARDS);
+        assert!(shards(Some(1 << 20)) >= ENTRY_BOUNDED_SHARDS);
     }
 
     #[test]
-    fn byte_bounded_caches_keep_quick_caches_default() {
-        let default = std::thread::available_parallelism().map_or(1, |n| n.get()) * 4;
-        assert_eq!(shards(None), default);
+    fn an_entry_bound_is_split_evenly_and_never_exceeded() -> Result<()> {
+        for bound in [1, 300, 10_000, 20_000, 1 << 20] {
+            let table = entry_table::<()>(bound, true)?;
+            let shards = table.num_shards() as u64;
+            assert!(table.capacity() <= bound, "{bound}: {}", table.capacity());
+            assert!(table.capacity() > bound - shards, "{bound}");
+            assert_eq!(table.shard_capacity() * shards, table.capacity());
+        }
+        assert_eq!(entry_table::<()>(20_000, true)?.capacity(), 19_968);
+        Ok(())
+    }
+
+    #[test]
+    fn byte_bounded_caches_keep_quick_caches_default() -> Result<()> {
+        let budget = 64 << 20;
+        let table = entry_table::<()>(budget, false)?;
+        let default: quick_cache::sync::Cache<String, ()> = quick_cache::sync::Cache::with_options(
+            quick_cache::OptionsBuilder::new()
+                .estimated_items_capacity(1024)
+                .weight_capacity(budget)
+                .build()
+                .expect("options"),
+            quick_cache::UnitWeighter,
+            Default::default(),
+            Default::default(),
+        );
+        assert_eq!(table.num_shards(), default.num_shards());
+        assert_eq!(table.capacity(), budget);
+        Ok(())
     }
 }
