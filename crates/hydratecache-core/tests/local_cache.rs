@@ -252,11 +252,9 @@ async fn a_lost_last_message_is_repaired_through_the_heartbeat() -> anyhow::Resu
         "stale a1 served after the heartbeat"
     );
     // Bound, not a benchmark: generous so a loaded CI machine does not flake.
-    assert!(
-        lost_at.elapsed() < interval * 20,
-        "repair took {:?}",
-        lost_at.elapsed()
-    );
+    let took = lost_at.elapsed();
+    println!("repaired {took:?} after the lost last message (heartbeat interval {interval:?})");
+    assert!(took < interval * 20, "repair took {took:?}");
     Ok(())
 }
 
