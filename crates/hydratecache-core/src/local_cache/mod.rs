@@ -258,7 +258,10 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   clock (Linux), so an entry can be served up to one kernel tick (1 to
 ///   10 ms; 4 ms at 250 Hz) past its expiry, never before it.
 /// - **Writes** (`put`, `invalidate`) change the local cache, then publish.
-///   The cache recognises its own messages by publisher id and skips them.
+///   The cache recognises its own messages by publisher id when they come
+///   back from the transport and skips them (counted as
+///   `own_echoes_skipped`): the write is already applied, and an echo that
+///   arrives after another instance's newer update must not undo it.
 /// - **Versions**: an update older than the version held never overwrites a
 ///   newer one; a versioned delete leaves a tombstone for `tombstone_ttl` so a
 ///   late, older update cannot bring the key back. Without versions, updates
