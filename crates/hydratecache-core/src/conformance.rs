@@ -709,11 +709,16 @@ pub struct CutReport {
 /// Two [`LocalCache`](crate::LocalCache)s on one topic (separate clients).
 /// B holds 20 keys; `cut` cuts B's subscription server-side (`CLIENT KILL`,
 /// `pg_terminate_backend`, a server restart...); A rewrites every key at once.
-/// Once B has signalled the gap, B must never return a pre-cut value of those
-/// keys: every read for two seconds is checked, and reads through the loader
-/// give the store's value.
+/// Once B has signalled the gap and has caught up with A (it holds a marker
+/// A publishes after its writes, so each of A's writes has reached B or been
+/// repaired for), B must never return a pre-cut value of those keys: every
+/// read for two seconds is checked, and reads through the loader give the
+/// store's value. Before B caught up, a key B reloaded during the cut may
+/// still hold the value the store had then, while A's newer write is in
+/// flight: that is the propagation window, not a missed repair.
 ///
-/// Panics on a stale read, or when B sees no gap within [`RECEIVE_TIMEOUT`].
+/// Panics on a stale read, or when B sees no gap or never catches up within
+/// [`RECEIVE_TIMEOUT`].
 #[cfg(feature = "local-cache")]
 pub async fn local_cache_never_serves_pre_gap_values<F, Fut>(
     h: &dyn Harness,
@@ -767,6 +772,7 @@ where
             Ok(c) => c,
             Err(e) => panic!("cache B: {e}"),
         };
+    const CAUGHT_UP_KEY: &str = "caught-up";
     let key = |i: usize| format!("key{i}");
     let write = |i: usize, value: String| {
         store
@@ -832,6 +838,29 @@ where
         updates_received_during_cut: b.stats().updates_applied - applied_before,
         ..CutReport::default()
     };
+    // A's last word: once B holds it, every earlier write of A reached B or
+    // B saw its sequence jump (and repaired). Sent again if it was lost or a
+    // repair dropped it.
+    let deadline = tokio::time::Instant::now() + RECEIVE_TIMEOUT;
+    for attempt in 1u64.. {
+        let marker = format!("caught-up-{attempt}");
+        let _ = a.put(CAUGHT_UP_KEY, marker.clone()).await;
+        let retry_at = tokio::time::Instant::now() + Duration::from_millis(500);
+        while tokio::time::Instant::now() < retry_at {
+            if b.get(CAUGHT_UP_KEY).as_deref() == Some(&marker) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if b.get(CAUGHT_UP_KEY).as_deref() == Some(&marker) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never received A's marker within {RECEIVE_TIMEOUT:?} after the cut: {:?}",
+            b.stats()
+        );
+    }
     let until = tokio::time::Instant::now() + Duration::from_secs(2);
     while tokio::time::Instant::now() < until {
         for i in 0..KEYS {

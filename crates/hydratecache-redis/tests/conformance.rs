@@ -89,5 +89,16 @@ async fn with_repair_ignored_the_cut_check_fails() -> anyhow::Result<()> {
     let outcome = scenario.await;
     let err = outcome.expect_err("Ignore passed the stale-read check");
     assert!(err.is_panic(), "{err}");
+    // Failed for the right reason: stale reads, not a timeout.
+    let panic = err.into_panic();
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    assert!(
+        message.contains("B served pre-cut values after the gap"),
+        "{message}"
+    );
     Ok(())
 }
