@@ -720,12 +720,17 @@ impl Transport for NatsTransport {
             }
             let timeout = inner.config.publish_timeout;
             // Cleared before the round trip is queued: a publish queued after
-            // it sets the flag again, and a drop then confirms that one.
-            let had_unconfirmed = inner.unconfirmed.swap(false, Ordering::AcqRel);
+            // it sets the flag again, and a drop then confirms that one. Set
+            // again unless confirmed, also if this close is cancelled.
+            let mut restore = RestoreOnDrop {
+                flag: &inner.unconfirmed,
+                armed: inner.unconfirmed.swap(false, Ordering::AcqRel),
+            };
             let confirmed = tokio::time::timeout(timeout, confirm_processed(&inner.client)).await;
-            if had_unconfirmed && !matches!(confirmed, Ok(Ok(()))) {
-                inner.unconfirmed.store(true, Ordering::Release);
+            if matches!(confirmed, Ok(Ok(()))) {
+                restore.armed = false;
             }
+            drop(restore);
             if inner.owned {
                 // Closes the connection once what is queued is written. The
                 // command queue is not read while the client reconnects.
@@ -748,6 +753,20 @@ impl Transport for NatsTransport {
             }
         }
         .boxed()
+    }
+}
+
+/// Sets `flag` when dropped while `armed`.
+struct RestoreOnDrop<'a> {
+    flag: &'a AtomicBool,
+    armed: bool,
+}
+
+impl Drop for RestoreOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.flag.store(true, Ordering::Release);
+        }
     }
 }
 

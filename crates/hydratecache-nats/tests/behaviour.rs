@@ -465,6 +465,33 @@ async fn close_returns_once_the_server_has_everything_published() {
     }
 }
 
+/// A close cancelled while it confirms leaves the publishes unconfirmed:
+/// the next close reports it (and a drop would confirm in the background).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_close_leaves_the_publishes_unconfirmed() {
+    let mut server = server();
+    let t = NatsTransport::builder()
+        .publish_timeout(Duration::from_millis(500))
+        .connect(&server.url())
+        .await
+        .unwrap();
+    t.publish("close.cancelled", &message(1, vec![]))
+        .await
+        .unwrap();
+    server.kill9();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), t.close())
+            .await
+            .is_err(),
+        "the close was expected to still be confirming"
+    );
+    let err = t.close().await.unwrap_err();
+    assert!(
+        err.to_string().contains("confirm on close"),
+        "unexpected error: {err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_fails_when_the_server_cannot_confirm() {
     let mut server = server();
