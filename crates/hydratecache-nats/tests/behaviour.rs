@@ -465,20 +465,25 @@ async fn close_returns_once_the_server_has_everything_published() {
     }
 }
 
-/// A close cancelled while it confirms leaves the publishes unconfirmed:
-/// the next close reports it (and a drop would confirm in the background).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_close_leaves_the_publishes_unconfirmed() {
+/// A transport (confirm bounded at 500 ms) that published to `topic`, and
+/// its private server, killed since: nothing can confirm that publish.
+async fn published_then_server_killed(topic: &str) -> (NatsServer, NatsTransport) {
     let mut server = server();
     let t = NatsTransport::builder()
         .publish_timeout(Duration::from_millis(500))
         .connect(&server.url())
         .await
         .unwrap();
-    t.publish("close.cancelled", &message(1, vec![]))
-        .await
-        .unwrap();
+    t.publish(topic, &message(1, vec![])).await.unwrap();
     server.kill9();
+    (server, t)
+}
+
+/// A close cancelled while it confirms leaves the publishes unconfirmed:
+/// the next close reports it (and a drop would confirm in the background).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_close_leaves_the_publishes_unconfirmed() {
+    let (_server, t) = published_then_server_killed("close.cancelled").await;
     assert!(
         tokio::time::timeout(Duration::from_millis(20), t.close())
             .await
@@ -494,16 +499,7 @@ async fn a_cancelled_close_leaves_the_publishes_unconfirmed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_fails_when_the_server_cannot_confirm() {
-    let mut server = server();
-    let t = NatsTransport::builder()
-        .publish_timeout(Duration::from_millis(500))
-        .connect(&server.url())
-        .await
-        .unwrap();
-    t.publish("close.unconfirmed", &message(1, vec![]))
-        .await
-        .unwrap();
-    server.kill9();
+    let (_server, t) = published_then_server_killed("close.unconfirmed").await;
     // Two closes at once (on clones): the second waits for the first and
     // reports its failure, as does any close after them.
     let clone = t.clone();
