@@ -129,7 +129,9 @@ impl Pipe for Library {
                             }
                             Ok(ChannelEvent::Gap(gap)) => Some(Received::Gap(gap.missed)),
                             Ok(_) => None,
-                            Err(e) => Some(Received::Error(e.to_string())),
+                            Err(e) => {
+                                Some(Received::Error(format!("{:#}", anyhow::Error::from(e))))
+                            }
                         }
                     }
                 })

@@ -100,7 +100,7 @@ impl Shared {
                 self.malformed.fetch_add(1, Ordering::Relaxed);
                 self.lock()
                     .events
-                    .push(json!({"e": "malformed", "t": now_us(), "error": e.to_string()}));
+                    .push(json!({"e": "malformed", "t": now_us(), "error": format!("{e:?}")}));
             }
         }
     }

@@ -52,8 +52,15 @@ impl std::error::Error for UsageError {}
 /// whose text its parent already shows (many client errors print their
 /// source in their own message).
 pub(crate) fn chain_text(error: &anyhow::Error) -> String {
+    error_text(error.as_ref())
+}
+
+/// [`chain_text`] for any error.
+pub(crate) fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = String::new();
-    for cause in error.chain() {
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        next = cause.source();
         let message = cause.to_string();
         if message.is_empty() || text.contains(&message) {
             continue;

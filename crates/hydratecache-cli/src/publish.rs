@@ -100,7 +100,10 @@ pub(crate) async fn run(args: PublishArgs) -> Result<()> {
     result?;
     match closed {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => crate::err(&format!("warning: closing the connection failed: {e}")),
+        Ok(Err(e)) => crate::err(&format!(
+            "warning: closing the connection failed: {}",
+            crate::error_text(&e)
+        )),
         Err(_) => crate::err(&format!(
             "warning: closing the connection took over {close_timeout:?}"
         )),

@@ -81,7 +81,7 @@ pub(crate) async fn run(args: TailArgs) -> Result<()> {
                 if e.is_per_message() {
                     seen += 1;
                 }
-                Body::Error(e.to_string())
+                Body::Error(crate::error_text(&e))
             }
         };
         let line = Line {

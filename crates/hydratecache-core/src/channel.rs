@@ -376,7 +376,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
             let wait = match self.idle_for() {
                 Some(idle) if idle >= interval => {
                     if let Err(e) = self.heartbeat().await {
-                        tracing::debug!(topic = %self.inner.topic, error = %e, "heartbeat failed");
+                        tracing::debug!(topic = %self.inner.topic, error = &e as &dyn std::error::Error, "heartbeat failed");
                     }
                     interval
                 }
@@ -389,7 +389,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
             }
         }
         if let Err(e) = self.heartbeat().await {
-            tracing::debug!(topic = %self.inner.topic, error = %e, "last heartbeat failed");
+            tracing::debug!(topic = %self.inner.topic, error = &e as &dyn std::error::Error, "last heartbeat failed");
         }
     }
 
@@ -441,7 +441,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
                 tracing::trace!(topic = %self.inner.topic, key, seq = envelope.sequence, encoded_len, "published")
             }
             Err(e) => {
-                tracing::debug!(topic = %self.inner.topic, key, seq = envelope.sequence, error = %e, "publish failed")
+                tracing::debug!(topic = %self.inner.topic, key, seq = envelope.sequence, error = e as &dyn std::error::Error, "publish failed")
             }
         }
         result?;

@@ -150,28 +150,28 @@ cases!(
 async fn connect(h: &dyn Harness) -> Arc<dyn Transport> {
     match h.connect().await {
         Ok(t) => t,
-        Err(e) => panic!("harness could not connect: {e}"),
+        Err(e) => panic!("harness could not connect: {e:?}"),
     }
 }
 
 async fn topic(h: &dyn Harness, case: &str) -> String {
     match h.topic(case).await {
         Ok(t) => t,
-        Err(e) => panic!("harness could not make a topic for {case}: {e}"),
+        Err(e) => panic!("harness could not make a topic for {case}: {e:?}"),
     }
 }
 
 async fn subscribe(t: &dyn Transport, topic: &str) -> Subscription {
     match t.subscribe(topic, SubscribeOptions::default()).await {
         Ok(s) => s,
-        Err(e) => panic!("subscribe to {topic} on {}: {e}", t.backend()),
+        Err(e) => panic!("subscribe to {topic} on {}: {e:?}", t.backend()),
     }
 }
 
 async fn publish(t: &dyn Transport, topic: &str, env: &Envelope) {
     if let Err(e) = t.publish(topic, env).await {
         panic!(
-            "publish to {topic} on {} (key {:?}): {e}",
+            "publish to {topic} on {} (key {:?}): {e:?}",
             t.backend(),
             env.key
         );
@@ -460,7 +460,7 @@ pub async fn dropping_subscription_unsubscribes(h: &dyn Harness) -> Outcome {
 async fn count(h: &dyn Harness, topic: &str) -> Option<usize> {
     match h.server_subscribers(topic).await {
         Ok(n) => n,
-        Err(e) => panic!("harness could not count subscribers: {e}"),
+        Err(e) => panic!("harness could not count subscribers: {e:?}"),
     }
 }
 
@@ -526,7 +526,7 @@ pub async fn garbage_yields_error_and_stream_continues(h: &dyn Harness) -> Outco
         &[0xc7, 0x09, 0x01, 0x00][..],
     ] {
         if let Err(e) = h.publish_raw(&topic, garbage).await {
-            panic!("harness could not publish raw bytes: {e}");
+            panic!("harness could not publish raw bytes: {e:?}");
         }
         match next_event(&mut sub, "the error for garbage").await {
             Err(e) if e.is_per_message() => {}
@@ -646,7 +646,7 @@ async fn receive_from_each(
     }
     for task in tasks {
         if let Err(e) = task.await {
-            panic!("publisher task failed: {e}");
+            panic!("publisher task failed: {e:?}");
         }
     }
     assert_eq!(last.len() as u64, publishers);
@@ -677,7 +677,7 @@ pub async fn replay_from_earliest(h: &dyn Harness) -> Outcome {
     }
     let mut sub = match result {
         Ok(s) => s,
-        Err(e) => panic!("subscribe from earliest: {e}"),
+        Err(e) => panic!("subscribe from earliest: {e:?}"),
     };
     match next_event(&mut sub, "the replayed message").await {
         Ok(Event::Message(env)) => assert_eq!(env.key, "early"),
@@ -749,7 +749,7 @@ where
             .await
         {
             Ok(c) => c,
-            Err(e) => panic!("cache A: {e}"),
+            Err(e) => panic!("cache A: {e:?}"),
         };
     let b: LocalCache<String> =
         match LocalCache::builder(Channel::new(connect(h).await, topic.clone()))
@@ -770,7 +770,7 @@ where
             .await
         {
             Ok(c) => c,
-            Err(e) => panic!("cache B: {e}"),
+            Err(e) => panic!("cache B: {e:?}"),
         };
     const CAUGHT_UP_KEY: &str = "caught-up";
     let key = |i: usize| format!("key{i}");
@@ -783,7 +783,7 @@ where
     for i in 0..KEYS {
         write(i, format!("before-{i}"));
         if let Err(e) = a.put(&key(i), format!("before-{i}")).await {
-            panic!("put before the cut: {e}");
+            panic!("put before the cut: {e:?}");
         }
     }
     let deadline = tokio::time::Instant::now() + RECEIVE_TIMEOUT;
@@ -797,7 +797,7 @@ where
     let gaps_before = b.stats().gaps + b.stats().sequence_gaps;
     let applied_before = b.stats().updates_applied;
     if let Err(e) = cut().await {
-        panic!("cutting B's subscription failed: {e}");
+        panic!("cutting B's subscription failed: {e:?}");
     }
     // Written while B is cut off (or reconnecting): some or all are lost to B.
     for i in 0..KEYS {
@@ -884,7 +884,7 @@ where
     for i in 0..KEYS {
         let got = match b.fetch(&key(i)).await {
             Ok(v) => v,
-            Err(e) => panic!("fetch after the cut: {e}"),
+            Err(e) => panic!("fetch after the cut: {e:?}"),
         };
         assert_eq!(
             got.as_deref().cloned(),

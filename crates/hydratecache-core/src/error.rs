@@ -12,6 +12,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Subscription streams yield `Err` items for problems with *one* message
 /// ([`Error::Malformed`], [`Error::Decode`]) and keep going.
+///
+/// A message says what failed; its cause is the error's
+/// [`source()`](std::error::Error::source), not repeated in the message.
+/// Print the whole chain: `anyhow`'s `{:#}`, or a `tracing` field
+/// `error = &e as &dyn std::error::Error`.
+///
+/// ```
+/// use hydratecache_core::Error;
+/// let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+/// let e = Error::backend("redis", "publish to \"t\"", refused);
+/// assert_eq!(e.to_string(), "redis: publish to \"t\"");
+/// assert_eq!(std::error::Error::source(&e).map(ToString::to_string).as_deref(), Some("connection refused"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -39,7 +52,7 @@ pub enum Error {
     },
     /// Bytes on the topic that are not a valid envelope (for example written by
     /// another client); the subscription goes on.
-    #[error("malformed message on topic {topic:?}: {source}")]
+    #[error("malformed message on topic {topic:?}")]
     Malformed {
         /// The topic it arrived on.
         topic: String,
@@ -49,7 +62,7 @@ pub enum Error {
     },
     /// A valid envelope whose payload the channel's codec could not decode;
     /// the subscription goes on.
-    #[error("cannot decode the value of key {key:?}: {source}")]
+    #[error("cannot decode the value of key {key:?}")]
     Decode {
         /// The message's key.
         key: String,
@@ -58,7 +71,7 @@ pub enum Error {
         source: BoxError,
     },
     /// The channel's codec could not encode a value; nothing was sent.
-    #[error("cannot encode the value of key {key:?}: {source}")]
+    #[error("cannot encode the value of key {key:?}")]
     Encode {
         /// The key being published.
         key: String,
@@ -67,7 +80,7 @@ pub enum Error {
         source: BoxError,
     },
     /// The envelope itself cannot be encoded (for example a key over 65,535 bytes).
-    #[error("cannot encode the envelope: {0}")]
+    #[error("cannot encode the envelope")]
     Envelope(#[from] EnvelopeError),
     /// The backend does not offer what was asked (see [`Capabilities`](crate::Capabilities)).
     #[error("{backend} does not support {what}")]
@@ -78,7 +91,7 @@ pub enum Error {
         what: &'static str,
     },
     /// The backend client failed (connection refused, timeout, server error...).
-    #[error("{backend}: {context}: {source}")]
+    #[error("{backend}: {context}")]
     Backend {
         /// Backend name.
         backend: &'static str,

@@ -116,7 +116,7 @@ impl Capabilities {
                 limit,
                 max_payload: max_payload(),
             })
-            .inspect_err(|e| tracing::debug!(key = %envelope.key, error = %e, "publish refused")),
+            .inspect_err(|e| tracing::debug!(key = %envelope.key, error = e as &dyn std::error::Error, "publish refused")),
             _ => Ok(()),
         }
     }

@@ -43,7 +43,9 @@ impl fmt::Display for KafkaError {
 impl std::error::Error for KafkaError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            KafkaError::Client(e) => Some(e),
+            // Transparent: the client's message is this error's message, so
+            // its source comes next in the chain, not the client error again.
+            KafkaError::Client(e) => e.source(),
             _ => None,
         }
     }
@@ -68,5 +70,23 @@ impl fmt::Display for SharedError {
 impl std::error::Error for SharedError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.0.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_error_is_named_once_in_the_chain() {
+        let client = rskafka::client::error::Error::InvalidResponse("no partitions".into());
+        let e = hydratecache_core::Error::backend(BACKEND, "fetch", KafkaError::Client(client));
+        let mut chain = vec![e.to_string()];
+        let mut next = std::error::Error::source(&e);
+        while let Some(cause) = next {
+            chain.push(cause.to_string());
+            next = cause.source();
+        }
+        assert_eq!(chain, ["kafka: fetch", "Invalid response: no partitions"]);
     }
 }
