@@ -177,3 +177,37 @@ fn user_errors_are_exit_2_and_runtime_errors_exit_1() {
         assert!(help.contains("Examples:\n  hydratecache "), "{cmd}: {help}");
     }
 }
+
+#[test]
+fn a_password_with_url_delimiters_never_reaches_the_output() {
+    // Nothing listens on port 1: every command fails, and its message names
+    // the URL with the password hidden, whatever the password holds.
+    for secret in ["Zq1/Xw2", "Zq1?Xw2", "Zq1#Xw2", "Zq1@Xw2"] {
+        let url = format!("redis://:{secret}@127.0.0.1:1/0");
+        for args in [
+            vec!["check", url.as_str(), "--connect-timeout", "2s"],
+            vec![
+                "publish",
+                url.as_str(),
+                "t",
+                "k",
+                "1",
+                "--connect-timeout",
+                "2s",
+            ],
+            vec!["tail", url.as_str(), "t", "--connect-timeout", "2s"],
+        ] {
+            let out = run(&args, None);
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_ne!(out.status.code(), Some(0), "{args:?}: {text}");
+            assert!(
+                !text.contains("Zq1") && !text.contains("Xw2"),
+                "{args:?} shows the password: {text}"
+            );
+        }
+    }
+}

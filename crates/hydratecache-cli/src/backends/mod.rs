@@ -114,30 +114,20 @@ pub(crate) fn parse_url(text: &str) -> Result<BackendUrl, String> {
     })
 }
 
-/// `scheme://user:password@host` → `scheme://user:***@host` (each
-/// comma-separated server of the URL).
+/// `scheme://user:password@host` → `scheme://user:***@host`, and any
+/// `password=` query value → `password=***`.
+///
+/// A password may hold `/`, `?`, `#` or `@` unencoded, which no URL parser
+/// reads as a password (they end the authority), so this does not parse:
+/// the user-info runs to the *last* `@`. That hides a little too much when
+/// a query value holds an `@`, never too little.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    // The authority ends at the first '/', '?' or '#'; a password sits
-    // before its last '@'.
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    let authority = match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{user}:***{host}"),
-                // NATS reads a lone user-info as a token.
-                None if Scheme::from_scheme(scheme) == Some(Scheme::Nats) => format!("***{host}"),
-                None => authority.to_owned(),
-            }
-        }
-        None => authority.to_owned(),
-    };
-    // Query parameters that carry secrets (Postgres `password=`).
-    let path = path
+    // Query parameters that carry secrets (Postgres `password=`) first: a
+    // value may hold an '@', which must not be taken for the user-info's end.
+    let rest = rest
         .split('&')
         .map(|part| match part.split_once("password=") {
             Some((before, _)) => format!("{before}password=***"),
@@ -145,7 +135,17 @@ pub(crate) fn redact(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("&");
-    format!("{scheme}://{authority}{path}")
+    let Some(at) = rest.rfind('@') else {
+        return format!("{scheme}://{rest}");
+    };
+    let (userinfo, host) = rest.split_at(at);
+    let userinfo = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        // NATS reads a lone user-info as a token.
+        None if Scheme::from_scheme(scheme) == Some(Scheme::Nats) => "***".to_owned(),
+        None => userinfo.to_owned(),
+    };
+    format!("{scheme}://{userinfo}{host}")
 }
 
 /// Settings that apply to every backend.
@@ -434,6 +434,55 @@ mod tests {
         assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
         assert_eq!(redact("kafka://a:1,b:2"), "kafka://a:1,b:2");
         assert_eq!(redact("redis://u:p@ss@h"), "redis://u:***@h");
+        let url = parse_url("redis://:pw@127.0.0.1:1").expect("parses");
+        assert_eq!(url.to_string(), "redis://:***@127.0.0.1:1");
+        assert_eq!(url.as_str(), "redis://:pw@127.0.0.1:1");
+    }
+
+    #[test]
+    fn passwords_with_url_delimiters_never_show() {
+        // A password may hold '/', '?', '#' or '@' unencoded: the user-info
+        // then runs to the last '@', so nothing of it shows.
+        for secret in [
+            "Zq1/Xw2",
+            "Zq1?Xw2",
+            "Zq1#Xw2",
+            "Zq1/Xw2?Vb3#Nm4",
+            "Zq1@Xw2/Vb3",
+            "Zq1/",
+            "/?#Zq1",
+        ] {
+            for (url, user) in [
+                (format!("redis://:{secret}@h:6379/0"), ":"),
+                (format!("rediss://default:{secret}@h:6380"), "default:"),
+                (
+                    format!("postgres://app:{secret}@db:5432/x?sslmode=require"),
+                    "app:",
+                ),
+                (format!("nats://{secret}@h:4222"), ""),
+                (format!("nats://u:{secret}@h:4222"), "u:"),
+            ] {
+                let shown = redact(&url);
+                for part in secret.split(['/', '?', '#', '@']).filter(|p| p.len() > 1) {
+                    assert!(!shown.contains(part), "{url} shows {part:?}: {shown}");
+                }
+                assert!(shown.contains(&format!("//{user}***@")), "{url}: {shown}");
+            }
+            let query = format!("postgres://app@db/x?user=a&password={secret}&sslmode=require");
+            let shown = redact(&query);
+            for part in secret.split(['/', '?', '#', '@']).filter(|p| p.len() > 1) {
+                assert!(!shown.contains(part), "{query} shows {part:?}: {shown}");
+            }
+        }
+        assert_eq!(
+            redact("redis://:pa/ss@h:6379/0"),
+            "redis://:***@h:6379/0",
+            "the path after the host stays"
+        );
+        assert_eq!(
+            redact("postgres://app:pw@db/x?password=p%26w&sslmode=require"),
+            "postgres://app:***@db/x?password=***&sslmode=require"
+        );
         let url = parse_url("redis://:pw@127.0.0.1:1").expect("parses");
         assert_eq!(url.to_string(), "redis://:***@127.0.0.1:1");
         assert_eq!(url.as_str(), "redis://:pw@127.0.0.1:1");
