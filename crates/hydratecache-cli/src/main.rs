@@ -27,7 +27,9 @@ use crate::cli::{Cli, Command};
 /// published, then as long again to drain), so the adapter's answer, not
 /// this timer, ends the close.
 pub(crate) fn close_timeout(connect_timeout: std::time::Duration) -> std::time::Duration {
-    connect_timeout.saturating_mul(2) + std::time::Duration::from_secs(5)
+    connect_timeout
+        .saturating_mul(2)
+        .saturating_add(std::time::Duration::from_secs(5))
 }
 
 /// Wrong input that clap could not see (exit status 2, like clap's own).

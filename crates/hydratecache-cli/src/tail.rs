@@ -51,7 +51,10 @@ pub(crate) async fn run(args: TailArgs) -> Result<()> {
     ));
 
     let printer = Printer::new(args.format == Format::Json, args.raw, args.full);
-    let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
+    // A timeout past the clock's range is no timeout.
+    let deadline = args
+        .timeout
+        .and_then(|t| tokio::time::Instant::now().checked_add(t));
     let mut seen = 0u64;
     let outcome = loop {
         if args.count.is_some_and(|n| seen >= n) {

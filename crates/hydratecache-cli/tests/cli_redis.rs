@@ -211,3 +211,48 @@ fn a_password_with_url_delimiters_never_reaches_the_output() {
         }
     }
 }
+
+#[test]
+fn the_longest_durations_never_panic() {
+    let server = server();
+    let url = server.url();
+    // Near the largest duration the parser takes (2^64 s): far past the
+    // range of Instant, and doubling it overflows.
+    let longest = "10000000000000000000s";
+    let mut tail = Tail::start(&[
+        &url,
+        "longest",
+        "--timeout",
+        longest,
+        "--connect-timeout",
+        longest,
+    ]);
+    let out = run(
+        &[
+            "publish",
+            &url,
+            "longest",
+            "k",
+            "1",
+            "--connect-timeout",
+            longest,
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(tail.next_line("published").contains("key=k"));
+    let out = run(
+        &[
+            "check",
+            &url,
+            "--connect-timeout",
+            longest,
+            "--round-trip-timeout",
+            longest,
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

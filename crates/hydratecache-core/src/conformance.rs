@@ -29,6 +29,10 @@ use crate::error::{BoxError, Error};
 use crate::memory::MemoryTransport;
 use crate::transport::{Event, StartFrom, SubscribeOptions, Subscription, Transport};
 
+mod config;
+
+pub use config::{extreme_durations, extreme_durations_never_panic};
+
 /// How long a case waits for one expected event.
 pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -10,6 +10,12 @@ use futures::stream::{BoxStream, Stream};
 use crate::envelope::{Envelope, FIXED_HEADER_LEN, OPTIONAL_FIELDS_LEN};
 use crate::error::{Error, Result};
 
+/// The longest timeout or interval an adapter honours: longer settings are
+/// capped to it (a century), because clients add them to `Instant::now()`,
+/// which panics past the clock's range.
+pub const LONGEST_DURATION: std::time::Duration =
+    std::time::Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Moves [`Envelope`]s over one messaging backend, by topic name.
 ///
 /// Object safe: hold it as `Arc<dyn Transport>`. Pub/sub backends deliver at

@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
+use hydratecache_core::transport::LONGEST_DURATION;
 use hydratecache_core::Error;
 
 use crate::BACKEND;
+
+/// The longest [`KafkaConfig::linger`]; a longer one is capped to it.
+pub const MAX_LINGER: Duration = Duration::from_secs(1);
 
 /// Default broker limit on a record batch: 1 MiB, Kafka's
 /// `message.max.bytes` rounded down.
@@ -146,9 +150,10 @@ impl KafkaConfig {
     /// is sent (default 0). While a request is in flight, new records queue
     /// and go out together in the next one whatever the linger, so a busy
     /// publisher batches without one; a linger trades latency for fewer,
-    /// larger requests when publishes trickle in.
+    /// larger requests when publishes trickle in. At most [`MAX_LINGER`]:
+    /// every lone publish waits this long.
     pub fn linger(mut self, linger: Duration) -> KafkaConfig {
-        self.linger = linger;
+        self.linger = linger.min(MAX_LINGER);
         self
     }
 
@@ -164,14 +169,14 @@ impl KafkaConfig {
     /// Bound on one request, retries included (default 10 s): a publish
     /// fails after it, a subscription retries.
     pub fn request_timeout(mut self, timeout: Duration) -> KafkaConfig {
-        self.request_timeout = timeout;
+        self.request_timeout = timeout.min(LONGEST_DURATION);
         self
     }
 
     /// How long the broker holds a fetch open when there is nothing new
     /// (default 500 ms).
     pub fn fetch_max_wait(mut self, wait: Duration) -> KafkaConfig {
-        self.fetch_max_wait = wait;
+        self.fetch_max_wait = wait.min(LONGEST_DURATION);
         self
     }
 
@@ -193,7 +198,7 @@ impl KafkaConfig {
 
     /// Longest pause between reconnection attempts (default 2 s).
     pub fn retry_backoff_max(mut self, max: Duration) -> KafkaConfig {
-        self.retry_backoff_max = max;
+        self.retry_backoff_max = max.min(LONGEST_DURATION);
         self
     }
 
@@ -201,7 +206,7 @@ impl KafkaConfig {
     /// (default 10 s); a new partition is read from its start, so this
     /// delays its messages but loses none.
     pub fn metadata_refresh(mut self, every: Duration) -> KafkaConfig {
-        self.metadata_refresh = every;
+        self.metadata_refresh = every.min(LONGEST_DURATION);
         self
     }
 

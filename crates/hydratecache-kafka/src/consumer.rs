@@ -355,13 +355,13 @@ async fn open(
         };
         Ok::<_, KafkaError>((pc, position, last))
     };
-    let (pc, position, last) = tokio::time::timeout(ctx.request_timeout * 2, opening)
+    let (pc, position, last) = tokio::time::timeout(ctx.request_timeout.saturating_mul(2), opening)
         .await
         .map_err(|_| {
             Error::backend(
                 BACKEND,
                 what(),
-                KafkaError::Timeout(ctx.request_timeout * 2),
+                KafkaError::Timeout(ctx.request_timeout.saturating_mul(2)),
             )
         })?
         .map_err(|e| Error::backend(BACKEND, what(), e))?;

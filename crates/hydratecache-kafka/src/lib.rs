@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{KafkaConfig, TopicSettings, DEFAULT_MAX_BATCH_BYTES};
+pub use config::{KafkaConfig, TopicSettings, DEFAULT_MAX_BATCH_BYTES, MAX_LINGER};
 pub use transport::KafkaTransport;
 
 /// The backend name in errors and logs.

@@ -380,7 +380,8 @@ impl KafkaTransport {
         };
         // Dropping the queues lets each task send what is pending, then end.
         let tasks: Vec<_> = producers.into_values().map(|p| p.task).collect();
-        let limit = self.inner.config.request_timeout * 2 + self.inner.config.linger;
+        let limit = (self.inner.config.request_timeout.saturating_mul(2))
+            .saturating_add(self.inner.config.linger);
         for mut task in tasks {
             if tokio::time::timeout(limit, &mut task).await.is_err() {
                 tracing::warn!("a produce task did not finish within {limit:?}; aborted");

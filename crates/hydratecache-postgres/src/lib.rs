@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use hydratecache_core::transport::LONGEST_DURATION;
 use hydratecache_core::{
     Capabilities, Codec, Envelope, Error, Kind, PublishOptions, PublisherId, Result, StartFrom,
     SubscribeOptions, Subscription, Transport, Ttl,
@@ -104,14 +105,14 @@ impl PostgresBuilder {
     /// How long to wait for a connection, and for the listener's keepalive
     /// query to answer (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connect_timeout = timeout.min(LONGEST_DURATION);
         self
     }
 
     /// Longest wait between two attempts to re-establish the listener
     /// connection (default 5 s; the first retry is immediate).
     pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
-        self.max_backoff = delay;
+        self.max_backoff = delay.min(LONGEST_DURATION);
         self
     }
 
@@ -119,7 +120,7 @@ impl PostgresBuilder {
     /// with `SELECT 1`, so that a silently dead connection is noticed (and
     /// reported as a gap); `None` turns the check off. Default 30 s.
     pub fn keepalive_interval(mut self, interval: Option<Duration>) -> Self {
-        self.keepalive = interval;
+        self.keepalive = interval.map(|i| i.min(LONGEST_DURATION));
         self
     }
 

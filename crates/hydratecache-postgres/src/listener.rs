@@ -488,7 +488,7 @@ impl Task {
         let attempt = async move {
             tokio::time::sleep(delay).await;
             let connecting = connect(&config, &channels);
-            match tokio::time::timeout(config.connect_timeout * 2, connecting).await {
+            match tokio::time::timeout(config.connect_timeout.saturating_mul(2), connecting).await {
                 Ok(result) => result.map(|conn| (conn, channels)),
                 Err(_) => Err(sqlx::Error::PoolTimedOut),
             }

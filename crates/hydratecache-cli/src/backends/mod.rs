@@ -191,7 +191,7 @@ pub(crate) async fn connect(
 ) -> Result<Box<dyn Adapter>> {
     // The adapters bound their own connection attempts; this is the
     // backstop so that nothing waits forever.
-    let backstop = options.timeout + Duration::from_secs(2);
+    let backstop = options.timeout.saturating_add(Duration::from_secs(2));
     let connecting = tokio::time::timeout(backstop, connect_inner(url, options));
     // Some clients retry a refused connection until their timeout and then
     // report only the timeout (sqlx's pool, rskafka). When the connection
