@@ -13,14 +13,15 @@
 //! row, means the log under the reader was truncated or replaced (a broker
 //! that lost its storage, retention that passed the reader): a
 //! [`GapReason::Reset`] gap, then reading resumes at the log's start. After
-//! a connection error the reader also checks that the record before its
+//! any failed request the reader also checks that the record before its
 //! position is still the one it read (offset, timestamp and a hash of key,
-//! value and headers); a different record means a new log that has already
-//! grown past the position, which the watermark alone would not show.
+//! value and headers); a different or missing record means a new log that
+//! has already grown past the position, which the watermark alone would not
+//! show. The readers' rskafka client does not retry by itself, so every
+//! lost connection (a broker restart however short) is such a failure: with
+//! rskafka's own retries a fetch would silently go on in the new log.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,7 @@ use rskafka::record::RecordAndOffset;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::cursor::{Check, Cursor, Fingerprint, Step};
 use crate::record::from_record;
 use crate::{KafkaError, BACKEND};
 
@@ -119,82 +121,30 @@ impl SharedReader {
     }
 }
 
-/// Identity of a record, to tell whether the log under a position is still
-/// the one that was read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
-    offset: i64,
-    timestamp: i64,
-    hash: u64,
-}
-
-impl Fingerprint {
-    fn of(r: &RecordAndOffset) -> Fingerprint {
-        let mut h = DefaultHasher::new();
-        r.record.key.hash(&mut h);
-        r.record.value.hash(&mut h);
-        r.record.headers.hash(&mut h);
-        Fingerprint {
-            offset: r.offset,
-            timestamp: r.record.timestamp.timestamp_millis(),
-            hash: h.finish(),
-        }
+/// Marks a partition's replay done when it reached the end it had at
+/// subscribe time (or its log was reset); the last partition to get there
+/// sends [`Event::ReplayDone`]. False once nobody receives.
+async fn check_replay(cur: &mut Cursor, sink: &Sink, reset: bool) -> bool {
+    let Some((end, remaining)) = &cur.replay else {
+        return true;
+    };
+    if cur.position < *end && !reset {
+        return true;
     }
-}
-
-/// One partition's reading state.
-#[derive(Debug)]
-struct Cursor {
-    partition: i32,
-    /// Next offset to read.
-    position: i64,
-    /// The record at `position - 1`, when known.
-    last: Option<Fingerprint>,
-    /// Check the log's identity before reading on (after an error).
-    verify: bool,
-    /// Consecutive answers saying the log ends before `position`.
-    low_watermarks: u32,
-    /// Whether the current outage was already logged at `warn`.
-    warned: bool,
-    /// Fetches that found missing offsets right at `position`.
-    hole_retries: u32,
-    /// For a replay: the log's end at subscribe time, and how many
-    /// partitions of the subscription have not reached theirs yet.
-    replay: Option<(i64, Arc<AtomicUsize>)>,
-}
-
-impl Cursor {
-    /// Marks this partition's replay done when it reached the end it had at
-    /// subscribe time (or its log was reset); the last partition to get
-    /// there sends [`Event::ReplayDone`]. False once nobody receives.
-    async fn check_replay(&mut self, sink: &Sink, reset: bool) -> bool {
-        let Some((end, remaining)) = &self.replay else {
-            return true;
-        };
-        if self.position < *end && !reset {
-            return true;
-        }
-        let last = remaining.fetch_sub(1, Ordering::AcqRel) == 1;
-        self.replay = None;
-        !last || sink.send(Item::Event(Event::ReplayDone)).await
-    }
+    let last = remaining.fetch_sub(1, Ordering::AcqRel) == 1;
+    cur.replay = None;
+    !last || sink.send(Item::Event(Event::ReplayDone)).await
 }
 
 /// Wait of fetches that only probe the log. Not zero: tansu 0.6 answers a
 /// fetch with `max_wait_ms` 0 with no topic at all, even when it has data.
 const PROBE_WAIT: Duration = Duration::from_millis(1);
 
-/// Missing offsets within this distance of the high watermark are fetched
-/// again before being skipped: tansu 0.6, under concurrent producers on
-/// several connections, advances the high watermark before every record
-/// below it is readable (seen: a fetch at 699 returning 700..702 with the
-/// watermark at 703, and 699 readable a moment later). On Kafka such holes
-/// near the end are transaction markers and cost this short wait.
-const HOLE_WINDOW: i64 = 4096;
-/// How often a hole is fetched again before it is taken as real.
-const HOLE_RETRIES: u32 = 10;
 /// Pause before fetching a hole again.
 const HOLE_WAIT: Duration = Duration::from_millis(20);
+
+/// Stands for a bound too large to add to an instant (about 30 years).
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 
 /// A fetch's outcome.
 enum Fetched {
@@ -210,7 +160,7 @@ async fn fetch(
 ) -> std::result::Result<Fetched, KafkaError> {
     let bytes = 1..i32::try_from(ctx.fetch_bytes).unwrap_or(i32::MAX);
     let wait_ms = i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX);
-    let limit = ctx.request_timeout + max_wait;
+    let limit = ctx.request_timeout.saturating_add(max_wait);
     match tokio::time::timeout(limit, pc.fetch_records(offset, bytes, wait_ms)).await {
         Err(_) => Err(KafkaError::Timeout(limit)),
         Ok(Ok((records, hw))) => Ok(Fetched::Records(records, hw)),
@@ -343,7 +293,8 @@ async fn open(
     start: StartFrom,
 ) -> Result<(PartitionClient, Cursor)> {
     let what = || format!("subscribe to {} partition {partition}", ctx.topic);
-    let opening = async {
+    let limit = ctx.request_timeout.saturating_mul(2);
+    let attempt = || async {
         let pc = ctx
             .client
             .partition_client(ctx.topic.clone(), partition, UnknownTopicHandling::Retry)
@@ -355,30 +306,30 @@ async fn open(
         };
         Ok::<_, KafkaError>((pc, position, last))
     };
-    let (pc, position, last) = tokio::time::timeout(ctx.request_timeout * 2, opening)
+    // The readers' client does not retry by itself: retry here within the
+    // bound, and report the last error rather than only the timeout.
+    let now = tokio::time::Instant::now();
+    // A bound too far to represent is no bound.
+    let deadline = now.checked_add(limit).unwrap_or(now + FAR_FUTURE);
+    let opening = async {
+        let mut backoff = Backoff::new(ctx.retry_backoff_max);
+        loop {
+            match attempt().await {
+                Ok(opened) => return Ok(opened),
+                Err(e) if tokio::time::Instant::now() + backoff.next >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!(topic = %ctx.topic, partition, error = %e, "opening a partition failed, retrying");
+                    backoff.wait().await;
+                }
+            }
+        }
+    };
+    let (pc, position, last) = tokio::time::timeout_at(deadline, opening)
         .await
-        .map_err(|_| {
-            Error::backend(
-                BACKEND,
-                what(),
-                KafkaError::Timeout(ctx.request_timeout * 2),
-            )
-        })?
+        .map_err(|_| Error::backend(BACKEND, what(), KafkaError::Timeout(limit)))?
         .map_err(|e| Error::backend(BACKEND, what(), e))?;
     tracing::debug!(topic = %ctx.topic, partition, position, ?start, "partition opened");
-    Ok((
-        pc,
-        Cursor {
-            partition,
-            position,
-            last,
-            verify: false,
-            low_watermarks: 0,
-            warned: false,
-            hole_retries: 0,
-            replay: None,
-        },
-    ))
+    Ok((pc, Cursor::new(partition, position, last)))
 }
 
 /// The end of the log (the high watermark of a fetch: ListOffsets may be
@@ -420,9 +371,16 @@ struct Backoff {
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
 
+    fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Self::FIRST,
+            max: max.max(Self::FIRST),
+        }
+    }
+
     async fn wait(&mut self) {
         tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
     }
 
     fn reset(&mut self) {
@@ -431,12 +389,9 @@ impl Backoff {
 }
 
 async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink) {
-    let mut backoff = Backoff {
-        next: Backoff::FIRST,
-        max: ctx.retry_backoff_max.max(Backoff::FIRST),
-    };
+    let mut backoff = Backoff::new(ctx.retry_backoff_max);
     loop {
-        if !cur.check_replay(sink, false).await {
+        if !check_replay(&mut cur, sink, false).await {
             return;
         }
         let verifying = cur.verify && cur.position > 0;
@@ -484,56 +439,37 @@ async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink
             }
         };
         if verifying {
-            let previous = records.iter().find(|r| r.offset == cur.position - 1);
-            match (cur.last, previous) {
-                (Some(last), Some(found)) if Fingerprint::of(found) != last => {
+            match cur.check(&records) {
+                Check::Same => {}
+                Check::Retry => tokio::time::sleep(HOLE_WAIT).await,
+                Check::Replaced => {
                     tracing::warn!(topic = %ctx.topic, partition = cur.partition, position = cur.position, "a different log under the position");
                     if !reset(ctx, pc, &mut cur, sink).await {
                         return;
                     }
                 }
-                _ => cur.verify = false,
             }
             continue;
         }
-        let fetched_any = !records.is_empty();
-        let mut advanced = false;
-        let mut hole = false;
-        for r in records {
-            if r.offset < cur.position {
-                continue;
-            }
-            if r.offset > cur.position
-                && hw - r.offset <= HOLE_WINDOW
-                && cur.hole_retries < HOLE_RETRIES
-            {
-                // Offsets missing near the end of the log: look again before
-                // taking them as compacted away or as transaction markers.
-                hole = true;
-                break;
-            }
-            if r.offset > cur.position {
-                tracing::debug!(topic = %ctx.topic, partition = cur.partition, from = cur.position, to = r.offset, "offsets skipped (compaction or transaction markers)");
-            }
-            cur.position = r.offset + 1;
-            cur.last = Some(Fingerprint::of(&r));
-            cur.hole_retries = 0;
-            advanced = true;
-            let item = match from_record(r.record) {
-                Ok(envelope) => Item::Event(Event::Message(envelope)),
-                Err(e) => {
-                    tracing::warn!(topic = %ctx.topic, partition = cur.partition, offset = r.offset, error = %e, "malformed record");
-                    Item::Malformed(e)
-                }
+        let taken = cur.take(&ctx.topic, records, hw);
+        for step in taken.steps {
+            let item = match step {
+                Step::Gap(gap) => Item::Event(Event::Gap(gap)),
+                Step::Record(r) => match from_record(r.record) {
+                    Ok(envelope) => Item::Event(Event::Message(envelope)),
+                    Err(e) => {
+                        tracing::warn!(topic = %ctx.topic, partition = cur.partition, offset = r.offset, error = %e, "malformed record");
+                        Item::Malformed(e)
+                    }
+                },
             };
             if !sink.send(item).await {
                 return;
             }
         }
-        if hole {
-            cur.hole_retries += 1;
+        if taken.hole {
             tokio::time::sleep(HOLE_WAIT).await;
-        } else if fetched_any && !advanced {
+        } else if taken.idle {
             // Only records before the position (or control batches): do not
             // spin on them.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -552,14 +488,10 @@ async fn reset(ctx: &ReaderCtx, pc: &PartitionClient, cur: &mut Cursor, sink: &S
     };
     let missed = (start > cur.position).then(|| u64::try_from(start - cur.position).unwrap_or(0));
     tracing::warn!(topic = %ctx.topic, partition = cur.partition, from = cur.position, to = start, ?missed, "log reset: gap");
-    if !cur.check_replay(sink, true).await {
+    if !check_replay(cur, sink, true).await {
         return false;
     }
-    cur.position = start;
-    cur.last = None;
-    cur.verify = false;
-    cur.low_watermarks = 0;
-    cur.hole_retries = 0;
+    cur.restart_at(start);
     // The topic may have been recreated with other partitions.
     ctx.refresh.notify_one();
     sink.send(Item::Event(Event::Gap(Gap {

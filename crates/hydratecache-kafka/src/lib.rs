@@ -3,6 +3,7 @@
 
 mod config;
 mod consumer;
+mod cursor;
 mod producer;
 pub mod record;
 mod transport;

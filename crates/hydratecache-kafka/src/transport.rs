@@ -55,6 +55,8 @@ type ReaderSlot = Arc<tokio::sync::Mutex<Weak<SharedReader>>>;
 struct Inner {
     config: KafkaConfig,
     client: Arc<Client>,
+    /// The readers' client, without rskafka's own retries.
+    reader_client: Arc<Client>,
     controller: ControllerClient,
     topics: Arc<TopicCache>,
     /// Serialises topic look-ups and creation.
@@ -96,22 +98,17 @@ impl KafkaTransport {
             base: 2.0,
             deadline: Some(config.request_timeout),
         };
-        let builder = ClientBuilder::new(config.brokers.clone())
-            .client_id(config.client_id.clone())
-            .max_message_size(config.fetch_bytes().saturating_mul(2).max(100 << 20))
-            .backoff_config(backoff);
-        let what = format!("connect to {}", config.brokers.join(","));
-        let client = match tokio::time::timeout(config.request_timeout, builder.build()).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(Error::backend(BACKEND, what, e)),
-            Err(_) => {
-                return Err(Error::backend(
-                    BACKEND,
-                    what,
-                    KafkaError::Timeout(config.request_timeout),
-                ))
-            }
+        let client = build_client(&config, backoff.clone()).await?;
+        // Readers get a client that never retries by itself: rskafka retries
+        // a fetch over a new connection without a word, so a broker that
+        // restarted empty within the retry window would go unnoticed. Every
+        // failure reaching the reader makes it check the log under its
+        // position before reading on.
+        let no_retry = BackoffConfig {
+            deadline: Some(Duration::ZERO),
+            ..backoff
         };
+        let reader_client = build_client(&config, no_retry).await?;
         let controller = client
             .controller_client()
             .map_err(|e| Error::backend(BACKEND, "controller client", e))?;
@@ -120,6 +117,7 @@ impl KafkaTransport {
             inner: Arc::new(Inner {
                 config,
                 client: Arc::new(client),
+                reader_client: Arc::new(reader_client),
                 controller,
                 topics: Arc::default(),
                 topic_lock: tokio::sync::Mutex::new(()),
@@ -319,7 +317,7 @@ impl KafkaTransport {
         self.check_topic(topic)?;
         let partitions = self.partitions(topic).await?;
         let ctx = ReaderCtx {
-            client: Arc::clone(&self.inner.client),
+            client: Arc::clone(&self.inner.reader_client),
             topic: topic.to_owned(),
             request_timeout: self.inner.config.request_timeout,
             fetch_max_wait: self.inner.config.fetch_max_wait,
@@ -388,6 +386,25 @@ impl KafkaTransport {
             }
         }
         Ok(())
+    }
+}
+
+/// Connects an rskafka client to the brokers of `config`, within its
+/// request timeout.
+async fn build_client(config: &KafkaConfig, backoff: BackoffConfig) -> Result<Client> {
+    let builder = ClientBuilder::new(config.brokers.clone())
+        .client_id(config.client_id.clone())
+        .max_message_size(config.fetch_bytes().saturating_mul(2).max(100 << 20))
+        .backoff_config(backoff);
+    let what = || format!("connect to {}", config.brokers.join(","));
+    match tokio::time::timeout(config.request_timeout, builder.build()).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(Error::backend(BACKEND, what(), e)),
+        Err(_) => Err(Error::backend(
+            BACKEND,
+            what(),
+            KafkaError::Timeout(config.request_timeout),
+        )),
     }
 }
 
