@@ -10,6 +10,10 @@ use crate::BACKEND;
 /// `message.max.bytes` rounded down.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
 
+/// Default bound on the bytes (keys and payloads) a subscription buffers:
+/// 32 MiB.
+pub const DEFAULT_SUBSCRIPTION_BUFFER_BYTES: usize = 32 << 20;
+
 /// How topics that do not exist yet are created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicSettings {
@@ -63,6 +67,7 @@ pub struct KafkaConfig {
     pub(crate) fetch_max_wait: Duration,
     pub(crate) fetch_max_bytes: Option<usize>,
     pub(crate) subscriber_buffer: usize,
+    pub(crate) subscription_buffer_bytes: usize,
     pub(crate) retry_backoff_max: Duration,
     pub(crate) reset_confirmations: u32,
     pub(crate) metadata_refresh: Duration,
@@ -89,6 +94,7 @@ impl KafkaConfig {
             fetch_max_wait: Duration::from_millis(500),
             fetch_max_bytes: None,
             subscriber_buffer: 65_536,
+            subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
             retry_backoff_max: Duration::from_secs(2),
             reset_confirmations: 3,
             metadata_refresh: Duration::from_secs(10),
@@ -188,6 +194,18 @@ impl KafkaConfig {
     /// [`GapReason::Lagged`]: hydratecache_core::GapReason::Lagged
     pub fn subscriber_buffer(mut self, messages: usize) -> KafkaConfig {
         self.subscriber_buffer = messages.max(1);
+        self
+    }
+
+    /// Bytes (keys and payloads) a subscription may buffer (default
+    /// [`DEFAULT_SUBSCRIPTION_BUFFER_BYTES`], 32 MiB). A live subscription
+    /// further behind gets a [`GapReason::Lagged`] gap counting the messages
+    /// it skipped; a replaying one makes its reader wait. A single message
+    /// larger than the bound still passes when nothing else is buffered.
+    ///
+    /// [`GapReason::Lagged`]: hydratecache_core::GapReason::Lagged
+    pub fn subscription_buffer_bytes(mut self, bytes: usize) -> KafkaConfig {
+        self.subscription_buffer_bytes = bytes;
         self
     }
 

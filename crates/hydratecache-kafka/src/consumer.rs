@@ -2,11 +2,12 @@
 //! itself (no consumer group, no committed offsets).
 //!
 //! Live subscriptions ([`StartFrom::Latest`]) of one transport share one
-//! reader per topic, which fans out through a broadcast channel; a
-//! subscription that falls `subscriber_buffer` messages behind gets a
-//! [`GapReason::Lagged`] gap. A replaying subscription
-//! ([`StartFrom::Earliest`]) has its own reader, with backpressure instead
-//! of loss: Kafka keeps the log, so the reader simply waits.
+//! reader per topic, which fans out to one queue per subscription; a
+//! subscription that falls `subscriber_buffer` messages or
+//! `subscription_buffer_bytes` bytes behind gets a [`GapReason::Lagged`]
+//! gap. A replaying subscription ([`StartFrom::Earliest`]) has its own
+//! reader, with backpressure instead of loss under the same bounds: Kafka
+//! keeps the log, so the reader simply waits.
 //!
 //! Log resets: a fetch whose high watermark is below the reader's position,
 //! or an offset-out-of-range error, seen `reset_confirmations` times in a
@@ -35,10 +36,11 @@ use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
 use rskafka::record::RecordAndOffset;
-use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::cursor::{Check, Cursor, Fingerprint, Step};
+use crate::queue::{Fanout, Gated, GatedSender, Queue, Received};
 use crate::record::from_record;
 use crate::{KafkaError, BACKEND};
 
@@ -49,25 +51,36 @@ pub(crate) enum Item {
     Malformed(EnvelopeError),
 }
 
+impl Item {
+    /// What it holds in memory, for the byte bound of buffers.
+    fn size(&self) -> usize {
+        match self {
+            Item::Event(Event::Message(e)) => e.key.len().saturating_add(e.payload.len()),
+            _ => 0,
+        }
+    }
+}
+
 /// Where a reader delivers.
 #[derive(Debug, Clone)]
 pub(crate) enum Sink {
     /// Every live subscription of the topic; slow ones lag.
-    Shared(broadcast::Sender<Item>),
+    Shared(Arc<Fanout<Item>>),
     /// One replaying subscription, with backpressure.
-    Private(mpsc::Sender<Item>),
+    Private(GatedSender<Item>),
 }
 
 impl Sink {
     /// Delivers `item`; false once nobody can receive it any more.
     async fn send(&self, item: Item) -> bool {
+        let size = item.size();
         match self {
             // With no receiver left the reader is about to be dropped.
-            Sink::Shared(tx) => {
-                let _ = tx.send(item);
+            Sink::Shared(fanout) => {
+                fanout.send(item, size);
                 true
             }
-            Sink::Private(tx) => tx.send(item).await.is_ok(),
+            Sink::Private(tx) => tx.send(item, size).await,
         }
     }
 }
@@ -109,14 +122,14 @@ pub(crate) struct ReaderHandle {
 #[derive(Debug)]
 pub(crate) struct SharedReader {
     _handle: ReaderHandle,
-    tx: broadcast::Sender<Item>,
+    fanout: Arc<Fanout<Item>>,
 }
 
 impl SharedReader {
-    pub(crate) fn new(handle: ReaderHandle, tx: broadcast::Sender<Item>) -> SharedReader {
+    pub(crate) fn new(handle: ReaderHandle, fanout: Arc<Fanout<Item>>) -> SharedReader {
         SharedReader {
             _handle: handle,
-            tx,
+            fanout,
         }
     }
 }
@@ -519,7 +532,7 @@ pub(crate) fn shared_subscription(
 ) -> Subscription {
     struct State {
         topic: String,
-        rx: broadcast::Receiver<Item>,
+        queue: Arc<Queue<Item>>,
         closed: watch::Receiver<bool>,
         // Keeps the reader (and the close signal) alive while subscribed.
         _reader: Arc<SharedReader>,
@@ -527,7 +540,7 @@ pub(crate) fn shared_subscription(
     }
     let state = State {
         topic: topic.to_owned(),
-        rx: reader.tx.subscribe(),
+        queue: reader.fanout.subscribe(),
         closed: closed.subscribe(),
         _reader: reader,
         _closed: closed,
@@ -536,18 +549,17 @@ pub(crate) fn shared_subscription(
         let received = tokio::select! {
             biased;
             _ = s.closed.wait_for(|c| *c) => return None,
-            r = s.rx.recv() => r,
+            r = s.queue.recv() => r,
         };
         let item = match received {
-            Ok(item) => to_result(&s.topic, item),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
+            Received::Item(item) => to_result(&s.topic, item),
+            Received::Lagged(n) => {
                 tracing::warn!(topic = %s.topic, missed = n, "subscriber lagged: gap");
                 Ok(Event::Gap(Gap {
                     reason: GapReason::Lagged,
                     missed: Some(n),
                 }))
             }
-            Err(broadcast::error::RecvError::Closed) => return None,
         };
         Some((item, s))
     });
@@ -557,13 +569,13 @@ pub(crate) fn shared_subscription(
 /// The stream of a replaying subscription with its own reader.
 pub(crate) fn private_subscription(
     topic: &str,
-    rx: mpsc::Receiver<Item>,
+    rx: mpsc::Receiver<Gated<Item>>,
     handle: ReaderHandle,
     closed: Arc<watch::Sender<bool>>,
 ) -> Subscription {
     struct State {
         topic: String,
-        rx: mpsc::Receiver<Item>,
+        rx: mpsc::Receiver<Gated<Item>>,
         closed: watch::Receiver<bool>,
         _handle: ReaderHandle,
         _closed: Arc<watch::Sender<bool>>,
@@ -581,7 +593,8 @@ pub(crate) fn private_subscription(
             _ = s.closed.wait_for(|c| *c) => return None,
             r = s.rx.recv() => r?,
         };
-        Some((to_result(&s.topic, item), s))
+        // Taking the item out releases its share of the byte bound.
+        Some((to_result(&s.topic, item.item), s))
     });
     Subscription::new(topic, stream.boxed())
 }

@@ -5,6 +5,7 @@ mod config;
 mod consumer;
 mod cursor;
 mod producer;
+mod queue;
 pub mod record;
 mod transport;
 
@@ -12,7 +13,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{KafkaConfig, TopicSettings, DEFAULT_MAX_BATCH_BYTES};
+pub use config::{
+    KafkaConfig, TopicSettings, DEFAULT_MAX_BATCH_BYTES, DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
+};
 pub use transport::KafkaTransport;
 
 /// The backend name in errors and logs.

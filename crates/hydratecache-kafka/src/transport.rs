@@ -16,11 +16,12 @@ use rskafka::client::controller::ControllerClient;
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::config::KafkaConfig;
 use crate::consumer::{self, ReaderCtx, SharedReader, Sink};
 use crate::producer::{PartitionProducer, Pending, ProducerCtx};
+use crate::queue::{self, Fanout, Limits};
 use crate::record::{partition_for, record_size_bound, to_record, validate_topic};
 use crate::{KafkaError, BACKEND};
 
@@ -49,6 +50,9 @@ impl TopicCache {
         lock(&self.topics).remove(topic);
     }
 }
+
+/// Messages a replaying subscription buffers (its reader waits beyond).
+const REPLAY_BUFFER: usize = 1024;
 
 type ReaderSlot = Arc<tokio::sync::Mutex<Weak<SharedReader>>>;
 
@@ -331,7 +335,10 @@ impl KafkaTransport {
         let closed = Arc::clone(&self.inner.closed);
         match options.start {
             StartFrom::Earliest => {
-                let (tx, rx) = mpsc::channel(1024);
+                let (tx, rx) = queue::gated(Limits {
+                    items: REPLAY_BUFFER,
+                    bytes: self.inner.config.subscription_buffer_bytes,
+                });
                 let handle =
                     consumer::start(ctx, &partitions, StartFrom::Earliest, Sink::Private(tx))
                         .await?;
@@ -351,15 +358,18 @@ impl KafkaTransport {
                 let reader = match guard.upgrade() {
                     Some(reader) => reader,
                     None => {
-                        let (tx, _) = broadcast::channel(self.inner.config.subscriber_buffer);
+                        let fanout = Arc::new(Fanout::new(Limits {
+                            items: self.inner.config.subscriber_buffer,
+                            bytes: self.inner.config.subscription_buffer_bytes,
+                        }));
                         let handle = consumer::start(
                             ctx,
                             &partitions,
                             StartFrom::Latest,
-                            Sink::Shared(tx.clone()),
+                            Sink::Shared(Arc::clone(&fanout)),
                         )
                         .await?;
-                        let reader = Arc::new(SharedReader::new(handle, tx));
+                        let reader = Arc::new(SharedReader::new(handle, fanout));
                         *guard = Arc::downgrade(&reader);
                         reader
                     }
