@@ -8,7 +8,7 @@ mod transport;
 pub use subject::{validate_topic, MAX_SUBJECT_LEN};
 pub use transport::{
     NatsBuilder, NatsTransport, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_PUBLISH_TIMEOUT,
-    DEFAULT_RECONNECT_CHECK, DEFAULT_SUBSCRIPTION_BUFFER,
+    DEFAULT_RECONNECT_CHECK, DEFAULT_SUBSCRIPTION_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
 };
 
 /// Re-export of the client crate, for [`ConnectOptions`](async_nats::ConnectOptions)

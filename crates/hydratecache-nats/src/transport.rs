@@ -27,6 +27,11 @@ pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// reports a [`GapReason::Lagged`](hydratecache_core::GapReason::Lagged) gap
 /// (the same as async-nats' own per-subscription buffer).
 pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 65_536;
+/// Default bound on the payload bytes a subscription buffers (32 MiB): past
+/// it the subscription reports a
+/// [`GapReason::Lagged`](hydratecache_core::GapReason::Lagged) gap, however
+/// few the messages.
+pub const DEFAULT_SUBSCRIPTION_BUFFER_BYTES: usize = 32 << 20;
 /// How often a transport built on a client made elsewhere checks the
 /// client's connection count for reconnects (it cannot receive the client's
 /// connection events).
@@ -57,6 +62,7 @@ pub struct NatsBuilder {
     publish_timeout: Duration,
     confirm_timeout: Duration,
     subscription_buffer: usize,
+    subscription_buffer_bytes: usize,
     reconnect_check: Duration,
 }
 
@@ -67,6 +73,7 @@ impl Default for NatsBuilder {
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
             subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
+            subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
             reconnect_check: DEFAULT_RECONNECT_CHECK,
         }
     }
@@ -100,6 +107,15 @@ impl NatsBuilder {
     /// `Lagged` gap with the number missed.
     pub fn subscription_buffer(mut self, messages: usize) -> Self {
         self.subscription_buffer = messages.max(1);
+        self
+    }
+
+    /// Payload bytes a subscription buffers (default
+    /// [`DEFAULT_SUBSCRIPTION_BUFFER_BYTES`], 32 MiB); a subscriber further
+    /// behind gets a `Lagged` gap with the number missed. A single message
+    /// larger than the bound still passes when nothing else is buffered.
+    pub fn subscription_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.subscription_buffer_bytes = bytes;
         self
     }
 
@@ -175,6 +191,7 @@ impl NatsBuilder {
             publish_timeout: self.publish_timeout,
             confirm_timeout: self.confirm_timeout,
             subscription_buffer: self.subscription_buffer,
+            subscription_buffer_bytes: self.subscription_buffer_bytes,
             reconnect_check,
         })
     }
@@ -186,6 +203,7 @@ struct Config {
     publish_timeout: Duration,
     confirm_timeout: Duration,
     subscription_buffer: usize,
+    subscription_buffer_bytes: usize,
     reconnect_check: Duration,
 }
 
@@ -355,6 +373,7 @@ impl NatsTransport {
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
             subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
+            subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
             reconnect_check: DEFAULT_RECONNECT_CHECK,
         };
         NatsTransport::new(client, false, config, Arc::new(Shared::new()))
@@ -563,6 +582,7 @@ impl NatsTransport {
         tokio::spawn(pump(
             subscriber,
             tx,
+            inner.config.subscription_buffer_bytes,
             Arc::clone(&state),
             Arc::clone(&inner.stats),
             inner.shared.closed.subscribe(),
