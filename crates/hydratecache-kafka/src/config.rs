@@ -103,8 +103,49 @@ impl KafkaConfig {
 
     /// Settings from `kafka://host:port[,host:port...]` (the scheme is
     /// optional).
+    ///
+    /// The connection is plaintext without authentication: a URL that asks
+    /// for anything else is refused rather than connected in plaintext. That
+    /// is a scheme other than `kafka://` (`kafkas://`, `ssl://`,
+    /// `sasl_ssl://`, `sasl_plaintext://`...), credentials
+    /// (`user:password@`), query parameters (`?security.protocol=SSL`) or a
+    /// path.
     pub fn from_url(url: &str) -> Result<KafkaConfig, Error> {
-        let rest = url.strip_prefix("kafka://").unwrap_or(url);
+        let refuse = |reason: String| Err(Error::backend(BACKEND, "parse the broker URL", reason));
+        let rest = match url.split_once("://") {
+            None => url,
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("kafka") => rest,
+            Some((scheme, _)) => {
+                let lower = scheme.to_ascii_lowercase();
+                let asks = if lower.contains("sasl") {
+                    "SASL authentication"
+                } else if lower.contains("ssl") || lower.contains("tls") || lower.ends_with('s') {
+                    "TLS"
+                } else {
+                    "an unknown scheme"
+                };
+                return refuse(format!(
+                    "{scheme}:// asks for {asks}, which this transport does not support \
+                     (plaintext kafka://host:port only; see the crate documentation)"
+                ));
+            }
+        };
+        if rest.contains('?') || rest.contains('#') {
+            return refuse(
+                "query parameters (such as security.protocol, sasl.* or ssl.*) are not \
+                 supported: the connection is plaintext without authentication; expected \
+                 kafka://host:port[,host:port...]"
+                    .to_owned(),
+            );
+        }
+        if rest.contains('@') {
+            // Not echoed: the part before '@' holds a password.
+            return refuse(
+                "credentials in the URL: SASL authentication is not supported; expected \
+                 kafka://host:port[,host:port...]"
+                    .to_owned(),
+            );
+        }
         let rest = rest.trim_end_matches('/');
         let brokers: Vec<String> = rest
             .split(',')
@@ -113,18 +154,12 @@ impl KafkaConfig {
             .map(str::to_owned)
             .collect();
         if brokers.is_empty() || rest.contains('/') {
-            return Err(Error::backend(
-                BACKEND,
-                format!("parse {url:?}"),
-                "expected kafka://host:port[,host:port...]",
+            return refuse(format!(
+                "{url:?}: expected kafka://host:port[,host:port...]"
             ));
         }
         if let Some(bad) = brokers.iter().find(|b| !b.contains(':')) {
-            return Err(Error::backend(
-                BACKEND,
-                format!("parse {url:?}"),
-                format!("broker {bad:?} has no port"),
-            ));
+            return refuse(format!("{url:?}: broker {bad:?} has no port"));
         }
         Ok(KafkaConfig::new(brokers))
     }
@@ -247,5 +282,62 @@ mod tests {
         assert!(KafkaConfig::from_url("kafka://").is_err());
         assert!(KafkaConfig::from_url("kafka://host").is_err());
         assert!(KafkaConfig::from_url("kafka://h:1/x").is_err());
+        let c = KafkaConfig::from_url("KAFKA://h:1").expect("parses");
+        assert_eq!(c.brokers(), ["h:1"]);
+    }
+
+    fn refusal(url: &str) -> String {
+        match KafkaConfig::from_url(url) {
+            Ok(c) => panic!("{url} accepted as plaintext brokers {:?}", c.brokers()),
+            Err(e) => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                text
+            }
+        }
+    }
+
+    /// Item 17 of issue 18: a URL that asks for TLS or SASL is refused with
+    /// an error saying so, never taken as plaintext brokers.
+    #[test]
+    fn urls_asking_for_tls_or_sasl_are_refused() {
+        for url in [
+            "kafkas://h:9093",
+            "ssl://h:9093",
+            "SSL://h:9093",
+            "tls://h:9093",
+        ] {
+            let e = refusal(url);
+            assert!(e.contains("TLS") && e.contains("not support"), "{url}: {e}");
+        }
+        for url in [
+            "sasl_ssl://h:9093",
+            "sasl_plaintext://h:9092",
+            "SASL_SSL://h:1",
+        ] {
+            let e = refusal(url);
+            assert!(
+                e.contains("SASL") && e.contains("not support"),
+                "{url}: {e}"
+            );
+        }
+        for url in [
+            "kafka://h:9092?security.protocol=SSL",
+            "h:9092?sasl.mechanism=PLAIN",
+            "kafka://a:1,b:2?tls=true",
+        ] {
+            let e = refusal(url);
+            assert!(e.contains("query parameters"), "{url}: {e}");
+        }
+        let e = refusal("kafka://alice:s3cret@h:9092");
+        assert!(e.contains("SASL") && !e.contains("s3cret"), "{e}");
+        let e = refusal("alice:s3cret@h:9092");
+        assert!(e.contains("credentials") && !e.contains("s3cret"), "{e}");
+        let e = refusal("https://h:9092");
+        assert!(e.contains("not support"), "{e}");
     }
 }
