@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::{Client, ConnectOptions, Statistics, Subject, ToServerAddrs};
+use async_nats::{Client, ConnectOptions, ServerAddr, Statistics, Subject, ToServerAddrs};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -142,12 +142,44 @@ impl NatsBuilder {
     /// `options` is replaced (build the client yourself and use
     /// [`from_client`](Self::from_client) to keep yours). The connection is
     /// named `hydratecache` unless `options` names it.
+    ///
+    /// A `tls://` URL among `addrs` makes TLS required on every connection
+    /// ([`ConnectOptions::require_tls`]), including reconnections to servers
+    /// discovered from the cluster, so a TLS URL never ends up in plaintext.
     pub async fn connect_with_options(
         self,
         addrs: impl ToServerAddrs,
         options: ConnectOptions,
     ) -> Result<NatsTransport> {
         let config = self.config(EVENT_RECONNECT_CHECK)?;
+        let addrs: Vec<ServerAddr> = addrs
+            .to_server_addrs()
+            .map_err(|e| Error::backend(BACKEND, "parse the server URL", e))?
+            .collect();
+        // Without async-nats' websockets feature a ws:// or wss:// URL is
+        // dialled as plain TCP, and never upgraded to TLS (a websocket
+        // address is exempt from it): a wss:// URL would go out in plaintext.
+        if let Some(ws) = addrs.iter().find(|a| a.is_websocket()) {
+            return Err(Error::backend(
+                BACKEND,
+                "parse the server URL",
+                format!(
+                    "{}:// (NATS over websockets) is not supported: this build of async-nats \
+                     has no websockets feature, and it would connect in plain TCP without \
+                     TLS; use nats:// or tls://",
+                    ws.scheme()
+                ),
+            ));
+        }
+        // async-nats upgrades to TLS for a `tls://` URL, but not for servers
+        // it discovers from the cluster's INFO (plain host:port): after a
+        // failover to one that does not require TLS, the connection would
+        // go on in plaintext. A `tls://` URL means TLS on every connection.
+        let options = if addrs.iter().any(ServerAddr::tls_required) {
+            options.require_tls(true)
+        } else {
+            options
+        };
         let shared = Arc::new(Shared::new());
         let events = Arc::downgrade(&shared);
         let options = options.event_callback(move |event| {
