@@ -13,7 +13,8 @@ use hydratecache_core::{Event, Gap, GapReason, Result};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::transport::{Inner, Registration};
+use crate::shared::Registration;
+use crate::transport::Inner;
 
 /// Loss signals for one subscription, set by the pump and the event callback.
 #[derive(Debug)]

@@ -1,133 +1,29 @@
 //! [`NatsTransport`]: the [`Transport`] over core NATS.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::{Client, ConnectOptions, ServerAddr, Statistics, Subject, ToServerAddrs};
+use async_nats::{Client, ConnectOptions, Statistics, Subject, ToServerAddrs};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use hydratecache_core::{
     Capabilities, Envelope, Error, Result, StartFrom, SubscribeOptions, Subscription, Transport,
 };
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::mpsc;
 
-use crate::subject::{check_tokens, subject_for};
+use crate::builder::{checked_addrs, Config, NatsBuilder, EVENT_RECONNECT_CHECK};
+use crate::shared::Shared;
+use crate::subject::subject_for;
 use crate::subscription::{pump, subscriber_sid, SubState, SubStream};
 use crate::BACKEND;
 
-/// Default bound on one publish: enqueue plus flush to the server.
-pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default bound on the server's confirmation of a new subscription.
-pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default number of received messages a subscription buffers before it
-/// reports a [`GapReason::Lagged`](hydratecache_core::GapReason::Lagged) gap
-/// (the same as async-nats' own per-subscription buffer).
-pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 65_536;
-/// Default bound on the payload bytes a subscription buffers (32 MiB): past
-/// it the subscription reports a
-/// [`GapReason::Lagged`](hydratecache_core::GapReason::Lagged) gap, however
-/// few the messages.
-pub const DEFAULT_SUBSCRIPTION_BUFFER_BYTES: usize = 32 << 20;
-/// How often a transport built on a client made elsewhere checks the
-/// client's connection count for reconnects (it cannot receive the client's
-/// connection events).
-pub const DEFAULT_RECONNECT_CHECK: Duration = Duration::from_millis(250);
-/// The same check for a transport that receives connection events (a safety
-/// net only).
-const EVENT_RECONNECT_CHECK: Duration = Duration::from_secs(1);
 /// How often a waiting publish looks at the connection state.
 const STATE_POLL: Duration = Duration::from_millis(20);
 
-/// Settings for a [`NatsTransport`]; finish with [`connect`](Self::connect),
-/// [`connect_with_options`](Self::connect_with_options) or
-/// [`from_client`](Self::from_client).
-///
-/// ```no_run
-/// # async fn f() -> Result<(), hydratecache_core::Error> {
-/// use std::time::Duration;
-/// let transport = hydratecache_nats::NatsTransport::builder()
-///     .subject_prefix("cache")
-///     .publish_timeout(Duration::from_secs(2))
-///     .connect("nats://127.0.0.1:4222")
-///     .await?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone)]
-pub struct NatsBuilder {
-    subject_prefix: Option<String>,
-    publish_timeout: Duration,
-    confirm_timeout: Duration,
-    subscription_buffer: usize,
-    subscription_buffer_bytes: usize,
-    reconnect_check: Duration,
-}
-
-impl Default for NatsBuilder {
-    fn default() -> Self {
-        NatsBuilder {
-            subject_prefix: None,
-            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
-            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
-            subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
-            subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
-            reconnect_check: DEFAULT_RECONNECT_CHECK,
-        }
-    }
-}
-
 impl NatsBuilder {
-    /// Puts every topic under `prefix`: topic `users` becomes the subject
-    /// `<prefix>.users` (for example to match account permissions). The
-    /// prefix follows the topic rules ([`validate_topic`](crate::validate_topic)).
-    pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.subject_prefix = Some(prefix.into());
-        self
-    }
-
-    /// Bound on one publish (default [`DEFAULT_PUBLISH_TIMEOUT`]); past it the
-    /// publish fails.
-    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
-        self.publish_timeout = timeout;
-        self
-    }
-
-    /// Bound on the server's confirmation of a new subscription (default
-    /// [`DEFAULT_CONFIRM_TIMEOUT`]); past it `subscribe` fails.
-    pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
-        self.confirm_timeout = timeout;
-        self
-    }
-
-    /// Messages a subscription buffers (at least 1; default
-    /// [`DEFAULT_SUBSCRIPTION_BUFFER`]); a subscriber further behind gets a
-    /// `Lagged` gap with the number missed.
-    pub fn subscription_buffer(mut self, messages: usize) -> Self {
-        self.subscription_buffer = messages.max(1);
-        self
-    }
-
-    /// Payload bytes a subscription buffers (default
-    /// [`DEFAULT_SUBSCRIPTION_BUFFER_BYTES`], 32 MiB); a subscriber further
-    /// behind gets a `Lagged` gap with the number missed. A single message
-    /// larger than the bound still passes when nothing else is buffered.
-    pub fn subscription_buffer_bytes(mut self, bytes: usize) -> Self {
-        self.subscription_buffer_bytes = bytes;
-        self
-    }
-
-    /// How often a transport made [`from_client`](Self::from_client) checks
-    /// for reconnects while its subscriptions are idle (default
-    /// [`DEFAULT_RECONNECT_CHECK`]). A message that arrives after a reconnect
-    /// is always preceded by its gap, whatever this interval.
-    pub fn reconnect_check(mut self, interval: Duration) -> Self {
-        self.reconnect_check = interval.max(Duration::from_millis(10));
-        self
-    }
-
     /// Connects to `url` (or a comma-separated list of URLs) with async-nats'
     /// default options.
     pub async fn connect(self, url: &str) -> Result<NatsTransport> {
@@ -152,34 +48,7 @@ impl NatsBuilder {
         options: ConnectOptions,
     ) -> Result<NatsTransport> {
         let config = self.config(EVENT_RECONNECT_CHECK)?;
-        let addrs: Vec<ServerAddr> = addrs
-            .to_server_addrs()
-            .map_err(|e| Error::backend(BACKEND, "parse the server URL", e))?
-            .collect();
-        // Without async-nats' websockets feature a ws:// or wss:// URL is
-        // dialled as plain TCP, and never upgraded to TLS (a websocket
-        // address is exempt from it): a wss:// URL would go out in plaintext.
-        if let Some(ws) = addrs.iter().find(|a| a.is_websocket()) {
-            return Err(Error::backend(
-                BACKEND,
-                "parse the server URL",
-                format!(
-                    "{}:// (NATS over websockets) is not supported: this build of async-nats \
-                     has no websockets feature, and it would connect in plain TCP without \
-                     TLS; use nats:// or tls://",
-                    ws.scheme()
-                ),
-            ));
-        }
-        // async-nats upgrades to TLS for a `tls://` URL, but not for servers
-        // it discovers from the cluster's INFO (plain host:port): after a
-        // failover to one that does not require TLS, the connection would
-        // go on in plaintext. A `tls://` URL means TLS on every connection.
-        let options = if addrs.iter().any(ServerAddr::tls_required) {
-            options.require_tls(true)
-        } else {
-            options
-        };
+        let (addrs, options) = checked_addrs(addrs, options)?;
         let shared = Arc::new(Shared::new());
         let events = Arc::downgrade(&shared);
         let options = options.event_callback(move |event| {
@@ -211,32 +80,6 @@ impl NatsBuilder {
             Arc::new(Shared::new()),
         ))
     }
-
-    fn config(&self, reconnect_check: Duration) -> Result<Config> {
-        if let Some(prefix) = &self.subject_prefix {
-            check_tokens(prefix).map_err(|reason| {
-                Error::invalid_topic(BACKEND, prefix.clone(), format!("subject prefix: {reason}"))
-            })?;
-        }
-        Ok(Config {
-            subject_prefix: self.subject_prefix.clone(),
-            publish_timeout: self.publish_timeout,
-            confirm_timeout: self.confirm_timeout,
-            subscription_buffer: self.subscription_buffer,
-            subscription_buffer_bytes: self.subscription_buffer_bytes,
-            reconnect_check,
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Config {
-    subject_prefix: Option<String>,
-    publish_timeout: Duration,
-    confirm_timeout: Duration,
-    subscription_buffer: usize,
-    subscription_buffer_bytes: usize,
-    reconnect_check: Duration,
 }
 
 /// The [`Transport`] for core NATS (2.x), on [`async_nats`].
@@ -288,98 +131,6 @@ impl Inner {
     }
 }
 
-/// State the connection-event callback and the subscriptions share. It holds
-/// no client, so the callback (owned by the client) makes no cycle.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    subs: Mutex<HashMap<u64, Registered>>,
-    next_id: AtomicU64,
-    /// Highest connection count whose subscriptions the server confirmed
-    /// after a reconnect: idle subscriptions report their gap from it.
-    pub(crate) confirmed: watch::Sender<u64>,
-    pub(crate) closed: watch::Sender<bool>,
-    kick: Notify,
-}
-
-#[derive(Debug)]
-struct Registered {
-    sid: Option<u64>,
-    state: Arc<SubState>,
-}
-
-impl Shared {
-    fn new() -> Shared {
-        Shared {
-            subs: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            confirmed: watch::channel(0).0,
-            closed: watch::channel(false).0,
-            kick: Notify::new(),
-        }
-    }
-
-    fn subs(&self) -> MutexGuard<'_, HashMap<u64, Registered>> {
-        // No code path panics while holding the lock; recover if one ever did.
-        self.subs.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn register(&self, sid: Option<u64>, state: Arc<SubState>) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.subs().insert(id, Registered { sid, state });
-        id
-    }
-
-    fn unregister(&self, id: u64) {
-        self.subs().remove(&id);
-    }
-
-    fn on_event(&self, event: async_nats::Event) {
-        use async_nats::Event as E;
-        match event {
-            E::Connected => {
-                tracing::debug!("nats connected");
-                self.kick.notify_one();
-            }
-            E::Disconnected => {
-                tracing::warn!("nats disconnected; subscriptions get a gap event once reconnected");
-            }
-            E::SlowConsumer(sid) => self.slow_consumer(sid),
-            E::ServerError(e) => tracing::warn!(error = %e, "nats server error"),
-            E::ClientError(e) => tracing::warn!(error = %e, "nats client error"),
-            other => tracing::debug!(event = %other, "nats event"),
-        }
-    }
-
-    /// async-nats dropped a message for subscription `sid`: that
-    /// subscription gets a gap; if some subscription's id could not be read,
-    /// all such subscriptions get one.
-    fn slow_consumer(&self, sid: u64) {
-        let subs = self.subs();
-        if let Some(r) = subs.values().find(|r| r.sid == Some(sid)) {
-            tracing::warn!(
-                sid,
-                "nats slow consumer: messages dropped, signalling a gap"
-            );
-            r.state.flag_slow_consumer();
-            return;
-        }
-        let mut unmapped = 0;
-        for r in subs.values().filter(|r| r.sid.is_none()) {
-            r.state.flag_slow_consumer();
-            unmapped += 1;
-        }
-        if unmapped > 0 {
-            tracing::warn!(
-                sid,
-                unmapped,
-                "nats slow consumer on an unmapped subscription: signalling a gap on each"
-            );
-        } else {
-            tracing::debug!(sid, "nats slow consumer on a subscription that is not ours");
-        }
-    }
-}
-
 impl NatsTransport {
     /// Settings first: [`NatsBuilder`].
     pub fn builder() -> NatsBuilder {
@@ -400,15 +151,7 @@ impl NatsTransport {
     /// A transport with default settings on a client built elsewhere (the
     /// seed's `hcnats.New(nc)`); see [`NatsBuilder::from_client`].
     pub fn from_client(client: Client) -> NatsTransport {
-        let config = Config {
-            subject_prefix: None,
-            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
-            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
-            subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
-            subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
-            reconnect_check: DEFAULT_RECONNECT_CHECK,
-        };
-        NatsTransport::new(client, false, config, Arc::new(Shared::new()))
+        NatsTransport::new(client, false, Config::for_client(), Arc::new(Shared::new()))
     }
 
     fn new(client: Client, owned: bool, config: Config, shared: Arc<Shared>) -> NatsTransport {
@@ -585,11 +328,7 @@ impl NatsTransport {
                 .await
                 .map_err(|e| Error::backend(BACKEND, format!("subscribe to {subject}"), e))?;
             let sid = subscriber_sid(&subscriber);
-            let id = inner.shared.register(sid, Arc::clone(&state));
-            let guard = Registration {
-                shared: Arc::clone(&inner.shared),
-                id,
-            };
+            let guard = Shared::register(&inner.shared, sid, Arc::clone(&state));
             round_trip(&inner.client).await.map_err(|e| {
                 Error::backend(BACKEND, format!("confirm the subscription to {subject}"), e)
             })?;
@@ -641,19 +380,6 @@ impl NatsTransport {
             Arc::downgrade(&self.inner),
             Arc::clone(&self.inner.shared),
         ));
-    }
-}
-
-/// A subscription's entry in [`Shared`], removed when dropped.
-#[derive(Debug)]
-pub(crate) struct Registration {
-    shared: Arc<Shared>,
-    id: u64,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.shared.unregister(self.id);
     }
 }
 
