@@ -71,6 +71,10 @@ pub struct KafkaConfig {
     pub(crate) retry_backoff_max: Duration,
     pub(crate) reset_confirmations: u32,
     pub(crate) metadata_refresh: Duration,
+    /// The URL asked for TLS (`kafkas://`, `ssl://`, `tls://`).
+    pub(crate) tls_required: bool,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl KafkaConfig {
@@ -98,35 +102,50 @@ impl KafkaConfig {
             retry_backoff_max: Duration::from_secs(2),
             reset_confirmations: 3,
             metadata_refresh: Duration::from_secs(10),
+            tls_required: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
     /// Settings from `kafka://host:port[,host:port...]` (the scheme is
-    /// optional).
+    /// optional), or `kafkas://` (also `ssl://`, `tls://`) for TLS.
     ///
-    /// The connection is plaintext without authentication: a URL that asks
-    /// for anything else is refused rather than connected in plaintext. That
-    /// is a scheme other than `kafka://` (`kafkas://`, `ssl://`,
-    /// `sasl_ssl://`, `sasl_plaintext://`...), credentials
-    /// (`user:password@`), query parameters (`?security.protocol=SSL`) or a
-    /// path.
+    /// TLS needs the crate feature `tls` and a rustls configuration given
+    /// with `KafkaConfig::tls` before connecting; without the feature a TLS
+    /// URL is refused, naming the feature. SASL is not supported. A URL that
+    /// asks for something unsupported is refused rather than connected in
+    /// plaintext: a SASL scheme (`sasl_ssl://`, `sasl_plaintext://`),
+    /// another scheme, credentials (`user:password@`), query parameters
+    /// (`?security.protocol=SSL`) or a path.
     pub fn from_url(url: &str) -> Result<KafkaConfig, Error> {
         let refuse = |reason: String| Err(Error::backend(BACKEND, "parse the broker URL", reason));
-        let rest = match url.split_once("://") {
-            None => url,
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("kafka") => rest,
+        let (rest, tls) = match url.split_once("://") {
+            None => (url, false),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("kafka") => (rest, false),
+            Some((scheme, rest))
+                if ["kafkas", "ssl", "tls"]
+                    .iter()
+                    .any(|s| scheme.eq_ignore_ascii_case(s)) =>
+            {
+                if cfg!(not(feature = "tls")) {
+                    return refuse(format!(
+                        "{scheme}:// asks for TLS, which is not compiled in: enable the \
+                         feature `tls` of hydratecache-kafka (and give the rustls \
+                         configuration with KafkaConfig::tls)"
+                    ));
+                }
+                (rest, true)
+            }
             Some((scheme, _)) => {
-                let lower = scheme.to_ascii_lowercase();
-                let asks = if lower.contains("sasl") {
-                    "SASL authentication"
-                } else if lower.contains("ssl") || lower.contains("tls") || lower.ends_with('s') {
-                    "TLS"
+                let asks = if scheme.to_ascii_lowercase().contains("sasl") {
+                    "SASL authentication, which this transport does not support"
                 } else {
-                    "an unknown scheme"
+                    "a protocol this transport does not support"
                 };
                 return refuse(format!(
-                    "{scheme}:// asks for {asks}, which this transport does not support \
-                     (plaintext kafka://host:port only; see the crate documentation)"
+                    "{scheme}:// asks for {asks} (kafka://host:port, or kafkas://host:port \
+                     for TLS; see the crate documentation)"
                 ));
             }
         };
@@ -161,7 +180,20 @@ impl KafkaConfig {
         if let Some(bad) = brokers.iter().find(|b| !b.contains(':')) {
             return refuse(format!("{url:?}: broker {bad:?} has no port"));
         }
-        Ok(KafkaConfig::new(brokers))
+        let mut config = KafkaConfig::new(brokers);
+        config.tls_required = tls;
+        Ok(config)
+    }
+
+    /// Connects to the brokers over TLS with this rustls configuration
+    /// (trusted roots, client certificate if any). Each broker's certificate
+    /// is checked against its host name as given, or as the cluster's
+    /// metadata advertises it.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> KafkaConfig {
+        self.tls = Some(config);
+        self
     }
 
     /// The bootstrap brokers.
@@ -301,8 +333,9 @@ mod tests {
         }
     }
 
-    /// Item 17 of issue 18: a URL that asks for TLS or SASL is refused with
-    /// an error saying so, never taken as plaintext brokers.
+    /// Item 17 of issue 18: a URL that asks for TLS (without the `tls`
+    /// feature) or SASL is refused with an error saying so, never taken as
+    /// plaintext brokers.
     #[test]
     fn urls_asking_for_tls_or_sasl_are_refused() {
         for url in [
@@ -311,8 +344,13 @@ mod tests {
             "SSL://h:9093",
             "tls://h:9093",
         ] {
-            let e = refusal(url);
-            assert!(e.contains("TLS") && e.contains("not support"), "{url}: {e}");
+            if cfg!(feature = "tls") {
+                let c = KafkaConfig::from_url(url).expect("a TLS URL with the tls feature");
+                assert!(c.tls_required && c.brokers() == ["h:9093"], "{url}");
+            } else {
+                let e = refusal(url);
+                assert!(e.contains("feature `tls`"), "{url}: {e}");
+            }
         }
         for url in [
             "sasl_ssl://h:9093",

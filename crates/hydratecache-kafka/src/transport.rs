@@ -402,11 +402,29 @@ impl KafkaTransport {
 /// Connects an rskafka client to the brokers of `config`, within its
 /// request timeout.
 async fn build_client(config: &KafkaConfig, backoff: BackoffConfig) -> Result<Client> {
+    let what = || format!("connect to {}", config.brokers.join(","));
     let builder = ClientBuilder::new(config.brokers.clone())
         .client_id(config.client_id.clone())
         .max_message_size(config.fetch_bytes().saturating_mul(2).max(100 << 20))
         .backoff_config(backoff);
-    let what = || format!("connect to {}", config.brokers.join(","));
+    #[cfg(feature = "tls")]
+    let builder = match &config.tls {
+        Some(tls) => builder.tls_config(Arc::clone(tls)),
+        None => builder,
+    };
+    #[cfg(feature = "tls")]
+    let tls_given = config.tls.is_some();
+    #[cfg(not(feature = "tls"))]
+    let tls_given = false;
+    // Never plaintext for a URL that asked for TLS.
+    if config.tls_required && !tls_given {
+        return Err(Error::backend(
+            BACKEND,
+            what(),
+            "the URL asks for TLS but no TLS configuration was given \
+             (KafkaConfig::tls, feature `tls`)",
+        ));
+    }
     match tokio::time::timeout(config.request_timeout, builder.build()).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(Error::backend(BACKEND, what(), e)),
