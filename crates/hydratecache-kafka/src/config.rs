@@ -74,7 +74,20 @@ pub struct KafkaConfig {
     /// The URL asked for TLS (`kafkas://`, `ssl://`, `tls://`).
     pub(crate) tls_required: bool,
     #[cfg(feature = "tls")]
-    pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    pub(crate) tls: Option<TlsConfig>,
+}
+
+/// The rustls configuration, shown as a placeholder by `Debug`: a settings
+/// dump in a log has no business listing certificates or key handles.
+#[cfg(feature = "tls")]
+#[derive(Clone)]
+pub(crate) struct TlsConfig(pub(crate) std::sync::Arc<rustls::ClientConfig>);
+
+#[cfg(feature = "tls")]
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("rustls::ClientConfig { .. }")
+    }
 }
 
 impl KafkaConfig {
@@ -192,7 +205,7 @@ impl KafkaConfig {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> KafkaConfig {
-        self.tls = Some(config);
+        self.tls = Some(TlsConfig(config));
         self
     }
 

@@ -409,7 +409,7 @@ async fn build_client(config: &KafkaConfig, backoff: BackoffConfig) -> Result<Cl
         .backoff_config(backoff);
     #[cfg(feature = "tls")]
     let builder = match &config.tls {
-        Some(tls) => builder.tls_config(Arc::clone(tls)),
+        Some(tls) => builder.tls_config(Arc::clone(&tls.0)),
         None => builder,
     };
     #[cfg(feature = "tls")]
