@@ -329,7 +329,13 @@ async fn open(
         loop {
             match attempt().await {
                 Ok(opened) => return Ok(opened),
-                Err(e) if tokio::time::Instant::now() + backoff.next >= deadline => return Err(e),
+                Err(e)
+                    if tokio::time::Instant::now()
+                        .checked_add(backoff.next)
+                        .is_none_or(|retry_at| retry_at >= deadline) =>
+                {
+                    return Err(e)
+                }
                 Err(e) => {
                     tracing::debug!(topic = %ctx.topic, partition, error = %e, "opening a partition failed, retrying");
                     backoff.wait().await;
