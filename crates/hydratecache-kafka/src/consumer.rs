@@ -2,25 +2,27 @@
 //! itself (no consumer group, no committed offsets).
 //!
 //! Live subscriptions ([`StartFrom::Latest`]) of one transport share one
-//! reader per topic, which fans out through a broadcast channel; a
-//! subscription that falls `subscriber_buffer` messages behind gets a
-//! [`GapReason::Lagged`] gap. A replaying subscription
-//! ([`StartFrom::Earliest`]) has its own reader, with backpressure instead
-//! of loss: Kafka keeps the log, so the reader simply waits.
+//! reader per topic, which fans out to one queue per subscription; a
+//! subscription that falls `subscriber_buffer` messages or
+//! `subscription_buffer_bytes` bytes behind gets a [`GapReason::Lagged`]
+//! gap. A replaying subscription ([`StartFrom::Earliest`]) has its own
+//! reader, with backpressure instead of loss under the same bounds: Kafka
+//! keeps the log, so the reader simply waits.
 //!
 //! Log resets: a fetch whose high watermark is below the reader's position,
 //! or an offset-out-of-range error, seen `reset_confirmations` times in a
 //! row, means the log under the reader was truncated or replaced (a broker
 //! that lost its storage, retention that passed the reader): a
 //! [`GapReason::Reset`] gap, then reading resumes at the log's start. After
-//! a connection error the reader also checks that the record before its
+//! any failed request the reader also checks that the record before its
 //! position is still the one it read (offset, timestamp and a hash of key,
-//! value and headers); a different record means a new log that has already
-//! grown past the position, which the watermark alone would not show.
+//! value and headers); a different or missing record means a new log that
+//! has already grown past the position, which the watermark alone would not
+//! show. The readers' rskafka client does not retry by itself, so every
+//! lost connection (a broker restart however short) is such a failure: with
+//! rskafka's own retries a fetch would silently go on in the new log.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +36,11 @@ use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
 use rskafka::record::RecordAndOffset;
-use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::cursor::{Check, Cursor, Fingerprint, Step};
+use crate::queue::{Fanout, Gated, GatedSender, Queue, Received};
 use crate::record::from_record;
 use crate::{KafkaError, BACKEND};
 
@@ -47,25 +51,36 @@ pub(crate) enum Item {
     Malformed(EnvelopeError),
 }
 
+impl Item {
+    /// What it holds in memory, for the byte bound of buffers.
+    fn size(&self) -> usize {
+        match self {
+            Item::Event(Event::Message(e)) => e.key.len().saturating_add(e.payload.len()),
+            _ => 0,
+        }
+    }
+}
+
 /// Where a reader delivers.
 #[derive(Debug, Clone)]
 pub(crate) enum Sink {
     /// Every live subscription of the topic; slow ones lag.
-    Shared(broadcast::Sender<Item>),
+    Shared(Arc<Fanout<Item>>),
     /// One replaying subscription, with backpressure.
-    Private(mpsc::Sender<Item>),
+    Private(GatedSender<Item>),
 }
 
 impl Sink {
     /// Delivers `item`; false once nobody can receive it any more.
     async fn send(&self, item: Item) -> bool {
+        let size = item.size();
         match self {
             // With no receiver left the reader is about to be dropped.
-            Sink::Shared(tx) => {
-                let _ = tx.send(item);
+            Sink::Shared(fanout) => {
+                fanout.send(item, size);
                 true
             }
-            Sink::Private(tx) => tx.send(item).await.is_ok(),
+            Sink::Private(tx) => tx.send(item, size).await,
         }
     }
 }
@@ -107,94 +122,42 @@ pub(crate) struct ReaderHandle {
 #[derive(Debug)]
 pub(crate) struct SharedReader {
     _handle: ReaderHandle,
-    tx: broadcast::Sender<Item>,
+    fanout: Arc<Fanout<Item>>,
 }
 
 impl SharedReader {
-    pub(crate) fn new(handle: ReaderHandle, tx: broadcast::Sender<Item>) -> SharedReader {
+    pub(crate) fn new(handle: ReaderHandle, fanout: Arc<Fanout<Item>>) -> SharedReader {
         SharedReader {
             _handle: handle,
-            tx,
+            fanout,
         }
     }
 }
 
-/// Identity of a record, to tell whether the log under a position is still
-/// the one that was read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
-    offset: i64,
-    timestamp: i64,
-    hash: u64,
-}
-
-impl Fingerprint {
-    fn of(r: &RecordAndOffset) -> Fingerprint {
-        let mut h = DefaultHasher::new();
-        r.record.key.hash(&mut h);
-        r.record.value.hash(&mut h);
-        r.record.headers.hash(&mut h);
-        Fingerprint {
-            offset: r.offset,
-            timestamp: r.record.timestamp.timestamp_millis(),
-            hash: h.finish(),
-        }
+/// Marks a partition's replay done when it reached the end it had at
+/// subscribe time (or its log was reset); the last partition to get there
+/// sends [`Event::ReplayDone`]. False once nobody receives.
+async fn check_replay(cur: &mut Cursor, sink: &Sink, reset: bool) -> bool {
+    let Some((end, remaining)) = &cur.replay else {
+        return true;
+    };
+    if cur.position < *end && !reset {
+        return true;
     }
-}
-
-/// One partition's reading state.
-#[derive(Debug)]
-struct Cursor {
-    partition: i32,
-    /// Next offset to read.
-    position: i64,
-    /// The record at `position - 1`, when known.
-    last: Option<Fingerprint>,
-    /// Check the log's identity before reading on (after an error).
-    verify: bool,
-    /// Consecutive answers saying the log ends before `position`.
-    low_watermarks: u32,
-    /// Whether the current outage was already logged at `warn`.
-    warned: bool,
-    /// Fetches that found missing offsets right at `position`.
-    hole_retries: u32,
-    /// For a replay: the log's end at subscribe time, and how many
-    /// partitions of the subscription have not reached theirs yet.
-    replay: Option<(i64, Arc<AtomicUsize>)>,
-}
-
-impl Cursor {
-    /// Marks this partition's replay done when it reached the end it had at
-    /// subscribe time (or its log was reset); the last partition to get
-    /// there sends [`Event::ReplayDone`]. False once nobody receives.
-    async fn check_replay(&mut self, sink: &Sink, reset: bool) -> bool {
-        let Some((end, remaining)) = &self.replay else {
-            return true;
-        };
-        if self.position < *end && !reset {
-            return true;
-        }
-        let last = remaining.fetch_sub(1, Ordering::AcqRel) == 1;
-        self.replay = None;
-        !last || sink.send(Item::Event(Event::ReplayDone)).await
-    }
+    let last = remaining.fetch_sub(1, Ordering::AcqRel) == 1;
+    cur.replay = None;
+    !last || sink.send(Item::Event(Event::ReplayDone)).await
 }
 
 /// Wait of fetches that only probe the log. Not zero: tansu 0.6 answers a
 /// fetch with `max_wait_ms` 0 with no topic at all, even when it has data.
 const PROBE_WAIT: Duration = Duration::from_millis(1);
 
-/// Missing offsets within this distance of the high watermark are fetched
-/// again before being skipped: tansu 0.6, under concurrent producers on
-/// several connections, advances the high watermark before every record
-/// below it is readable (seen: a fetch at 699 returning 700..702 with the
-/// watermark at 703, and 699 readable a moment later). On Kafka such holes
-/// near the end are transaction markers and cost this short wait.
-const HOLE_WINDOW: i64 = 4096;
-/// How often a hole is fetched again before it is taken as real.
-const HOLE_RETRIES: u32 = 10;
 /// Pause before fetching a hole again.
 const HOLE_WAIT: Duration = Duration::from_millis(20);
+
+/// Stands for a bound too large to add to an instant (about 30 years).
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 
 /// A fetch's outcome.
 enum Fetched {
@@ -210,7 +173,7 @@ async fn fetch(
 ) -> std::result::Result<Fetched, KafkaError> {
     let bytes = 1..i32::try_from(ctx.fetch_bytes).unwrap_or(i32::MAX);
     let wait_ms = i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX);
-    let limit = ctx.request_timeout + max_wait;
+    let limit = ctx.request_timeout.saturating_add(max_wait);
     match tokio::time::timeout(limit, pc.fetch_records(offset, bytes, wait_ms)).await {
         Err(_) => Err(KafkaError::Timeout(limit)),
         Ok(Ok((records, hw))) => Ok(Fetched::Records(records, hw)),
@@ -343,7 +306,8 @@ async fn open(
     start: StartFrom,
 ) -> Result<(PartitionClient, Cursor)> {
     let what = || format!("subscribe to {} partition {partition}", ctx.topic);
-    let opening = async {
+    let limit = ctx.request_timeout.saturating_mul(2);
+    let attempt = || async {
         let pc = ctx
             .client
             .partition_client(ctx.topic.clone(), partition, UnknownTopicHandling::Retry)
@@ -355,30 +319,36 @@ async fn open(
         };
         Ok::<_, KafkaError>((pc, position, last))
     };
-    let (pc, position, last) = tokio::time::timeout(ctx.request_timeout.saturating_mul(2), opening)
+    // The readers' client does not retry by itself: retry here within the
+    // bound, and report the last error rather than only the timeout.
+    let now = tokio::time::Instant::now();
+    // A bound too far to represent is no bound.
+    let deadline = now.checked_add(limit).unwrap_or(now + FAR_FUTURE);
+    let opening = async {
+        let mut backoff = Backoff::new(ctx.retry_backoff_max);
+        loop {
+            match attempt().await {
+                Ok(opened) => return Ok(opened),
+                Err(e)
+                    if tokio::time::Instant::now()
+                        .checked_add(backoff.next)
+                        .is_none_or(|retry_at| retry_at >= deadline) =>
+                {
+                    return Err(e)
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %ctx.topic, partition, error = %e, "opening a partition failed, retrying");
+                    backoff.wait().await;
+                }
+            }
+        }
+    };
+    let (pc, position, last) = tokio::time::timeout_at(deadline, opening)
         .await
-        .map_err(|_| {
-            Error::backend(
-                BACKEND,
-                what(),
-                KafkaError::Timeout(ctx.request_timeout.saturating_mul(2)),
-            )
-        })?
+        .map_err(|_| Error::backend(BACKEND, what(), KafkaError::Timeout(limit)))?
         .map_err(|e| Error::backend(BACKEND, what(), e))?;
     tracing::debug!(topic = %ctx.topic, partition, position, ?start, "partition opened");
-    Ok((
-        pc,
-        Cursor {
-            partition,
-            position,
-            last,
-            verify: false,
-            low_watermarks: 0,
-            warned: false,
-            hole_retries: 0,
-            replay: None,
-        },
-    ))
+    Ok((pc, Cursor::new(partition, position, last)))
 }
 
 /// The end of the log (the high watermark of a fetch: ListOffsets may be
@@ -420,9 +390,16 @@ struct Backoff {
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
 
+    fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Self::FIRST,
+            max: max.max(Self::FIRST),
+        }
+    }
+
     async fn wait(&mut self) {
         tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
     }
 
     fn reset(&mut self) {
@@ -431,12 +408,9 @@ impl Backoff {
 }
 
 async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink) {
-    let mut backoff = Backoff {
-        next: Backoff::FIRST,
-        max: ctx.retry_backoff_max.max(Backoff::FIRST),
-    };
+    let mut backoff = Backoff::new(ctx.retry_backoff_max);
     loop {
-        if !cur.check_replay(sink, false).await {
+        if !check_replay(&mut cur, sink, false).await {
             return;
         }
         let verifying = cur.verify && cur.position > 0;
@@ -484,56 +458,37 @@ async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink
             }
         };
         if verifying {
-            let previous = records.iter().find(|r| r.offset == cur.position - 1);
-            match (cur.last, previous) {
-                (Some(last), Some(found)) if Fingerprint::of(found) != last => {
+            match cur.check(&records) {
+                Check::Same => {}
+                Check::Retry => tokio::time::sleep(HOLE_WAIT).await,
+                Check::Replaced => {
                     tracing::warn!(topic = %ctx.topic, partition = cur.partition, position = cur.position, "a different log under the position");
                     if !reset(ctx, pc, &mut cur, sink).await {
                         return;
                     }
                 }
-                _ => cur.verify = false,
             }
             continue;
         }
-        let fetched_any = !records.is_empty();
-        let mut advanced = false;
-        let mut hole = false;
-        for r in records {
-            if r.offset < cur.position {
-                continue;
-            }
-            if r.offset > cur.position
-                && hw - r.offset <= HOLE_WINDOW
-                && cur.hole_retries < HOLE_RETRIES
-            {
-                // Offsets missing near the end of the log: look again before
-                // taking them as compacted away or as transaction markers.
-                hole = true;
-                break;
-            }
-            if r.offset > cur.position {
-                tracing::debug!(topic = %ctx.topic, partition = cur.partition, from = cur.position, to = r.offset, "offsets skipped (compaction or transaction markers)");
-            }
-            cur.position = r.offset + 1;
-            cur.last = Some(Fingerprint::of(&r));
-            cur.hole_retries = 0;
-            advanced = true;
-            let item = match from_record(r.record) {
-                Ok(envelope) => Item::Event(Event::Message(envelope)),
-                Err(e) => {
-                    tracing::warn!(topic = %ctx.topic, partition = cur.partition, offset = r.offset, error = %e, "malformed record");
-                    Item::Malformed(e)
-                }
+        let taken = cur.take(&ctx.topic, records, hw);
+        for step in taken.steps {
+            let item = match step {
+                Step::Gap(gap) => Item::Event(Event::Gap(gap)),
+                Step::Record(r) => match from_record(r.record) {
+                    Ok(envelope) => Item::Event(Event::Message(envelope)),
+                    Err(e) => {
+                        tracing::warn!(topic = %ctx.topic, partition = cur.partition, offset = r.offset, error = %e, "malformed record");
+                        Item::Malformed(e)
+                    }
+                },
             };
             if !sink.send(item).await {
                 return;
             }
         }
-        if hole {
-            cur.hole_retries += 1;
+        if taken.hole {
             tokio::time::sleep(HOLE_WAIT).await;
-        } else if fetched_any && !advanced {
+        } else if taken.idle {
             // Only records before the position (or control batches): do not
             // spin on them.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -552,14 +507,10 @@ async fn reset(ctx: &ReaderCtx, pc: &PartitionClient, cur: &mut Cursor, sink: &S
     };
     let missed = (start > cur.position).then(|| u64::try_from(start - cur.position).unwrap_or(0));
     tracing::warn!(topic = %ctx.topic, partition = cur.partition, from = cur.position, to = start, ?missed, "log reset: gap");
-    if !cur.check_replay(sink, true).await {
+    if !check_replay(cur, sink, true).await {
         return false;
     }
-    cur.position = start;
-    cur.last = None;
-    cur.verify = false;
-    cur.low_watermarks = 0;
-    cur.hole_retries = 0;
+    cur.restart_at(start);
     // The topic may have been recreated with other partitions.
     ctx.refresh.notify_one();
     sink.send(Item::Event(Event::Gap(Gap {
@@ -587,7 +538,7 @@ pub(crate) fn shared_subscription(
 ) -> Subscription {
     struct State {
         topic: String,
-        rx: broadcast::Receiver<Item>,
+        queue: Arc<Queue<Item>>,
         closed: watch::Receiver<bool>,
         // Keeps the reader (and the close signal) alive while subscribed.
         _reader: Arc<SharedReader>,
@@ -595,7 +546,7 @@ pub(crate) fn shared_subscription(
     }
     let state = State {
         topic: topic.to_owned(),
-        rx: reader.tx.subscribe(),
+        queue: reader.fanout.subscribe(),
         closed: closed.subscribe(),
         _reader: reader,
         _closed: closed,
@@ -604,18 +555,17 @@ pub(crate) fn shared_subscription(
         let received = tokio::select! {
             biased;
             _ = s.closed.wait_for(|c| *c) => return None,
-            r = s.rx.recv() => r,
+            r = s.queue.recv() => r,
         };
         let item = match received {
-            Ok(item) => to_result(&s.topic, item),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
+            Received::Item(item) => to_result(&s.topic, item),
+            Received::Lagged(n) => {
                 tracing::warn!(topic = %s.topic, missed = n, "subscriber lagged: gap");
                 Ok(Event::Gap(Gap {
                     reason: GapReason::Lagged,
                     missed: Some(n),
                 }))
             }
-            Err(broadcast::error::RecvError::Closed) => return None,
         };
         Some((item, s))
     });
@@ -625,13 +575,13 @@ pub(crate) fn shared_subscription(
 /// The stream of a replaying subscription with its own reader.
 pub(crate) fn private_subscription(
     topic: &str,
-    rx: mpsc::Receiver<Item>,
+    rx: mpsc::Receiver<Gated<Item>>,
     handle: ReaderHandle,
     closed: Arc<watch::Sender<bool>>,
 ) -> Subscription {
     struct State {
         topic: String,
-        rx: mpsc::Receiver<Item>,
+        rx: mpsc::Receiver<Gated<Item>>,
         closed: watch::Receiver<bool>,
         _handle: ReaderHandle,
         _closed: Arc<watch::Sender<bool>>,
@@ -649,7 +599,8 @@ pub(crate) fn private_subscription(
             _ = s.closed.wait_for(|c| *c) => return None,
             r = s.rx.recv() => r?,
         };
-        Some((to_result(&s.topic, item), s))
+        // Taking the item out releases its share of the byte bound.
+        Some((to_result(&s.topic, item.item), s))
     });
     Subscription::new(topic, stream.boxed())
 }

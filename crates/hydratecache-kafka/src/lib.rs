@@ -3,7 +3,9 @@
 
 mod config;
 mod consumer;
+mod cursor;
 mod producer;
+mod queue;
 pub mod record;
 mod transport;
 
@@ -11,7 +13,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{KafkaConfig, TopicSettings, DEFAULT_MAX_BATCH_BYTES, MAX_LINGER};
+pub use config::{
+    KafkaConfig, TopicSettings, DEFAULT_MAX_BATCH_BYTES, DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
+    MAX_LINGER,
+};
 pub use transport::KafkaTransport;
 
 /// The backend name in errors and logs.

@@ -16,11 +16,12 @@ use rskafka::client::controller::ControllerClient;
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::config::KafkaConfig;
 use crate::consumer::{self, ReaderCtx, SharedReader, Sink};
 use crate::producer::{PartitionProducer, Pending, ProducerCtx};
+use crate::queue::{self, Fanout, Limits};
 use crate::record::{partition_for, record_size_bound, to_record, validate_topic};
 use crate::{KafkaError, BACKEND};
 
@@ -50,11 +51,16 @@ impl TopicCache {
     }
 }
 
+/// Messages a replaying subscription buffers (its reader waits beyond).
+const REPLAY_BUFFER: usize = 1024;
+
 type ReaderSlot = Arc<tokio::sync::Mutex<Weak<SharedReader>>>;
 
 struct Inner {
     config: KafkaConfig,
     client: Arc<Client>,
+    /// The readers' client, without rskafka's own retries.
+    reader_client: Arc<Client>,
     controller: ControllerClient,
     topics: Arc<TopicCache>,
     /// Serialises topic look-ups and creation.
@@ -96,22 +102,17 @@ impl KafkaTransport {
             base: 2.0,
             deadline: Some(config.request_timeout),
         };
-        let builder = ClientBuilder::new(config.brokers.clone())
-            .client_id(config.client_id.clone())
-            .max_message_size(config.fetch_bytes().saturating_mul(2).max(100 << 20))
-            .backoff_config(backoff);
-        let what = format!("connect to {}", config.brokers.join(","));
-        let client = match tokio::time::timeout(config.request_timeout, builder.build()).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(Error::backend(BACKEND, what, e)),
-            Err(_) => {
-                return Err(Error::backend(
-                    BACKEND,
-                    what,
-                    KafkaError::Timeout(config.request_timeout),
-                ))
-            }
+        let client = build_client(&config, backoff.clone()).await?;
+        // Readers get a client that never retries by itself: rskafka retries
+        // a fetch over a new connection without a word, so a broker that
+        // restarted empty within the retry window would go unnoticed. Every
+        // failure reaching the reader makes it check the log under its
+        // position before reading on.
+        let no_retry = BackoffConfig {
+            deadline: Some(Duration::ZERO),
+            ..backoff
         };
+        let reader_client = build_client(&config, no_retry).await?;
         let controller = client
             .controller_client()
             .map_err(|e| Error::backend(BACKEND, "controller client", e))?;
@@ -120,6 +121,7 @@ impl KafkaTransport {
             inner: Arc::new(Inner {
                 config,
                 client: Arc::new(client),
+                reader_client: Arc::new(reader_client),
                 controller,
                 topics: Arc::default(),
                 topic_lock: tokio::sync::Mutex::new(()),
@@ -319,7 +321,7 @@ impl KafkaTransport {
         self.check_topic(topic)?;
         let partitions = self.partitions(topic).await?;
         let ctx = ReaderCtx {
-            client: Arc::clone(&self.inner.client),
+            client: Arc::clone(&self.inner.reader_client),
             topic: topic.to_owned(),
             request_timeout: self.inner.config.request_timeout,
             fetch_max_wait: self.inner.config.fetch_max_wait,
@@ -333,7 +335,10 @@ impl KafkaTransport {
         let closed = Arc::clone(&self.inner.closed);
         match options.start {
             StartFrom::Earliest => {
-                let (tx, rx) = mpsc::channel(1024);
+                let (tx, rx) = queue::gated(Limits {
+                    items: REPLAY_BUFFER,
+                    bytes: self.inner.config.subscription_buffer_bytes,
+                });
                 let handle =
                     consumer::start(ctx, &partitions, StartFrom::Earliest, Sink::Private(tx))
                         .await?;
@@ -353,15 +358,18 @@ impl KafkaTransport {
                 let reader = match guard.upgrade() {
                     Some(reader) => reader,
                     None => {
-                        let (tx, _) = broadcast::channel(self.inner.config.subscriber_buffer);
+                        let fanout = Arc::new(Fanout::new(Limits {
+                            items: self.inner.config.subscriber_buffer,
+                            bytes: self.inner.config.subscription_buffer_bytes,
+                        }));
                         let handle = consumer::start(
                             ctx,
                             &partitions,
                             StartFrom::Latest,
-                            Sink::Shared(tx.clone()),
+                            Sink::Shared(Arc::clone(&fanout)),
                         )
                         .await?;
-                        let reader = Arc::new(SharedReader::new(handle, tx));
+                        let reader = Arc::new(SharedReader::new(handle, fanout));
                         *guard = Arc::downgrade(&reader);
                         reader
                     }
@@ -389,6 +397,43 @@ impl KafkaTransport {
             }
         }
         Ok(())
+    }
+}
+
+/// Connects an rskafka client to the brokers of `config`, within its
+/// request timeout.
+async fn build_client(config: &KafkaConfig, backoff: BackoffConfig) -> Result<Client> {
+    let what = || format!("connect to {}", config.brokers.join(","));
+    let builder = ClientBuilder::new(config.brokers.clone())
+        .client_id(config.client_id.clone())
+        .max_message_size(config.fetch_bytes().saturating_mul(2).max(100 << 20))
+        .backoff_config(backoff);
+    #[cfg(feature = "tls")]
+    let builder = match &config.tls {
+        Some(tls) => builder.tls_config(Arc::clone(&tls.0)),
+        None => builder,
+    };
+    #[cfg(feature = "tls")]
+    let tls_given = config.tls.is_some();
+    #[cfg(not(feature = "tls"))]
+    let tls_given = false;
+    // Never plaintext for a URL that asked for TLS.
+    if config.tls_required && !tls_given {
+        return Err(Error::backend(
+            BACKEND,
+            what(),
+            "the URL asks for TLS but no TLS configuration was given \
+             (KafkaConfig::tls, feature `tls`)",
+        ));
+    }
+    match tokio::time::timeout(config.request_timeout, builder.build()).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(Error::backend(BACKEND, what(), e)),
+        Err(_) => Err(Error::backend(
+            BACKEND,
+            what(),
+            KafkaError::Timeout(config.request_timeout),
+        )),
     }
 }
 

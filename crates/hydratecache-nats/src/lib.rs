@@ -1,15 +1,18 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
+mod shared;
 mod subject;
 mod subscription;
 mod transport;
 
-pub use subject::{validate_topic, MAX_SUBJECT_LEN};
-pub use transport::{
-    NatsBuilder, NatsTransport, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_PUBLISH_TIMEOUT,
-    DEFAULT_RECONNECT_CHECK, DEFAULT_SUBSCRIPTION_BUFFER,
+pub use builder::{
+    NatsBuilder, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_RECONNECT_CHECK,
+    DEFAULT_SUBSCRIPTION_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
 };
+pub use subject::{validate_topic, MAX_SUBJECT_LEN};
+pub use transport::NatsTransport;
 
 /// Re-export of the client crate, for [`ConnectOptions`](async_nats::ConnectOptions)
 /// and [`Client`](async_nats::Client).

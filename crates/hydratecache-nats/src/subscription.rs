@@ -1,7 +1,7 @@
 //! One subscription: a task draining async-nats' subscriber into a bounded
 //! buffer, and the stream that reports each gap at its place in the stream.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_nats::{Statistics, Subscriber};
@@ -13,7 +13,8 @@ use hydratecache_core::{Event, Gap, GapReason, Result};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::transport::{Inner, Registration};
+use crate::shared::Registration;
+use crate::transport::Inner;
 
 /// Loss signals for one subscription, set by the pump and the event callback.
 #[derive(Debug)]
@@ -23,6 +24,9 @@ pub(crate) struct SubState {
     /// Messages the pump dropped (buffer full) and has not yet attached to a
     /// later frame.
     lagged: AtomicU64,
+    /// Payload bytes in the buffer: added by the pump before it queues a
+    /// frame, taken off by the stream when it takes one.
+    bytes: AtomicUsize,
     /// Wakes the stream when one of the above is set.
     notify: Notify,
 }
@@ -32,6 +36,7 @@ impl SubState {
         SubState {
             slow_consumer: AtomicBool::new(false),
             lagged: AtomicU64::new(0),
+            bytes: AtomicUsize::new(0),
             notify: Notify::new(),
         }
     }
@@ -73,12 +78,14 @@ const PUMP_BATCH: usize = 256;
 
 /// Moves messages from async-nats' subscriber (which drops messages when its
 /// buffer is full) into the subscription's buffer, counting what does not
-/// fit and attaching that count to the next message that does. Ends when the
-/// subscription is dropped (which drops the subscriber: async-nats then sends
-/// `UNSUB`), the transport is closed, or the client closes.
+/// fit (in messages, or past `max_bytes` of payload) and attaching that
+/// count to the next message that does. Ends when the subscription is
+/// dropped (which drops the subscriber: async-nats then sends `UNSUB`), the
+/// transport is closed, or the client closes.
 pub(crate) async fn pump(
     mut subscriber: Subscriber,
     tx: mpsc::Sender<Frame>,
+    max_bytes: usize,
     state: Arc<SubState>,
     stats: Arc<Statistics>,
     mut closed: watch::Receiver<bool>,
@@ -96,12 +103,25 @@ pub(crate) async fn pump(
         while let Some(message) = next.take() {
             // Read after receiving: the reconnect that delivered it is counted.
             let connects = stats.connects.load(Ordering::Acquire);
-            match tx.try_reserve() {
-                Ok(permit) => permit.send(Frame {
-                    payload: message.payload,
-                    connects,
-                    missed_before: state.lagged.swap(0, Ordering::AcqRel),
-                }),
+            let size = message.payload.len();
+            // Only this task adds, so the check cannot be overtaken; a
+            // message always fits an empty buffer, whatever its size.
+            let queued = state.bytes.load(Ordering::Acquire);
+            let fits = queued == 0 || queued.saturating_add(size) <= max_bytes;
+            let reserved = if fits {
+                tx.try_reserve()
+            } else {
+                Err(TrySendError::Full(()))
+            };
+            match reserved {
+                Ok(permit) => {
+                    state.bytes.fetch_add(size, Ordering::AcqRel);
+                    permit.send(Frame {
+                        payload: message.payload,
+                        connects,
+                        missed_before: state.lagged.swap(0, Ordering::AcqRel),
+                    });
+                }
                 Err(TrySendError::Full(())) => {
                     state.lagged.fetch_add(1, Ordering::AcqRel);
                     state.notify.notify_one();
@@ -162,6 +182,14 @@ impl SubStream {
             Some((item, s))
         })
         .boxed()
+    }
+
+    /// Takes `frame` out of the buffer, releasing its bytes.
+    fn hold(&mut self, frame: Frame) {
+        self.state
+            .bytes
+            .fetch_sub(frame.payload.len(), Ordering::AcqRel);
+        self.held = Some(frame);
     }
 
     /// The gap due before the held frame: messages dropped just before it,
@@ -231,7 +259,7 @@ impl SubStream {
             // wakers, which per message costs more than the decode.
             match self.rx.try_recv() {
                 Ok(frame) => {
-                    self.held = Some(frame);
+                    self.hold(frame);
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => return None,
@@ -243,7 +271,7 @@ impl SubStream {
                 _ = self.state.notify.notified() => {}
                 _ = self.confirmed.changed() => {}
                 frame = self.rx.recv() => match frame {
-                    Some(frame) => self.held = Some(frame),
+                    Some(frame) => self.hold(frame),
                     None => return None,
                 },
             }

