@@ -112,6 +112,9 @@ pub(crate) fn unreachable_reason(e: &sqlx::Error) -> Option<String> {
             }
             _ => format!("unreachable ({io})"),
         }),
+        sqlx::Error::Tls(tls) if !crate::TLS_COMPILED => Some(format!(
+            "TLS failed ({tls}); this build has no TLS: enable the `tls-rustls` or `tls-native-tls` feature"
+        )),
         sqlx::Error::Tls(tls) => Some(format!("TLS failed ({tls})")),
         sqlx::Error::PoolTimedOut => Some("no connection available in time".to_owned()),
         other => Some(format!("unreachable ({other})")),

@@ -49,10 +49,10 @@ impl PostgresServer {
     }
 
     /// Like [`start`](Self::start), with `files` (name, contents) written into
-    /// the cluster's directory first, owned by the server's OS user with mode
-    /// 0600 (as a TLS key file must be), and `settings` passed as `-c
-    /// name=value` (for example `ssl=on`, `ssl_cert_file=<name>`: relative
-    /// names are found in the data directory's parent, the cluster's directory).
+    /// the data directory before the server starts, owned by the server's OS
+    /// user with mode 0600 (as a TLS key file must be), and `settings` passed
+    /// as `-c name=value` (for example `ssl=on`, `ssl_cert_file=server.crt`:
+    /// relative names are found in the data directory).
     pub fn start_with(
         settings: &[(&str, &str)],
         files: &[(&str, &[u8])],
@@ -86,9 +86,7 @@ impl PostgresServer {
             settings: settings.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             dir,
         };
-        for (name, contents) in files {
-            server.install_file(name, contents)?;
-        }
+
         let mut cmd = server.command(&initdb);
         cmd.arg("-D").arg(server.data_dir()).args([
             "-A",
@@ -112,6 +110,9 @@ impl PostgresServer {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        for (name, contents) in files {
+            server.install_file(name, contents)?;
+        }
         server.spawn()?;
         server
             .psql_at("postgres", &format!("CREATE DATABASE {DATABASE}"))
@@ -119,11 +120,11 @@ impl PostgresServer {
         Ok(server)
     }
 
-    /// Writes `contents` to `name` in the cluster's directory, readable only
-    /// by the server's OS user.
+    /// Writes `contents` to `name` in the data directory, readable only by
+    /// the server's OS user.
     fn install_file(&self, name: &str, contents: &[u8]) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        let path = self.dir.path().join(name);
+        let path = self.data_dir().join(name);
         std::fs::write(&path, contents).with_context(|| format!("write {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod 0600 {}", path.display()))?;
