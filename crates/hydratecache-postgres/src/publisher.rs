@@ -73,15 +73,23 @@ struct Down {
     why: String,
 }
 
-/// The publishing side of a transport.
+/// The publishing side of a transport: the lanes' queues and the link they
+/// share.
 pub(crate) struct Publisher {
+    link: Arc<Link>,
+    /// Owned here only, never by the lane tasks: dropping the transport
+    /// closes the queues, which ends the tasks and releases the pool.
+    lanes: Mutex<Lanes>,
+}
+
+/// What the lanes use to reach the server.
+struct Link {
     pool: PgPool,
     options: PgConnectOptions,
     /// The server as errors name it: host and port (or socket), nothing else.
     address: String,
     request_timeout: Duration,
     health: Arc<Health>,
-    lanes: Mutex<Lanes>,
 }
 
 #[derive(Default)]
@@ -125,11 +133,13 @@ impl Publisher {
     pub(crate) fn new(pool: PgPool, request_timeout: Duration, health: Arc<Health>) -> Publisher {
         let options = pool.connect_options().as_ref().clone();
         Publisher {
-            address: redacted_address(&options),
-            options,
-            pool,
-            request_timeout,
-            health,
+            link: Arc::new(Link {
+                address: redacted_address(&options),
+                options,
+                pool,
+                request_timeout,
+                health,
+            }),
             lanes: Mutex::new(Lanes::default()),
         }
     }
@@ -143,7 +153,7 @@ impl Publisher {
     /// the order of calls is the order of the `pg_notify`s. The receiver
     /// gets the outcome; it is dropped unanswered if the transport closes.
     pub(crate) fn enqueue(
-        self: &Arc<Self>,
+        &self,
         topic: &str,
         envelope: &Envelope,
         text: String,
@@ -161,11 +171,13 @@ impl Publisher {
                 ));
             }
             // One lane per pooled connection: lanes never wait for each other.
-            let count = self.pool.options().get_max_connections().max(1);
+            let count = self.link.pool.options().get_max_connections().max(1);
             for _ in 0..count {
                 let (tx, rx) = mpsc::unbounded_channel();
                 lanes.senders.push(tx);
-                lanes.tasks.push(tokio::spawn(Arc::clone(self).lane(rx)));
+                lanes
+                    .tasks
+                    .push(tokio::spawn(Arc::clone(&self.link).lane(rx)));
             }
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -183,6 +195,28 @@ impl Publisher {
         Ok(answer)
     }
 
+    /// Stops taking publishes, lets the lanes finish what is queued (each
+    /// publish bounded by the request timeout) for at most `limit`, then
+    /// abandons the rest (their callers get [`Error::Closed`]).
+    pub(crate) async fn close(&self, limit: Duration) {
+        let tasks = {
+            let mut lanes = self.lanes();
+            lanes.closed = true;
+            lanes.senders.clear();
+            std::mem::take(&mut lanes.tasks)
+        };
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let drained = futures::future::join_all(tasks);
+        if tokio::time::timeout(limit, drained).await.is_err() {
+            tracing::warn!("postgres close: publishes still queued after {limit:?} abandoned");
+            for abort in aborts {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Link {
     async fn lane(self: Arc<Self>, mut jobs: mpsc::UnboundedReceiver<Job>) {
         while let Some(job) = jobs.recv().await {
             let result = self.notify(&job.topic, &job.text).await;
@@ -356,26 +390,6 @@ impl Publisher {
 
     fn up(&self) {
         self.health.up();
-    }
-
-    /// Stops taking publishes, lets the lanes finish what is queued (each
-    /// publish bounded by the request timeout) for at most `limit`, then
-    /// abandons the rest (their callers get [`Error::Closed`]).
-    pub(crate) async fn close(&self, limit: Duration) {
-        let tasks = {
-            let mut lanes = self.lanes();
-            lanes.closed = true;
-            lanes.senders.clear();
-            std::mem::take(&mut lanes.tasks)
-        };
-        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
-        let drained = futures::future::join_all(tasks);
-        if tokio::time::timeout(limit, drained).await.is_err() {
-            tracing::warn!("postgres close: publishes still queued after {limit:?} abandoned");
-            for abort in aborts {
-                abort.abort();
-            }
-        }
     }
 }
 

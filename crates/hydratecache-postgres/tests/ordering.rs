@@ -76,3 +76,54 @@ async fn concurrent_publishes_from_one_channel_give_no_sequence_gap() {
     assert_eq!(stats.sequence_gaps, 0, "false sequence gaps: {stats:?}");
     assert_eq!(stats.repairs(), 0, "repairs without a loss: {stats:?}");
 }
+
+/// The publishing lanes do not keep the transport's pool alive: dropping the
+/// transport without `close()` still closes its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_transport_without_close_releases_its_connections() {
+    let server = private_server();
+    let url = server.url();
+    let admin = match hydratecache_postgres::sqlx::PgPool::connect(&url).await {
+        Ok(p) => p,
+        Err(e) => panic!("connect: {e}"),
+    };
+    let others = || async {
+        hydratecache_postgres::sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dropped-transport'",
+        )
+        .fetch_one(&admin)
+        .await
+        .expect("pg_stat_activity")
+    };
+    let t = transport(&format!("{url}?application_name=dropped-transport")).await;
+    let topic = unique_topic("dropped");
+    let mut publishes = Vec::new();
+    for seq in 1..=8u64 {
+        let (t, topic) = (t.clone(), topic.clone());
+        publishes.push(tokio::spawn(async move {
+            publish(
+                &t,
+                &topic,
+                &common::envelope(PublisherId(u128::from(seq)), 1, "k"),
+            )
+            .await;
+        }));
+    }
+    for p in publishes {
+        p.await.expect("publish task");
+    }
+    assert!(others().await > 0);
+    drop(t);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let open = others().await;
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} connections still open {WAIT:?} after the transport was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
