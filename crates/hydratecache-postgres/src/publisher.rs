@@ -36,6 +36,10 @@ use crate::BACKEND;
 /// checks whether the server can be reached at all.
 const PROBE_AFTER: Duration = Duration::from_millis(200);
 
+/// After a probe found the server up, a slow pool is not probed again for
+/// this long (a busy pool must not cost a connection per publish).
+const PROBE_QUIET: Duration = Duration::from_secs(5);
+
 /// One queued publish.
 struct Job {
     topic: String,
@@ -49,7 +53,8 @@ struct Job {
 pub(crate) struct Health {
     down: Mutex<Option<Down>>,
     /// One diagnosis at a time: the others wait for the pool as usual.
-    probing: tokio::sync::Mutex<()>,
+    /// Holds when the last one found the server up.
+    probing: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Health {
@@ -338,10 +343,17 @@ impl Link {
     /// [`probe`](Self::probe), or never when another one runs (the caller
     /// races it against the pool).
     async fn probe_or_pend(&self) -> Option<Failure> {
-        match self.health.probing.try_lock() {
-            Ok(_probing) => self.probe().await,
-            Err(_) => std::future::pending().await,
+        let Ok(mut probing) = self.health.probing.try_lock() else {
+            return std::future::pending().await;
+        };
+        if probing.is_some_and(|up| up.elapsed() < PROBE_QUIET) {
+            // Up a moment ago: the pool is busy, not the server gone.
+            drop(probing);
+            return std::future::pending().await;
         }
+        let failure = self.probe().await;
+        *probing = failure.is_none().then(Instant::now);
+        failure
     }
 
     /// A direct connection attempt; `Some` with the reason when it fails for
