@@ -173,6 +173,12 @@ fn itest(backend: &str, tally: &mut Tally) -> Result<()> {
             &format!("itest {b}"),
             cargo(&["test", "-p", &package, "--all-features", "--tests"]),
         )?;
+        // The unit tests again without the optional features: what a build
+        // without TLS does (a TLS URL is refused, naming the feature).
+        tally.run(
+            &format!("itest {b} (no default features)"),
+            cargo(&["test", "-p", &package, "--no-default-features", "--lib"]),
+        )?;
         // The command line's tests against this backend.
         let cli_test = format!("cli_{b}");
         if Path::new(&format!("crates/hydratecache-cli/tests/{cli_test}.rs")).is_file() {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -48,6 +48,9 @@ struct Inner<T> {
     codec: Arc<dyn Codec<T>>,
     publisher: PublisherId,
     sequence: AtomicU64,
+    /// Held while a sequence number is taken and handed to the transport, so
+    /// that `Transport::publish` is called in sequence order.
+    order: Mutex<()>,
     /// When this channel last sent anything (µs since the epoch), for heartbeats.
     last_sent: AtomicU64,
 }
@@ -264,6 +267,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
                 codec,
                 publisher: PublisherId::random(),
                 sequence: AtomicU64::new(0),
+                order: Mutex::new(()),
                 last_sent: AtomicU64::new(0),
             }),
         }
@@ -296,8 +300,11 @@ impl<T: Send + Sync + 'static> Channel<T> {
 
     /// Publishes `value` under `key` with a TTL and/or version.
     ///
-    /// Sequence numbers are taken in call order; publishes issued concurrently
-    /// from one channel may reach the wire in either order.
+    /// Sequence numbers are taken in call order, and the transport's
+    /// `publish` is called in sequence order. Publishes issued concurrently
+    /// from one channel reach the wire in sequence order on transports that
+    /// queue the message when `publish` is called (PostgreSQL does); on
+    /// others they may reach it in either order.
     pub async fn publish_with(
         &self,
         key: &str,
@@ -329,25 +336,36 @@ impl<T: Send + Sync + 'static> Channel<T> {
     /// Sends a heartbeat with the latest sequence number, so that subscribers
     /// notice a lost last message. Does nothing before the first publish.
     pub async fn heartbeat(&self) -> Result<Option<Receipt>> {
-        let sequence = self.last_sequence();
-        if sequence == 0 {
-            return Ok(None);
-        }
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             kind: Kind::Heartbeat,
-            sequence,
             publisher: self.inner.publisher,
             ..Envelope::update(String::new(), bytes::Bytes::new())
         };
+        let publish = {
+            // After the message of that sequence number, never before it.
+            let _order = self.order();
+            envelope.sequence = self.last_sequence();
+            if envelope.sequence == 0 {
+                return Ok(None);
+            }
+            self.inner.transport.publish(&self.inner.topic, &envelope)
+        };
+        let sequence = envelope.sequence;
         self.mark_sent();
-        self.inner
-            .transport
-            .publish(&self.inner.topic, &envelope)
-            .await?;
+        publish.await?;
         Ok(Some(Receipt {
             sequence,
             encoded_len: envelope.encoded_len(),
         }))
+    }
+
+    fn order(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Guards no data: a panic in a transport's publish() leaves nothing
+        // inconsistent.
+        self.inner
+            .order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn mark_sent(&self) {
@@ -428,14 +446,17 @@ impl<T: Send + Sync + 'static> Channel<T> {
             .transport
             .capabilities()
             .check_envelope(self.inner.transport.backend(), &envelope)?;
-        envelope.sequence = self.inner.sequence.fetch_add(1, Ordering::AcqRel) + 1;
+        let publish = {
+            // Two publishes cannot hand their messages to the transport in
+            // the opposite order of their sequence numbers (a false gap for
+            // every ordered subscriber).
+            let _order = self.order();
+            envelope.sequence = self.inner.sequence.fetch_add(1, Ordering::AcqRel) + 1;
+            self.inner.transport.publish(&self.inner.topic, &envelope)
+        };
         let encoded_len = envelope.encoded_len();
         self.mark_sent();
-        let result = self
-            .inner
-            .transport
-            .publish(&self.inner.topic, &envelope)
-            .await;
+        let result = publish.await;
         match &result {
             Ok(()) => {
                 tracing::trace!(topic = %self.inner.topic, key, seq = envelope.sequence, encoded_len, "published")

@@ -2,6 +2,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod listener;
+mod publisher;
+mod subscription;
 mod wire;
 
 use std::str::FromStr;
@@ -20,7 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 
-pub use listener::ListenerInfo;
+pub use subscription::ListenerInfo;
 pub use wire::{validate_topic, MAX_MESSAGE_SIZE, MAX_NOTIFY_PAYLOAD, MAX_TOPIC_LEN};
 
 /// Re-exported so that callers use the same sqlx as this crate.
@@ -32,6 +34,14 @@ pub const BACKEND: &str = "postgres";
 /// Default buffer of each subscription, in messages; a subscriber that falls
 /// further behind misses messages and gets a [`GapReason::Lagged`](hydratecache_core::GapReason::Lagged) gap.
 pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 65_536;
+
+/// Default bound of each subscription's buffer in bytes (32 MiB), next to
+/// its bound in messages.
+pub const DEFAULT_SUBSCRIPTION_BUFFER_BYTES: usize = 32 << 20;
+
+/// Default bound of one request to the server (see
+/// [`PostgresBuilder::request_timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `application_name` of the listener connection, as `pg_stat_activity` shows it.
 pub const LISTENER_APPLICATION_NAME: &str = "hydratecache-listener";
@@ -49,9 +59,10 @@ pub struct PostgresTransport {
 
 struct Inner {
     pool: PgPool,
+    publisher: Arc<publisher::Publisher>,
     owns_pool: bool,
     config: listener::ListenerConfig,
-    commands: Mutex<Option<mpsc::UnboundedSender<listener::Command>>>,
+    commands: Mutex<Option<mpsc::UnboundedSender<subscription::Command>>>,
     closed: AtomicBool,
     next_id: AtomicU64,
 }
@@ -73,6 +84,8 @@ pub struct PostgresBuilder {
     connect_timeout: Duration,
     max_backoff: Duration,
     keepalive: Option<Duration>,
+    request_timeout: Duration,
+    subscription_buffer_bytes: usize,
 }
 
 impl Default for PostgresBuilder {
@@ -83,6 +96,8 @@ impl Default for PostgresBuilder {
             connect_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
             keepalive: Some(Duration::from_secs(30)),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
         }
     }
 }
@@ -92,6 +107,26 @@ impl PostgresBuilder {
     /// gap); default [`DEFAULT_SUBSCRIPTION_CAPACITY`], at least 1.
     pub fn subscription_capacity(mut self, capacity: usize) -> Self {
         self.subscription_capacity = capacity.max(1);
+        self
+    }
+
+    /// Bytes each subscription buffers before it misses messages (and gets a
+    /// [`Lagged`](hydratecache_core::GapReason::Lagged) gap with the count);
+    /// default [`DEFAULT_SUBSCRIPTION_BUFFER_BYTES`]. A message larger than
+    /// the bound is still delivered when the buffer is empty.
+    pub fn subscription_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.subscription_buffer_bytes = bytes;
+        self
+    }
+
+    /// Longest wait for one request to the server: a publish (`pg_notify`,
+    /// including waiting for a pooled connection), the listener's
+    /// `LISTEN`/`UNLISTEN`, and each step of `close()`. Default
+    /// [`DEFAULT_REQUEST_TIMEOUT`]. A hung server or a half-open connection
+    /// then gives an error (or, on the listener, a reconnect and a gap) within
+    /// this bound instead of waiting for TCP to give up.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
         self
     }
 
@@ -132,13 +167,45 @@ impl PostgresBuilder {
     }
 
     /// Connects with sqlx connection options.
+    ///
+    /// Fails with [`Error::Unsupported`] when the options ask for TLS
+    /// (`sslmode=require`, `verify-ca`, `verify-full`) and this crate was
+    /// built without a TLS feature; see [`tls_policy`].
     pub async fn connect_with(self, options: PgConnectOptions) -> Result<PostgresTransport> {
-        let pool = PgPoolOptions::new()
+        let options = tls_policy(options)?;
+        let address = publisher::redacted_address(&options);
+        let pool = match PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.connect_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
-            .map_err(|e| Error::backend(BACKEND, "connect", e))?;
+        {
+            Ok(pool) => pool,
+            // The pool retries a refused connection until its timeout and
+            // then only says "pool timed out": one direct attempt says why.
+            Err(sqlx::Error::PoolTimedOut) => {
+                let e = match tokio::time::timeout(
+                    self.connect_timeout,
+                    <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+                )
+                .await
+                {
+                    Ok(Err(e)) => e,
+                    _ => sqlx::Error::PoolTimedOut,
+                };
+                let why = publisher::unreachable_reason(&e)
+                    .map_or_else(String::new, |why| format!(": {why}"));
+                return Err(Error::backend(
+                    BACKEND,
+                    format!(
+                        "connect to {address} (gave up after {:?}{why})",
+                        self.connect_timeout
+                    ),
+                    e,
+                ));
+            }
+            Err(e) => return Err(Error::backend(BACKEND, format!("connect to {address}"), e)),
+        };
         Ok(self.build(pool, true))
     }
 
@@ -147,6 +214,10 @@ impl PostgresBuilder {
     /// The listener opens its own connection with the pool's connect options,
     /// so it never holds one of the pool's connections. [`Transport::close`]
     /// leaves the pool open.
+    ///
+    /// The pool's options are not checked against [`tls_policy`]: a pool that
+    /// asks for TLS without a TLS feature fails each connection, and each
+    /// publish then says so.
     pub fn from_pool(self, pool: PgPool) -> PostgresTransport {
         self.build(pool, false)
     }
@@ -157,16 +228,25 @@ impl PostgresBuilder {
             .as_ref()
             .clone()
             .application_name(LISTENER_APPLICATION_NAME);
+        let health = Arc::new(publisher::Health::default());
         PostgresTransport {
             inner: Arc::new(Inner {
+                publisher: Arc::new(publisher::Publisher::new(
+                    pool.clone(),
+                    self.request_timeout,
+                    Arc::clone(&health),
+                )),
                 pool,
                 owns_pool,
                 config: listener::ListenerConfig {
                     connect_options,
                     capacity: self.subscription_capacity,
+                    max_bytes: self.subscription_buffer_bytes,
+                    request_timeout: self.request_timeout,
                     connect_timeout: self.connect_timeout,
                     max_backoff: self.max_backoff,
                     keepalive: self.keepalive,
+                    health,
                 },
                 commands: Mutex::new(None),
                 closed: AtomicBool::new(false),
@@ -216,7 +296,7 @@ impl PostgresTransport {
         };
         let (reply, answer) = oneshot::channel();
         commands
-            .send(listener::Command::Info { reply })
+            .send(subscription::Command::Info { reply })
             .map_err(|_| self.closed_error())?;
         answer.await.map_err(|_| self.closed_error())?
     }
@@ -286,7 +366,7 @@ impl PostgresTransport {
 
     fn commands_slot(
         &self,
-    ) -> std::sync::MutexGuard<'_, Option<mpsc::UnboundedSender<listener::Command>>> {
+    ) -> std::sync::MutexGuard<'_, Option<mpsc::UnboundedSender<subscription::Command>>> {
         // Nothing panics while holding it; recover if something ever did.
         self.inner
             .commands
@@ -295,7 +375,7 @@ impl PostgresTransport {
     }
 
     /// The listener task's command channel, starting the task if needed.
-    fn commands(&self) -> Result<mpsc::UnboundedSender<listener::Command>> {
+    fn commands(&self) -> Result<mpsc::UnboundedSender<subscription::Command>> {
         let mut slot = self.commands_slot();
         // Checked under the lock: close() takes the channel under it.
         self.check_open()?;
@@ -323,6 +403,44 @@ impl PostgresTransport {
 
     fn closed_error(&self) -> Error {
         Error::Closed { backend: BACKEND }
+    }
+}
+
+/// Whether this build can speak TLS: one of the features `tls-rustls` or
+/// `tls-native-tls` is enabled.
+pub const TLS_COMPILED: bool = cfg!(any(feature = "tls-rustls", feature = "tls-native-tls"));
+
+/// What [`PostgresBuilder::connect`] does with the URL's `sslmode`:
+///
+/// - `require`, `verify-ca`, `verify-full`: used as they are when TLS is
+///   compiled in ([`TLS_COMPILED`]); refused with [`Error::Unsupported`]
+///   naming the features otherwise, before any connection is made.
+/// - `prefer` (PostgreSQL's default when the URL says nothing) and `allow`:
+///   with TLS compiled in, used as they are (TLS when the server offers it,
+///   without any certificate check, else plaintext); without it, plaintext,
+///   as sqlx would do silently, with a warning in the log. Either way a
+///   connection that must be encrypted needs `require` or `verify-*`.
+/// - `disable`: plaintext.
+pub fn tls_policy(options: PgConnectOptions) -> Result<PgConnectOptions> {
+    use sqlx::postgres::PgSslMode;
+    match options.get_ssl_mode() {
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull if !TLS_COMPILED => {
+            Err(Error::Unsupported {
+                backend: BACKEND,
+                what:
+                    "TLS (sslmode=require, verify-ca or verify-full) in this build: \
+                       enable the `tls-rustls` or `tls-native-tls` feature of hydratecache-postgres",
+            })
+        }
+        PgSslMode::Prefer | PgSslMode::Allow if !TLS_COMPILED => {
+            tracing::warn!(
+                server = %publisher::redacted_address(&options),
+                "sslmode prefer/allow without a TLS feature: connecting in plaintext \
+                 (enable `tls-rustls` or `tls-native-tls`, and use sslmode=verify-full, for TLS)"
+            );
+            Ok(options.ssl_mode(PgSslMode::Disable))
+        }
+        _ => Ok(options),
     }
 }
 
@@ -375,13 +493,18 @@ impl Transport for PostgresTransport {
         Capabilities::new(Some(MAX_MESSAGE_SIZE))
     }
 
+    /// Queues the message before returning the future (see the crate
+    /// documentation on ordering): one publisher's messages on a topic are
+    /// sent in the order of the calls, whatever order the futures run in.
     fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>> {
-        async move {
-            self.check_open()?;
+        let queued = self.check_open().and_then(|()| {
             validate_topic(topic)?;
             let text = wire::encode(envelope)?;
-            notify(&self.inner.pool, topic, &text).await?;
-            tracing::trace!(topic, key = %envelope.key, len = text.len(), "published");
+            self.inner.publisher.enqueue(topic, envelope, text)
+        });
+        async move {
+            queued?.await.map_err(|_| self.closed_error())??;
+            tracing::trace!(topic, key = %envelope.key, "published");
             Ok(())
         }
         .boxed()
@@ -407,30 +530,34 @@ impl Transport for PostgresTransport {
             let commands = self.commands()?;
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = mpsc::channel(self.inner.config.capacity);
-            let pending = Arc::new(listener::PendingGap::default());
+            let pending = Arc::new(subscription::PendingGap::default());
+            let buffered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             // Created first: if this future is dropped mid-way, the task
             // forgets the subscription (and UNLISTENs if it was the last).
-            let guard = listener::UnsubscribeOnDrop {
+            let guard = subscription::UnsubscribeOnDrop {
                 commands: commands.clone(),
                 topic: topic.to_owned(),
                 id,
             };
             let (reply, answer) = oneshot::channel();
             commands
-                .send(listener::Command::Subscribe {
+                .send(subscription::Command::Subscribe {
                     topic: topic.to_owned(),
-                    subscriber: listener::Subscriber {
+                    subscriber: subscription::Subscriber {
                         id,
                         tx,
                         pending: Arc::clone(&pending),
+                        buffered: Arc::clone(&buffered),
+                        max_bytes: self.inner.config.max_bytes,
                     },
                     reply,
                 })
                 .map_err(|_| self.closed_error())?;
             answer.await.map_err(|_| self.closed_error())??;
-            let stream = listener::SubscriptionStream {
+            let stream = subscription::SubscriptionStream {
                 rx,
                 pending,
+                buffered,
                 _guard: guard,
             };
             Ok(Subscription::new(topic, stream.boxed()))
@@ -445,17 +572,91 @@ impl Transport for PostgresTransport {
                 self.inner.closed.store(true, Ordering::Release);
                 slot.take()
             };
+            // Each step is bounded: a hung server must not hang close().
+            let limit = self.inner.config.request_timeout;
+            self.inner.publisher.close(limit).await;
             if let Some(commands) = commands {
                 let (done, stopped) = oneshot::channel();
-                if commands.send(listener::Command::Close { done }).is_ok() {
-                    let _ = stopped.await;
+                if commands.send(subscription::Command::Close { done }).is_ok() {
+                    // The task may be in a request (bounded) before it stops,
+                    // and then UNLISTENs and closes (each bounded).
+                    let wait = limit.saturating_mul(3);
+                    if tokio::time::timeout(wait, stopped).await.is_err() {
+                        tracing::warn!("postgres close: the listener did not stop within {wait:?}");
+                    }
                 }
             }
-            if self.inner.owns_pool {
-                self.inner.pool.close().await;
+            if self.inner.owns_pool
+                && tokio::time::timeout(limit, self.inner.pool.close())
+                    .await
+                    .is_err()
+            {
+                tracing::warn!("postgres close: the pool did not close within {limit:?}");
             }
             Ok(())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(url: &str) -> PgConnectOptions {
+        PgConnectOptions::from_str(url).expect("a valid URL")
+    }
+
+    /// Runs with `--no-default-features` in `cargo xtask itest postgres`:
+    /// a URL that asks for TLS is refused, naming the feature to enable.
+    #[cfg(not(any(feature = "tls-rustls", feature = "tls-native-tls")))]
+    #[tokio::test]
+    async fn without_tls_a_url_asking_for_tls_is_refused_naming_the_feature() {
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://u:secret@127.0.0.1:1/db?sslmode={mode}");
+            let connecting = PostgresTransport::builder()
+                .connect_timeout(Duration::from_millis(100))
+                .connect(&url);
+            match tokio::time::timeout(Duration::from_secs(30), connecting).await {
+                Ok(Err(e @ Error::Unsupported { .. })) => {
+                    let text = e.to_string();
+                    assert!(text.contains("`tls-rustls`"), "{text}");
+                    assert!(text.contains("`tls-native-tls`"), "{text}");
+                }
+                Ok(Err(e)) => panic!("sslmode={mode} without TLS: {e}"),
+                Ok(Ok(_)) => panic!("sslmode={mode} without TLS connected"),
+                Err(_) => panic!("sslmode={mode} without TLS: no answer"),
+            }
+        }
+        // prefer (also the default) becomes an explicit plaintext connection.
+        for url in [
+            "postgres://u@127.0.0.1:1/db?sslmode=prefer",
+            "postgres://u@127.0.0.1:1/db",
+        ] {
+            let checked = tls_policy(options(url)).expect("prefer is accepted");
+            assert!(matches!(
+                checked.get_ssl_mode(),
+                sqlx::postgres::PgSslMode::Disable
+            ));
+        }
+    }
+
+    #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+    #[test]
+    fn with_tls_every_sslmode_passes_through() {
+        use sqlx::postgres::PgSslMode;
+        for (mode, expected) in [
+            ("prefer", PgSslMode::Prefer),
+            ("require", PgSslMode::Require),
+            ("verify-full", PgSslMode::VerifyFull),
+            ("disable", PgSslMode::Disable),
+        ] {
+            let url = format!("postgres://u@127.0.0.1:1/db?sslmode={mode}");
+            let checked = tls_policy(options(&url)).expect("accepted");
+            assert_eq!(
+                std::mem::discriminant(&checked.get_ssl_mode()),
+                std::mem::discriminant(&expected)
+            );
+        }
     }
 }

@@ -14,197 +14,40 @@
 //!   [`GapReason::Reconnected`] gap in every subscription: everything
 //!   published after the gap is delivered.
 //! - any other error from the listener, a failed `LISTEN`/`UNLISTEN` for a
-//!   reason other than a server error, or a keepalive query that does not
-//!   answer in time is treated the same way.
-//! - a subscription whose buffer is full misses the message; the count is
-//!   kept and surfaces as a [`GapReason::Lagged`] gap before its next message,
-//!   or as soon as it has read what is buffered.
+//!   reason other than a server error, a `LISTEN`/`UNLISTEN` (or info query)
+//!   that does not answer within the request timeout, or a keepalive query
+//!   that does not answer in time is treated the same way: a hung server or
+//!   a half-open connection costs a reconnect and a gap, never a stuck task.
+//! - a subscription whose buffer is full (in messages, or in bytes of the
+//!   envelopes it holds) misses the message; the count is kept and surfaces
+//!   as a [`GapReason::Lagged`] gap before its next message, or as soon as it
+//!   has read what is buffered.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
 use hydratecache_core::{Envelope, EnvelopeError, Error, Event, Gap, GapReason, Result};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::subscription::{Command, ListenerInfo, Subscriber};
 use crate::{wire, BACKEND};
-
-/// What the listener connection is doing, from the server's point of view.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ListenerInfo {
-    /// Process id of the listener's server backend (`pg_backend_pid()`), or
-    /// `None` when no listener connection is open.
-    pub backend_pid: Option<i32>,
-    /// The channels that connection listens on, sorted
-    /// (`pg_listening_channels()`, asked on that connection).
-    pub channels: Vec<String>,
-}
 
 /// Settings of the listener task.
 #[derive(Debug, Clone)]
 pub(crate) struct ListenerConfig {
     pub(crate) connect_options: PgConnectOptions,
     pub(crate) capacity: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) request_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) keepalive: Option<Duration>,
-}
-
-/// A gap not yet put in a subscription's buffer (it was full).
-#[derive(Debug, Default)]
-pub(crate) struct PendingGap(Mutex<PendingState>);
-
-#[derive(Debug, Default)]
-struct PendingState {
-    lagged: u64,
-    reconnected: bool,
-}
-
-impl PendingGap {
-    fn state(&self) -> std::sync::MutexGuard<'_, PendingState> {
-        // Nothing panics while holding it; recover if something ever did.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn add(&self, gap: &Gap) {
-        let mut state = self.state();
-        match gap.reason {
-            GapReason::Lagged => state.lagged += gap.missed.unwrap_or(1),
-            _ => state.reconnected = true,
-        }
-    }
-
-    /// The pending gap, if any, now owned by the caller.
-    pub(crate) fn take(&self) -> Option<Gap> {
-        let mut state = self.state();
-        let gap = if state.reconnected {
-            // A count of lagged messages is meaningless next to a reconnect.
-            Gap::new(GapReason::Reconnected)
-        } else if state.lagged > 0 {
-            Gap {
-                reason: GapReason::Lagged,
-                missed: Some(state.lagged),
-            }
-        } else {
-            return None;
-        };
-        *state = PendingState::default();
-        Some(gap)
-    }
-}
-
-/// One subscription, as the task sees it.
-#[derive(Debug)]
-pub(crate) struct Subscriber {
-    pub(crate) id: u64,
-    pub(crate) tx: mpsc::Sender<Result<Event>>,
-    pub(crate) pending: Arc<PendingGap>,
-}
-
-impl Subscriber {
-    /// Puts a pending gap in the buffer; false when it is still pending.
-    fn flush_pending(&self) -> bool {
-        let Some(gap) = self.pending.take() else {
-            return true;
-        };
-        match self.tx.try_send(Ok(Event::Gap(gap.clone()))) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.pending.add(&gap);
-                false
-            }
-            // Dropped: its unsubscribe command is on the way.
-            Err(mpsc::error::TrySendError::Closed(_)) => true,
-        }
-    }
-
-    fn send(&self, item: Result<Event>) {
-        let missed = Gap {
-            reason: GapReason::Lagged,
-            missed: Some(1),
-        };
-        if !self.flush_pending() {
-            self.pending.add(&missed);
-            return;
-        }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(item) {
-            tracing::debug!(id = self.id, "subscription buffer full: message missed");
-            self.pending.add(&missed);
-        }
-    }
-
-    fn gap(&self, gap: &Gap) {
-        self.pending.add(gap);
-        self.flush_pending();
-    }
-}
-
-/// Requests from the transport and its subscriptions to the task.
-#[derive(Debug)]
-pub(crate) enum Command {
-    Subscribe {
-        topic: String,
-        subscriber: Subscriber,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Unsubscribe {
-        topic: String,
-        id: u64,
-    },
-    Info {
-        reply: oneshot::Sender<Result<ListenerInfo>>,
-    },
-    Close {
-        done: oneshot::Sender<()>,
-    },
-}
-
-/// The stream behind a [`Subscription`](hydratecache_core::Subscription).
-pub(crate) struct SubscriptionStream {
-    pub(crate) rx: mpsc::Receiver<Result<Event>>,
-    pub(crate) pending: Arc<PendingGap>,
-    pub(crate) _guard: UnsubscribeOnDrop,
-}
-
-impl Stream for SubscriptionStream {
-    type Item = Result<Event>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(item) => Poll::Ready(item),
-            // Everything buffered has been read: a gap that did not fit in
-            // the buffer comes now, after the messages that preceded it.
-            Poll::Pending => match self.pending.take() {
-                Some(gap) => Poll::Ready(Some(Ok(Event::Gap(gap)))),
-                None => Poll::Pending,
-            },
-        }
-    }
-}
-
-/// Tells the task a subscription is gone (so the last one of a topic
-/// `UNLISTEN`s); also when `subscribe()` itself is cancelled.
-pub(crate) struct UnsubscribeOnDrop {
-    pub(crate) commands: mpsc::UnboundedSender<Command>,
-    pub(crate) topic: String,
-    pub(crate) id: u64,
-}
-
-impl Drop for UnsubscribeOnDrop {
-    fn drop(&mut self) {
-        // Fails only when the task is gone, and with it the LISTEN.
-        let _ = self.commands.send(Command::Unsubscribe {
-            topic: std::mem::take(&mut self.topic),
-            id: self.id,
-        });
-    }
+    /// Told when the listener connects: the server is reachable again.
+    pub(crate) health: Arc<crate::publisher::Health>,
 }
 
 /// Starts the task; it runs until closed or until every sender is dropped.
@@ -251,6 +94,22 @@ fn connection_lost(e: &sqlx::Error) -> bool {
     // A database error is the server's answer on a live connection; anything
     // else (I/O, protocol, pool) leaves the connection in doubt.
     !matches!(e, sqlx::Error::Database(_))
+}
+
+/// `request` bounded by `limit`; running out of time is an I/O error, which
+/// [`connection_lost`] treats as a lost connection (a hung server or a
+/// half-open connection), so the caller reconnects instead of waiting.
+async fn bounded<T>(
+    limit: Duration,
+    request: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+) -> std::result::Result<T, sqlx::Error> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from the server within {limit:?}"),
+        ))),
+    }
 }
 
 fn backend(context: &str, e: sqlx::Error) -> Error {
@@ -387,7 +246,8 @@ impl Task {
                 }
                 // PgListener::listen sends `LISTEN "<name>"` with every `"`
                 // doubled: the name cannot leave the quoted identifier.
-                match conn.listener.listen(&topic).await {
+                let limit = self.config.request_timeout;
+                match bounded(limit, conn.listener.listen(&topic)).await {
                     Ok(()) => {
                         tracing::debug!(%topic, "LISTEN");
                         self.topics.insert(topic, vec![subscriber]);
@@ -410,7 +270,8 @@ impl Task {
                 if !remove(&mut self.topics, &topic, id) {
                     return;
                 }
-                match conn.listener.unlisten(&topic).await {
+                let limit = self.config.request_timeout;
+                match bounded(limit, conn.listener.unlisten(&topic)).await {
                     Ok(()) => tracing::debug!(%topic, "UNLISTEN"),
                     Err(e) if connection_lost(&e) => self.lost(&e),
                     Err(e) => tracing::warn!(%topic, error = %e, "UNLISTEN failed"),
@@ -421,7 +282,7 @@ impl Task {
                     "SELECT pg_backend_pid(), ARRAY(SELECT c FROM pg_listening_channels() AS c ORDER BY 1)",
                 )
                 .fetch_one(&mut conn.listener);
-                match query.await {
+                match bounded(self.config.request_timeout, query).await {
                     Ok((pid, channels)) => {
                         let _ = reply.send(Ok(ListenerInfo {
                             backend_pid: Some(pid),
@@ -507,6 +368,7 @@ impl Task {
         match result {
             Ok((conn, listened)) => {
                 self.failures = 0;
+                self.config.health.up();
                 self.listener = Some(conn);
                 tracing::info!(topics = self.topics.len(), "postgres listener connected");
                 // Topics whose last subscription went while connecting.
@@ -518,7 +380,8 @@ impl Task {
                     let Some(conn) = self.listener.as_mut() else {
                         break;
                     };
-                    if let Err(e) = conn.listener.unlisten(topic).await {
+                    let limit = self.config.request_timeout;
+                    if let Err(e) = bounded(limit, conn.listener.unlisten(topic)).await {
                         if connection_lost(&e) {
                             self.lost(&e);
                         }
@@ -581,7 +444,7 @@ impl Task {
             }
         }
         if let Some(mut conn) = self.listener.take() {
-            let grace = Duration::from_secs(2);
+            let grace = self.config.request_timeout;
             let _ = tokio::time::timeout(grace, conn.listener.unlisten_all()).await;
             drop(conn.listener);
             // Waits for the connection to come back from sqlx's drop task.

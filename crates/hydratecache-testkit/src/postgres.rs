@@ -35,6 +35,8 @@ pub struct PostgresServer {
     /// `Some(user)` when the server runs as another OS user (tests run as root).
     run_as: Option<&'static str>,
     process: Option<Process>,
+    /// Extra `-c name=value` settings.
+    settings: Vec<String>,
     // Dropped last: the directory goes once the server is dead.
     dir: TempDir,
 }
@@ -43,6 +45,18 @@ impl PostgresServer {
     /// Finds the PostgreSQL binaries, creates a cluster and starts it on a free port
     /// with a database [`DATABASE`].
     pub fn start() -> Result<PostgresServer> {
+        PostgresServer::start_with(&[], &[])
+    }
+
+    /// Like [`start`](Self::start), with `files` (name, contents) written into
+    /// the data directory before the server starts, owned by the server's OS
+    /// user with mode 0600 (as a TLS key file must be), and `settings` passed
+    /// as `-c name=value` (for example `ssl=on`, `ssl_cert_file=server.crt`:
+    /// relative names are found in the data directory).
+    pub fn start_with(
+        settings: &[(&str, &str)],
+        files: &[(&str, &[u8])],
+    ) -> Result<PostgresServer> {
         let postgres = find_pg_binary("postgres", "HYDRATECACHE_POSTGRES_BIN")?;
         // initdb from the same installation as the server when possible.
         let initdb = sibling(&postgres, "initdb")
@@ -69,8 +83,10 @@ impl PostgresServer {
             port: free_port()?,
             run_as,
             process: None,
+            settings: settings.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             dir,
         };
+
         let mut cmd = server.command(&initdb);
         cmd.arg("-D").arg(server.data_dir()).args([
             "-A",
@@ -94,11 +110,29 @@ impl PostgresServer {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        for (name, contents) in files {
+            server.install_file(name, contents)?;
+        }
         server.spawn()?;
         server
             .psql_at("postgres", &format!("CREATE DATABASE {DATABASE}"))
             .context("create the test database")?;
         Ok(server)
+    }
+
+    /// Writes `contents` to `name` in the data directory, readable only by
+    /// the server's OS user.
+    fn install_file(&self, name: &str, contents: &[u8]) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, contents).with_context(|| format!("write {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        if let Some(user) = self.run_as {
+            run_quiet(Command::new("chown").arg(format!("{user}:")).arg(&path))
+                .with_context(|| format!("hand {} to `{user}`", path.display()))?;
+        }
+        Ok(())
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -132,6 +166,9 @@ impl PostgresServer {
                 "full_page_writes=off",
             ])
             .args(["-c", "max_connections=300", "-c", "shared_buffers=16MB"]);
+        for setting in &self.settings {
+            cmd.arg("-c").arg(setting);
+        }
         let log = self.dir.path().join("postgres.log");
         self.process = Some(Process::spawn("postgres", cmd, &log)?);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -186,6 +223,38 @@ impl PostgresServer {
     pub fn start_again(&mut self) -> Result<()> {
         self.kill9();
         self.spawn()
+    }
+
+    /// SIGSTOP of the postmaster and every backend: connections stay open and
+    /// nothing answers, as with a hung server or a half-open connection;
+    /// new connections are accepted by the kernel and never served.
+    /// [`thaw`](Self::thaw) resumes it (dropping it kills it either way).
+    pub fn freeze(&self) -> Result<()> {
+        self.signal_tree("STOP")
+    }
+
+    /// SIGCONT of the postmaster and every backend, after [`freeze`](Self::freeze).
+    pub fn thaw(&self) -> Result<()> {
+        self.signal_tree("CONT")
+    }
+
+    fn signal_tree(&self, signal: &str) -> Result<()> {
+        let root = self.pid().context("the server is not running")?;
+        let mut pids = vec![root];
+        let mut i = 0;
+        while i < pids.len() {
+            pids.extend(children(pids[i]));
+            i += 1;
+        }
+        for pid in pids {
+            run_quiet(
+                Command::new("kill")
+                    .args(["-s", signal, "--"])
+                    .arg(pid.to_string()),
+            )
+            .with_context(|| format!("kill -s {signal} {pid}"))?;
+        }
+        Ok(())
     }
 
     /// Process id of the running postmaster.
@@ -290,6 +359,22 @@ fn sibling(bin: &Path, name: &str) -> Option<PathBuf> {
     let real = std::fs::canonicalize(bin).ok()?;
     let path = real.parent()?.join(name);
     path.is_file().then_some(path)
+}
+
+/// Direct children of `pid`, from `/proc/<pid>/task/*/children`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 fn is_root() -> bool {
