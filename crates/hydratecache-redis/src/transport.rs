@@ -40,6 +40,10 @@ pub const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
 /// gets a gap instead of the next ones.
 pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 65_536;
 
+/// Default bound on the message bytes one subscription may have waiting
+/// (32 MiB) before it gets a gap instead of the next ones.
+pub const DEFAULT_SUBSCRIPTION_BUFFER_BYTES: usize = 32 << 20;
+
 /// Default capacity of fred's message broadcast channel
 /// (`PerformanceConfig::broadcast_channel_capacity`, 32 in fred), shared by
 /// all subscriptions of a transport.
@@ -89,6 +93,7 @@ struct Inner {
 struct Settings {
     max_message_size: usize,
     subscription_buffer: usize,
+    subscription_buffer_bytes: usize,
     broadcast_capacity: usize,
     command_timeout: Duration,
     connect_timeout: Duration,
@@ -100,6 +105,7 @@ impl Default for Settings {
         Settings {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
+            subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
             broadcast_capacity: DEFAULT_BROADCAST_CAPACITY,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -140,6 +146,15 @@ impl RedisBuilder {
     /// dropped and counted in a gap (default [`DEFAULT_SUBSCRIPTION_BUFFER`]).
     pub fn subscription_buffer(mut self, messages: usize) -> Self {
         self.settings.subscription_buffer = messages.max(1);
+        self
+    }
+
+    /// Message bytes (encoded envelopes) one subscription may have waiting
+    /// before further messages are dropped and counted in a gap (default
+    /// [`DEFAULT_SUBSCRIPTION_BUFFER_BYTES`]). A single message larger than
+    /// this is still taken when nothing else waits.
+    pub fn subscription_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.settings.subscription_buffer_bytes = bytes.max(1);
         self
     }
 
@@ -281,6 +296,7 @@ impl RedisBuilder {
             self.settings.sharded,
             self.settings.command_timeout,
             self.settings.subscription_buffer,
+            self.settings.subscription_buffer_bytes,
         );
         let tasks = vec![
             tokio::spawn(dispatch(Arc::clone(&shared), messages, reconnects)),
