@@ -173,6 +173,14 @@ fn itest(backend: &str, tally: &mut Tally) -> Result<()> {
             &format!("itest {b}"),
             cargo(&["test", "-p", &package, "--all-features", "--tests"]),
         )?;
+        if b == "redis" {
+            // Without a TLS feature a rediss:// URL must be refused: that
+            // unit test only exists in a build without the TLS features.
+            tally.run(
+                &format!("itest {b} (no TLS feature)"),
+                cargo(&["test", "-p", &package, "--no-default-features", "--lib"]),
+            )?;
+        }
         // The command line's tests against this backend.
         let cli_test = format!("cli_{b}");
         if Path::new(&format!("crates/hydratecache-cli/tests/{cli_test}.rs")).is_file() {

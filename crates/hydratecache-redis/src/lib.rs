@@ -3,6 +3,7 @@
 
 mod queue;
 mod subscriber;
+mod tls;
 mod transport;
 
 pub use transport::{

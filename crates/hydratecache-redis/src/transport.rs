@@ -192,7 +192,11 @@ impl RedisBuilder {
 
     /// Connects to `url` (`redis://`, `rediss://`, `redis-cluster://`,
     /// `redis-sentinel://`, as [`Config::from_url`] reads them).
+    ///
+    /// A TLS URL (`rediss://`, `valkeys://`) is refused with
+    /// [`Error::Unsupported`] when the crate is built without a TLS feature.
     pub async fn connect(self, url: &str) -> Result<RedisTransport> {
+        crate::tls::check_url(url)?;
         let config =
             Config::from_url(url).map_err(|e| Error::backend(BACKEND, "parse the Redis URL", e))?;
         self.connect_config(config).await
