@@ -20,6 +20,7 @@ use hydratecache_core::{
 };
 use tokio::task::JoinHandle;
 
+use crate::publisher::{self, publish, Health};
 use crate::subscriber::{control, dispatch, Shared, SubscriptionStream};
 use crate::BACKEND;
 
@@ -50,7 +51,8 @@ pub const DEFAULT_SUBSCRIPTION_BUFFER_BYTES: usize = 32 << 20;
 pub const DEFAULT_BROADCAST_CAPACITY: usize = 65_536;
 
 /// Default bound on each command (PUBLISH, SUBSCRIBE...), retries included:
-/// while the server is down a publish fails after this long.
+/// a publish to a server that does not answer fails after this long (one
+/// while the connection is known to be down fails at once).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default bound on the first connection.
@@ -82,6 +84,8 @@ pub struct RedisTransport {
 #[derive(Debug)]
 struct Inner {
     publisher: Client,
+    /// The publisher's connection, for fast and clear publish errors.
+    health: Arc<Health>,
     shared: Arc<Shared>,
     settings: Settings,
     /// Whether the clients were built here (then `close` quits them).
@@ -166,9 +170,10 @@ impl RedisBuilder {
         self
     }
 
-    /// Bound on each PUBLISH, SUBSCRIBE and UNSUBSCRIBE, fred's retries
-    /// included (default [`DEFAULT_COMMAND_TIMEOUT`]). A command that timed
-    /// out while disconnected is not sent later.
+    /// Bound on each PUBLISH, SUBSCRIBE and UNSUBSCRIBE, fred's retries and
+    /// the wait for a reconnect included (default
+    /// [`DEFAULT_COMMAND_TIMEOUT`]). A command that timed out while
+    /// disconnected is not sent later.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.settings.command_timeout = timeout;
         self
@@ -295,6 +300,8 @@ impl RedisBuilder {
         // so nothing earlier matters.
         let messages = subscriber.message_rx();
         let reconnects = subscriber.reconnect_rx();
+        let health = Arc::new(Health::new(&publisher));
+        let publisher_events = (publisher.error_rx(), publisher.reconnect_rx());
         let (shared, control_rx) = Shared::new(
             subscriber,
             self.settings.sharded,
@@ -305,6 +312,11 @@ impl RedisBuilder {
         let tasks = vec![
             tokio::spawn(dispatch(Arc::clone(&shared), messages, reconnects)),
             tokio::spawn(control(Arc::clone(&shared), control_rx)),
+            tokio::spawn(publisher::watch(
+                Arc::clone(&health),
+                publisher_events.0,
+                publisher_events.1,
+            )),
         ];
         tracing::debug!(
             sharded = self.settings.sharded,
@@ -314,6 +326,7 @@ impl RedisBuilder {
         Ok(RedisTransport {
             inner: Arc::new(Inner {
                 publisher,
+                health,
                 shared,
                 settings: self.settings,
                 owned,
@@ -484,27 +497,16 @@ impl Transport for RedisTransport {
             check_topic(topic)?;
             self.capabilities().check_envelope(BACKEND, envelope)?;
             let frame = Bytes::from(envelope.encode()?);
-            let options = Options {
-                timeout: Some(self.inner.settings.command_timeout),
-                ..Options::default()
-            };
-            let client = self.inner.publisher.with_options(&options);
-            let result: std::result::Result<i64, FredError> = if self.inner.settings.sharded {
-                client.spublish(topic, frame).await
-            } else {
-                client.publish(topic, frame).await
-            };
-            match result {
-                Ok(receivers) => {
-                    tracing::trace!(topic, receivers, "published");
-                    Ok(())
-                }
-                Err(e) => Err(Error::backend(
-                    BACKEND,
-                    format!("publish to channel {topic:?}"),
-                    e,
-                )),
-            }
+            let inner = &self.inner;
+            publish(
+                &inner.publisher,
+                &inner.health,
+                inner.settings.sharded,
+                inner.settings.command_timeout,
+                topic,
+                frame,
+            )
+            .await
         }
         .boxed()
     }

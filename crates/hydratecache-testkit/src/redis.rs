@@ -125,6 +125,23 @@ impl RedisServer {
         self.tls.as_ref()
     }
 
+    /// SIGSTOP: the server keeps its connections open but answers nothing
+    /// until [`resume`](Self::resume).
+    pub fn pause(&self) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("the server is not running")?
+            .signal("STOP")
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("the server is not running")?
+            .signal("CONT")
+    }
+
     /// kill -9 (of its pid only): the server is gone until
     /// [`start_again`](Self::start_again).
     pub fn kill9(&mut self) {
