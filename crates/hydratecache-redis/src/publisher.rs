@@ -3,6 +3,7 @@
 //! waiting for the command timeout with fred's "Request timed out".
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -222,15 +223,21 @@ pub(crate) async fn publish(
         };
         result
     });
-    let result = tokio::select! {
-        biased;
-        result = &mut sent => result,
-        error = health.went_down(downs, &doing) => {
-            // The command may be waiting in fred for a new connection: its
-            // timeout still has to run out to cancel it there.
-            tokio::spawn(sent);
-            return Err(error);
-        }
+    // The first poll hands the command to fred: done here, outside
+    // `select!`, which may yield first when the task's budget is spent and
+    // so let a later publish of the same task overtake this one.
+    let result = match futures::poll!(sent.as_mut()) {
+        Poll::Ready(result) => result,
+        Poll::Pending => tokio::select! {
+            biased;
+            result = &mut sent => result,
+            error = health.went_down(downs, &doing) => {
+                // The command may be waiting in fred for a new connection:
+                // its timeout still has to run out to cancel it there.
+                tokio::spawn(sent);
+                return Err(error);
+            }
+        },
     };
     match result {
         Ok(receivers) => {
