@@ -1,14 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod publisher;
 mod queue;
 mod subscriber;
+mod tls;
 mod transport;
 
 pub use transport::{
     default_reconnect_policy, RedisBuilder, RedisTransport, DEFAULT_BROADCAST_CAPACITY,
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_SUBSCRIPTION_BUFFER, MAX_BULK_LEN,
+    DEFAULT_SUBSCRIPTION_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER_BYTES, MAX_BULK_LEN,
 };
 
 /// The fred version this crate is built on, for building clients and configs

@@ -4,35 +4,70 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use hydratecache_core::{Event, Gap, GapReason, Result};
+use hydratecache_core::{Error, Event, Gap, GapReason, Result};
 
-/// Items for one subscription, at most `capacity` of them (plus one gap).
+/// Items for one subscription, at most `capacity` messages and `max_bytes`
+/// message bytes (plus gaps and connection errors).
 ///
-/// A push onto a full queue drops the item and counts it in a pending gap;
-/// the gap is delivered before the next item that fits, or as soon as the
-/// subscriber has drained what is queued, whichever comes first. Gaps from
-/// the connection (reconnect, client lag) join the same pending gap, so they
-/// always come after what was queued before them and before anything later.
+/// A push onto a full queue drops the message and counts it in a pending
+/// gap; the gap is delivered before the next item that fits, or as soon as
+/// the subscriber has drained what is queued, whichever comes first. A
+/// message larger than `max_bytes` is still taken when nothing else is
+/// queued, so the bound cannot starve a subscription.
+///
+/// After a reconnect the gap is *held* ([`hold`](Queue::hold)) until the
+/// server confirmed the subscription again ([`release`](Queue::release)):
+/// delivering it earlier would let the consumer repair while messages can
+/// still be lost. Messages routed meanwhile are dropped into it (they were
+/// published before the gap is delivered, so the repair covers them).
 #[derive(Debug)]
 pub(crate) struct Queue {
     state: Mutex<State>,
     capacity: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    items: VecDeque<Result<Event>>,
+    items: VecDeque<Entry>,
+    /// Message bytes in `items`.
+    bytes: usize,
+    /// Messages in `items`.
+    messages: usize,
     /// Loss that happened after every item of `items`.
     pending: Option<Gap>,
+    /// A reconnect gap waiting for the re-subscribe of that connection epoch.
+    held: Option<(Gap, u64)>,
     closed: bool,
     waker: Option<Waker>,
 }
 
+#[derive(Debug)]
+struct Entry {
+    item: Result<Event>,
+    /// Message bytes it holds (0 for gaps and connection errors).
+    bytes: usize,
+    /// Whether it is a message (or a per-message error), counted in
+    /// `State::messages`.
+    message: bool,
+}
+
+impl Entry {
+    fn gap(gap: Gap) -> Entry {
+        Entry {
+            item: Ok(Event::Gap(gap)),
+            bytes: 0,
+            message: false,
+        }
+    }
+}
+
 impl Queue {
-    pub(crate) fn new(capacity: usize) -> Queue {
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Queue {
         Queue {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
         }
     }
 
@@ -41,14 +76,21 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a message or a per-message error; on overflow it is dropped and
-    /// counted in the pending gap. Returns false when it was dropped.
-    pub(crate) fn push(&self, item: Result<Event>) -> bool {
+    /// Queues a message or a per-message error of `size` bytes; on overflow
+    /// it is dropped and counted in the pending gap. Returns false when it
+    /// was dropped.
+    pub(crate) fn push(&self, item: Result<Event>, size: usize) -> bool {
         let mut state = self.state();
         if state.closed {
             return true;
         }
-        let delivered = if state.items.len() >= self.capacity {
+        if state.held.is_some() {
+            // Covered by the held gap, which is delivered after it.
+            return false;
+        }
+        let full = state.messages >= self.capacity
+            || (state.messages > 0 && state.bytes.saturating_add(size) > self.max_bytes);
+        let delivered = if full {
             let lost = Gap {
                 reason: GapReason::Lagged,
                 missed: Some(1),
@@ -57,9 +99,15 @@ impl Queue {
             false
         } else {
             if let Some(gap) = state.pending.take() {
-                state.items.push_back(Ok(Event::Gap(gap)));
+                state.items.push_back(Entry::gap(gap));
             }
-            state.items.push_back(item);
+            state.items.push_back(Entry {
+                item,
+                bytes: size,
+                message: true,
+            });
+            state.messages += 1;
+            state.bytes = state.bytes.saturating_add(size);
             true
         };
         wake(state);
@@ -72,8 +120,65 @@ impl Queue {
         if state.closed {
             return;
         }
+        if let Some((held, epoch)) = state.held.take() {
+            state.held = Some((merge(Some(held), gap), epoch));
+            return;
+        }
         state.pending = Some(merge(state.pending.take(), gap));
         wake(state);
+    }
+
+    /// A reconnect (connection `epoch`) lost messages from here on; the gap
+    /// waits for [`release`](Self::release) with that epoch or a later one.
+    pub(crate) fn hold(&self, gap: Gap, epoch: u64) {
+        let mut state = self.state();
+        if state.closed {
+            return;
+        }
+        let merged = match state.held.take() {
+            Some((held, e)) => (merge(Some(held), gap), e.max(epoch)),
+            None => (gap, epoch),
+        };
+        state.held = Some(merged);
+    }
+
+    /// The server confirmed the subscription on connection `epoch`: a gap
+    /// held for that epoch (or an earlier one) becomes deliverable.
+    pub(crate) fn release(&self, epoch: u64) {
+        let mut state = self.state();
+        match state.held {
+            Some((_, held)) if held <= epoch => {}
+            _ => return,
+        }
+        if let Some((gap, _)) = state.held.take() {
+            state.pending = Some(merge(state.pending.take(), gap));
+        }
+        wake(state);
+    }
+
+    /// An error about the subscription itself (not about one message), for
+    /// example a failing re-subscribe. Skipped when the previous one is still
+    /// unread or the queue is full: the subscriber is behind, and a gap
+    /// follows whatever happens. Returns false when skipped.
+    pub(crate) fn push_error(&self, error: Error) -> bool {
+        let mut state = self.state();
+        let unread = state
+            .items
+            .back()
+            .is_some_and(|e| !e.message && e.item.is_err());
+        if state.closed || unread || state.items.len() >= self.capacity {
+            return false;
+        }
+        if let Some(gap) = state.pending.take() {
+            state.items.push_back(Entry::gap(gap));
+        }
+        state.items.push_back(Entry {
+            item: Err(error),
+            bytes: 0,
+            message: false,
+        });
+        wake(state);
+        true
     }
 
     /// Ends the stream once what is queued has been read.
@@ -85,8 +190,12 @@ impl Queue {
 
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Event>>> {
         let mut state = self.state();
-        if let Some(item) = state.items.pop_front() {
-            return Poll::Ready(Some(item));
+        if let Some(entry) = state.items.pop_front() {
+            if entry.message {
+                state.messages = state.messages.saturating_sub(1);
+            }
+            state.bytes = state.bytes.saturating_sub(entry.bytes);
+            return Poll::Ready(Some(entry.item));
         }
         if let Some(gap) = state.pending.take() {
             return Poll::Ready(Some(Ok(Event::Gap(gap))));
@@ -159,13 +268,13 @@ mod tests {
 
     #[test]
     fn overflow_becomes_a_counted_gap_after_what_was_queued() {
-        let q = Queue::new(2);
-        assert!(q.push(msg("a")));
-        assert!(q.push(msg("b")));
-        assert!(!q.push(msg("c")));
-        assert!(!q.push(msg("d")));
+        let q = Queue::new(2, usize::MAX);
+        assert!(q.push(msg("a"), 1));
+        assert!(q.push(msg("b"), 1));
+        assert!(!q.push(msg("c"), 1));
+        assert!(!q.push(msg("d"), 1));
         assert_eq!(key(next(&q)), "a");
-        assert!(q.push(msg("e")));
+        assert!(q.push(msg("e"), 1));
         assert_eq!(key(next(&q)), "b");
         assert_eq!(
             gap(next(&q)),
@@ -180,9 +289,9 @@ mod tests {
 
     #[test]
     fn a_pending_gap_is_delivered_once_the_queue_is_drained() {
-        let q = Queue::new(1);
-        assert!(q.push(msg("a")));
-        assert!(!q.push(msg("b")));
+        let q = Queue::new(1, usize::MAX);
+        assert!(q.push(msg("a"), 1));
+        assert!(!q.push(msg("b"), 1));
         assert_eq!(key(next(&q)), "a");
         assert_eq!(gap(next(&q)).missed, Some(1));
         assert!(next(&q).is_none());
@@ -190,9 +299,9 @@ mod tests {
 
     #[test]
     fn connection_gaps_merge_and_keep_their_reason() {
-        let q = Queue::new(1);
-        assert!(q.push(msg("a")));
-        assert!(!q.push(msg("b")));
+        let q = Queue::new(1, usize::MAX);
+        assert!(q.push(msg("a"), 1));
+        assert!(!q.push(msg("b"), 1));
         q.push_gap(Gap::new(GapReason::Reconnected));
         assert_eq!(key(next(&q)), "a");
         assert_eq!(gap(next(&q)), Gap::new(GapReason::Reconnected));
@@ -200,11 +309,67 @@ mod tests {
 
     #[test]
     fn close_ends_after_the_queued_items() {
-        let q = Queue::new(4);
-        assert!(q.push(msg("a")));
+        let q = Queue::new(4, usize::MAX);
+        assert!(q.push(msg("a"), 1));
         q.close();
-        assert!(q.push(msg("ignored")));
+        assert!(q.push(msg("ignored"), 1));
         assert_eq!(key(next(&q)), "a");
         assert!(matches!(next(&q), Some(None)));
+    }
+
+    #[test]
+    fn the_byte_bound_drops_and_counts_like_the_count_bound() {
+        let q = Queue::new(100, 10);
+        assert!(q.push(msg("a"), 4));
+        assert!(q.push(msg("b"), 4));
+        assert!(!q.push(msg("c"), 4), "12 bytes would pass the bound of 10");
+        assert!(q.push(msg("d"), 2), "10 bytes fit");
+        assert!(!q.push(msg("e"), 1));
+        assert_eq!(key(next(&q)), "a");
+        // 6 bytes queued again: room for 4.
+        assert!(q.push(msg("f"), 4));
+        assert_eq!(key(next(&q)), "b");
+        let lagged = Gap {
+            reason: GapReason::Lagged,
+            missed: Some(1),
+        };
+        assert_eq!(gap(next(&q)), lagged, "c");
+        assert_eq!(key(next(&q)), "d");
+        assert_eq!(gap(next(&q)), lagged, "e");
+        assert_eq!(key(next(&q)), "f");
+        assert!(next(&q).is_none());
+    }
+
+    #[test]
+    fn a_message_over_the_byte_bound_passes_when_nothing_is_queued() {
+        let q = Queue::new(100, 10);
+        assert!(q.push(msg("huge"), 50));
+        assert!(!q.push(msg("small"), 1));
+        assert_eq!(key(next(&q)), "huge");
+        assert_eq!(gap(next(&q)).missed, Some(1));
+        assert!(q.push(msg("huge2"), 50));
+        assert_eq!(key(next(&q)), "huge2");
+    }
+
+    #[test]
+    fn a_held_gap_waits_for_its_epoch_and_swallows_messages_meanwhile() {
+        let q = Queue::new(10, usize::MAX);
+        assert!(q.push(msg("before"), 1));
+        q.hold(Gap::new(GapReason::Reconnected), 3);
+        assert!(!q.push(msg("while held"), 1));
+        assert_eq!(key(next(&q)), "before");
+        assert!(next(&q).is_none(), "the gap is held");
+        q.release(2);
+        assert!(next(&q).is_none(), "an older epoch does not release it");
+        assert!(q.push_error(Error::Closed { backend: "test" }));
+        assert!(
+            !q.push_error(Error::Closed { backend: "test" }),
+            "one unread error is enough"
+        );
+        assert!(matches!(next(&q), Some(Some(Err(Error::Closed { .. })))));
+        q.release(3);
+        assert_eq!(gap(next(&q)), Gap::new(GapReason::Reconnected));
+        assert!(q.push(msg("after"), 1));
+        assert_eq!(key(next(&q)), "after");
     }
 }

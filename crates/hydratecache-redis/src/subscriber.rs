@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fred::clients::SubscriberClient;
+use fred::clients::{Pipeline, SubscriberClient};
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::config::{Options, Server};
 use fred::types::{ClusterHash, Message, MessageKind, Value};
@@ -41,6 +41,7 @@ pub(crate) struct Shared {
     pub(crate) sharded: bool,
     pub(crate) command_timeout: Duration,
     pub(crate) buffer: usize,
+    pub(crate) buffer_bytes: usize,
     /// Local subscriptions by channel.
     topics: Mutex<Topics>,
     /// Channels subscribed on the server (or maybe: a SUBSCRIBE was sent),
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     /// Incremented on every reconnect of the subscriber connection.
     epoch: AtomicU64,
     next_id: AtomicU64,
+    /// Makes each confirming PING's message unique.
+    next_ping: AtomicU64,
     pub(crate) closed: AtomicBool,
     control: mpsc::UnboundedSender<Control>,
 }
@@ -70,6 +73,7 @@ impl Shared {
         sharded: bool,
         command_timeout: Duration,
         buffer: usize,
+        buffer_bytes: usize,
     ) -> (Arc<Shared>, mpsc::UnboundedReceiver<Control>) {
         let (control, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -77,10 +81,12 @@ impl Shared {
             sharded,
             command_timeout,
             buffer,
+            buffer_bytes,
             topics: Mutex::new(HashMap::new()),
             server: tokio::sync::Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
+            next_ping: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             control,
         });
@@ -116,7 +122,7 @@ impl Shared {
     /// Registers a local subscription and makes sure the server has the
     /// channel subscribed; resolves once the server confirmed it.
     pub(crate) async fn subscribe(self: &Arc<Self>, topic: &str) -> Result<SubscriptionStream> {
-        let queue = Arc::new(Queue::new(self.buffer));
+        let queue = Arc::new(Queue::new(self.buffer, self.buffer_bytes));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.topics()
             .entry(topic.to_owned())
@@ -136,14 +142,17 @@ impl Shared {
             return Err(Error::Closed { backend: BACKEND });
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        if server.get(topic) == Some(&Some(epoch)) {
-            return Ok(stream);
+        let topic = [topic.to_owned()];
+        if server.get(&topic[0]) != Some(&Some(epoch)) {
+            // Recorded before sending, so a cancelled or failed attempt is
+            // still unsubscribed when the last local subscription goes.
+            server.insert(topic[0].clone(), None);
+            self.send_subscribe(&topic).await?;
+            server.insert(topic[0].clone(), Some(epoch));
         }
-        // Recorded before sending, so a cancelled or failed attempt is still
-        // unsubscribed when the last local subscription goes.
-        server.insert(topic.to_owned(), None);
-        self.send_subscribe(&[topic.to_owned()]).await?;
-        server.insert(topic.to_owned(), Some(epoch));
+        // A reconnect between registering and taking the lock held a gap in
+        // this (and any other) subscription of the channel: it is confirmed.
+        self.release(&topic, epoch);
         Ok(stream)
     }
 
@@ -172,20 +181,51 @@ impl Shared {
             }
             return Ok(());
         }
-        // fred resolves SUBSCRIBE as soon as it is written (it has no reply
-        // of its own: Command::has_no_responses). A PING on the same
-        // connection is answered after the server processed the SUBSCRIBE.
+        // fred resolves SUBSCRIBE as soon as it is written and drops the
+        // server's confirmation (Command::has_no_responses), so an error
+        // reply (NOPERM) is taken by the next command waiting for a reply, or
+        // dropped when none waits yet. Sent in one pipeline, the PING after
+        // the SUBSCRIBEs is waiting before any reply is read: it gets the
+        // error, or its own reply once the server processed the SUBSCRIBEs.
+        // Its unique message tells its own reply from a stale one.
+        let token = format!(
+            "hydratecache-subscribed-{}",
+            self.next_ping.fetch_add(1, Ordering::Relaxed)
+        );
+        let pipeline = Pipeline::from(client);
         for chunk in topics.chunks(1024) {
-            client
+            pipeline
                 .subscribe(chunk.to_vec())
                 .await
                 .map_err(|e| Error::backend(BACKEND, context(), e))?;
         }
-        client
-            .ping::<Value>(None)
+        pipeline
+            .ping::<Value>(Some(token.clone()))
             .await
             .map_err(|e| Error::backend(BACKEND, context(), e))?;
+        let reply = pipeline
+            .last::<Value>()
+            .await
+            .map_err(|e| Error::backend(BACKEND, context(), e))?;
+        if !carries(&reply, &token) {
+            return Err(Error::backend(
+                BACKEND,
+                context(),
+                format!("unexpected reply {reply:?} to the confirming PING"),
+            ));
+        }
         Ok(())
+    }
+
+    /// Delivers the gaps held in the subscriptions of `topics` since a
+    /// reconnect up to `epoch`: the server confirmed them on that connection.
+    fn release(&self, topics: &[String], epoch: u64) {
+        let subs = self.topics();
+        for topic in topics {
+            for (_, queue) in subs.get(topic).into_iter().flatten() {
+                queue.release(epoch);
+            }
+        }
     }
 
     /// UNSUBSCRIBE `topic` if no local subscription wants it any more.
@@ -226,7 +266,9 @@ impl Shared {
             server.retain(|t, _| topics.get(t).is_some_and(|s| !s.is_empty()));
             server.keys().cloned().collect()
         };
-        if wanted.is_empty() {
+        if server.values().all(|c| *c == Some(epoch)) {
+            // A retry or a second reconnect notice for what is done already.
+            self.release(&wanted, epoch);
             return;
         }
         for confirmed in server.values_mut() {
@@ -237,11 +279,31 @@ impl Shared {
                 for confirmed in server.values_mut() {
                     *confirmed = Some(epoch);
                 }
+                // Only now is every message published from here on delivered:
+                // the moment for the reconnect gap.
+                self.release(&wanted, epoch);
                 tracing::info!(channels = wanted.len(), "resubscribed after reconnect");
             }
             Err(e) => {
                 let delay = Duration::from_millis(100 << attempt.min(5));
                 tracing::error!(error = %e, retry_in = ?delay, "resubscribe after reconnect failed");
+                // Messages are being lost and nothing is repaired yet: say so
+                // on every affected subscription; the gap follows once a
+                // retry succeeds.
+                let cause = match e {
+                    Error::Backend { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
+                let error = Error::backend(
+                    BACKEND,
+                    format!(
+                        "re-subscribe after a reconnect failed (attempt {}, retrying in {delay:?}); \
+                         messages on this channel are lost until it succeeds",
+                        attempt.saturating_add(1)
+                    ),
+                    cause,
+                );
+                self.notify_error(&wanted, &error);
                 let shared = Arc::clone(self);
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
@@ -253,24 +315,31 @@ impl Shared {
         }
     }
 
-    /// Every local subscription gets `gap`.
-    fn gap_all(&self, gap: &Gap) {
-        for subs in self.topics().values() {
-            for (_, queue) in subs {
-                queue.push_gap(gap.clone());
+    /// Each subscription of `topics` gets `error` as an item.
+    fn notify_error(&self, topics: &[String], error: &Error) {
+        let subs = self.topics();
+        for topic in topics {
+            for (_, queue) in subs.get(topic).into_iter().flatten() {
+                queue.push_error(copy_error(error));
             }
         }
     }
 
     fn on_reconnect(&self, server: Option<&Server>) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        let active = self.topics().len();
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        let topics = self.topics();
         tracing::warn!(
             ?server,
-            subscribed_channels = active,
+            subscribed_channels = topics.len(),
             "redis subscriber connection re-established: messages may have been missed"
         );
-        self.gap_all(&Gap::new(GapReason::Reconnected));
+        // Delivered once the re-subscribe on this connection is confirmed.
+        for subs in topics.values() {
+            for (_, queue) in subs {
+                queue.hold(Gap::new(GapReason::Reconnected), epoch);
+            }
+        }
+        drop(topics);
         let _ = self.control.send(Control::Resubscribe { attempt: 0 });
     }
 
@@ -307,10 +376,11 @@ impl Shared {
             return;
         };
         let frame = value_bytes(message.value);
+        let size = frame.len();
         match Envelope::decode_bytes(&frame) {
             Ok(envelope) => {
                 for (_, queue) in subs {
-                    queue.push(Ok(Event::Message(envelope.clone())));
+                    queue.push(Ok(Event::Message(envelope.clone())), size);
                 }
             }
             Err(source) => {
@@ -321,10 +391,13 @@ impl Shared {
                     "malformed message"
                 );
                 for (_, queue) in subs {
-                    queue.push(Err(Error::Malformed {
-                        topic: message.channel.to_string(),
-                        source: source.clone(),
-                    }));
+                    queue.push(
+                        Err(Error::Malformed {
+                            topic: message.channel.to_string(),
+                            source: source.clone(),
+                        }),
+                        size,
+                    );
                 }
             }
         }
@@ -364,6 +437,28 @@ impl Shared {
             // The control task is gone only once the transport is closed.
             let _ = self.control.send(Control::Unsubscribe(topic.to_owned()));
         }
+    }
+}
+
+/// Whether the reply to `PING <token>` carries `token`: a bulk string, or
+/// `["pong", token]` on a RESP2 connection in subscribed mode.
+fn carries(reply: &Value, token: &str) -> bool {
+    match reply {
+        Value::Array(items) => items.iter().any(|v| carries(v, token)),
+        other => other.as_bytes() == Some(token.as_bytes()),
+    }
+}
+
+/// A copy of a re-subscribe error for each subscription (errors are not
+/// `Clone`: the source is kept as its text).
+fn copy_error(error: &Error) -> Error {
+    match error {
+        Error::Backend {
+            backend,
+            context,
+            source,
+        } => Error::backend(backend, context.clone(), source.to_string()),
+        other => Error::backend(BACKEND, "re-subscribe after a reconnect", other.to_string()),
     }
 }
 

@@ -20,6 +20,7 @@ use hydratecache_core::{
 };
 use tokio::task::JoinHandle;
 
+use crate::publisher::{self, publish, Health};
 use crate::subscriber::{control, dispatch, Shared, SubscriptionStream};
 use crate::BACKEND;
 
@@ -40,13 +41,18 @@ pub const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
 /// gets a gap instead of the next ones.
 pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 65_536;
 
+/// Default bound on the message bytes one subscription may have waiting
+/// (32 MiB) before it gets a gap instead of the next ones.
+pub const DEFAULT_SUBSCRIPTION_BUFFER_BYTES: usize = 32 << 20;
+
 /// Default capacity of fred's message broadcast channel
 /// (`PerformanceConfig::broadcast_channel_capacity`, 32 in fred), shared by
 /// all subscriptions of a transport.
 pub const DEFAULT_BROADCAST_CAPACITY: usize = 65_536;
 
 /// Default bound on each command (PUBLISH, SUBSCRIBE...), retries included:
-/// while the server is down a publish fails after this long.
+/// a publish to a server that does not answer fails after this long (one
+/// while the connection is known to be down fails at once).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default bound on the first connection.
@@ -78,6 +84,8 @@ pub struct RedisTransport {
 #[derive(Debug)]
 struct Inner {
     publisher: Client,
+    /// The publisher's connection, for fast and clear publish errors.
+    health: Arc<Health>,
     shared: Arc<Shared>,
     settings: Settings,
     /// Whether the clients were built here (then `close` quits them).
@@ -89,6 +97,7 @@ struct Inner {
 struct Settings {
     max_message_size: usize,
     subscription_buffer: usize,
+    subscription_buffer_bytes: usize,
     broadcast_capacity: usize,
     command_timeout: Duration,
     connect_timeout: Duration,
@@ -100,6 +109,7 @@ impl Default for Settings {
         Settings {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
+            subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
             broadcast_capacity: DEFAULT_BROADCAST_CAPACITY,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -143,6 +153,15 @@ impl RedisBuilder {
         self
     }
 
+    /// Message bytes (encoded envelopes) one subscription may have waiting
+    /// before further messages are dropped and counted in a gap (default
+    /// [`DEFAULT_SUBSCRIPTION_BUFFER_BYTES`]). A single message larger than
+    /// this is still taken when nothing else waits.
+    pub fn subscription_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.settings.subscription_buffer_bytes = bytes.max(1);
+        self
+    }
+
     /// Capacity of fred's message broadcast channel for the clients built
     /// here (default [`DEFAULT_BROADCAST_CAPACITY`]). When the dispatcher
     /// falls this far behind, every subscription gets a gap.
@@ -151,9 +170,10 @@ impl RedisBuilder {
         self
     }
 
-    /// Bound on each PUBLISH, SUBSCRIBE and UNSUBSCRIBE, fred's retries
-    /// included (default [`DEFAULT_COMMAND_TIMEOUT`]). A command that timed
-    /// out while disconnected is not sent later.
+    /// Bound on each PUBLISH, SUBSCRIBE and UNSUBSCRIBE, fred's retries and
+    /// the wait for a reconnect included (default
+    /// [`DEFAULT_COMMAND_TIMEOUT`]). A command that timed out while
+    /// disconnected is not sent later.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.settings.command_timeout = timeout;
         self
@@ -177,7 +197,11 @@ impl RedisBuilder {
 
     /// Connects to `url` (`redis://`, `rediss://`, `redis-cluster://`,
     /// `redis-sentinel://`, as [`Config::from_url`] reads them).
+    ///
+    /// A TLS URL (`rediss://`, `valkeys://`) is refused with
+    /// [`Error::Unsupported`] when the crate is built without a TLS feature.
     pub async fn connect(self, url: &str) -> Result<RedisTransport> {
+        crate::tls::check_url(url)?;
         let config =
             Config::from_url(url).map_err(|e| Error::backend(BACKEND, "parse the Redis URL", e))?;
         self.connect_config(config).await
@@ -276,15 +300,23 @@ impl RedisBuilder {
         // so nothing earlier matters.
         let messages = subscriber.message_rx();
         let reconnects = subscriber.reconnect_rx();
+        let health = Arc::new(Health::new(&publisher));
+        let publisher_events = (publisher.error_rx(), publisher.reconnect_rx());
         let (shared, control_rx) = Shared::new(
             subscriber,
             self.settings.sharded,
             self.settings.command_timeout,
             self.settings.subscription_buffer,
+            self.settings.subscription_buffer_bytes,
         );
         let tasks = vec![
             tokio::spawn(dispatch(Arc::clone(&shared), messages, reconnects)),
             tokio::spawn(control(Arc::clone(&shared), control_rx)),
+            tokio::spawn(publisher::watch(
+                Arc::clone(&health),
+                publisher_events.0,
+                publisher_events.1,
+            )),
         ];
         tracing::debug!(
             sharded = self.settings.sharded,
@@ -294,6 +326,7 @@ impl RedisBuilder {
         Ok(RedisTransport {
             inner: Arc::new(Inner {
                 publisher,
+                health,
                 shared,
                 settings: self.settings,
                 owned,
@@ -464,27 +497,16 @@ impl Transport for RedisTransport {
             check_topic(topic)?;
             self.capabilities().check_envelope(BACKEND, envelope)?;
             let frame = Bytes::from(envelope.encode()?);
-            let options = Options {
-                timeout: Some(self.inner.settings.command_timeout),
-                ..Options::default()
-            };
-            let client = self.inner.publisher.with_options(&options);
-            let result: std::result::Result<i64, FredError> = if self.inner.settings.sharded {
-                client.spublish(topic, frame).await
-            } else {
-                client.publish(topic, frame).await
-            };
-            match result {
-                Ok(receivers) => {
-                    tracing::trace!(topic, receivers, "published");
-                    Ok(())
-                }
-                Err(e) => Err(Error::backend(
-                    BACKEND,
-                    format!("publish to channel {topic:?}"),
-                    e,
-                )),
-            }
+            let inner = &self.inner;
+            publish(
+                &inner.publisher,
+                &inner.health,
+                inner.settings.sharded,
+                inner.settings.command_timeout,
+                topic,
+                frame,
+            )
+            .await
         }
         .boxed()
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::{find_binary, free_port, wait_for_port, Process, TempDir};
+use crate::process::{find_binary, free_port, run_quiet, wait_for_port, Process, TempDir};
 
 /// Environment variable naming an existing Redis to use instead of a private one.
 pub const URL_VAR: &str = "HYDRATECACHE_REDIS_URL";
@@ -18,6 +18,20 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     process: Option<Process>,
+    tls: Option<TlsFiles>,
+}
+
+/// The PEM files of a TLS server started by [`RedisServer::start_tls`]: a
+/// self-signed CA and a server certificate it signed, for `127.0.0.1` and
+/// `localhost`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA certificate a client must trust.
+    pub ca_cert: PathBuf,
+    /// The server's certificate.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
 }
 
 impl RedisServer {
@@ -34,6 +48,30 @@ impl RedisServer {
             port: free_port()?,
             dir: TempDir::new("redis")?,
             process: None,
+            tls: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Starts a server that speaks TLS only (`--tls-port`, no plaintext
+    /// port), with a CA and certificate generated here by the `openssl`
+    /// command (clients are not asked for certificates).
+    pub fn start_tls() -> Result<RedisServer> {
+        let bin = find_binary(
+            "redis-server",
+            "HYDRATECACHE_REDIS_SERVER_BIN",
+            &[],
+            "install the Debian package `redis-server` (cargo xtask itest redis does)",
+        )?;
+        let dir = TempDir::new("redis-tls")?;
+        let tls = generate_certificates(dir.path())?;
+        let mut server = RedisServer {
+            bin,
+            port: free_port()?,
+            dir,
+            process: None,
+            tls: Some(tls),
         };
         server.spawn()?;
         Ok(server)
@@ -41,8 +79,24 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<()> {
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        let port = self.port.to_string();
+        cmd.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => {
+                cmd.args(["--port", &port]);
+            }
+            Some(tls) => {
+                cmd.args(["--port", "0", "--tls-port", &port])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca_cert)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+        }
+        cmd.args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path());
         let process = Process::spawn("redis-server", cmd, &self.dir.path().join("redis.log"))?;
@@ -58,6 +112,34 @@ impl RedisServer {
     /// Its port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `rediss://127.0.0.1:<port>` for a server from
+    /// [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// The certificate files of a server from [`start_tls`](Self::start_tls).
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// SIGSTOP: the server keeps its connections open but answers nothing
+    /// until [`resume`](Self::resume).
+    pub fn pause(&self) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("the server is not running")?
+            .signal("STOP")
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("the server is not running")?
+            .signal("CONT")
     }
 
     /// kill -9 (of its pid only): the server is gone until
@@ -78,6 +160,73 @@ impl RedisServer {
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().and_then(Process::pid)
     }
+}
+
+/// Writes a self-signed CA and a server certificate signed by it (for
+/// `127.0.0.1` and `localhost`) into `dir`, with the `openssl` command.
+fn generate_certificates(dir: &std::path::Path) -> Result<TlsFiles> {
+    let openssl = find_binary(
+        "openssl",
+        "HYDRATECACHE_OPENSSL_BIN",
+        &[],
+        "install the Debian package `openssl`",
+    )?;
+    let files = TlsFiles {
+        ca_cert: dir.join("ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    };
+    let ca_key = dir.join("ca.key");
+    let csr = dir.join("server.csr");
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\n\
+         subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .with_context(|| format!("write {}", ext.display()))?;
+    run_quiet(
+        Command::new(&openssl)
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=hydratecache test CA"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&files.ca_cert),
+    )
+    .context("generate the test CA")?;
+    run_quiet(
+        Command::new(&openssl)
+            .args(["req", "-newkey", "rsa:2048", "-nodes"])
+            .args(["-subj", "/CN=localhost"])
+            .arg("-keyout")
+            .arg(&files.key)
+            .arg("-out")
+            .arg(&csr),
+    )
+    .context("generate the server key")?;
+    run_quiet(
+        Command::new(&openssl)
+            .args(["x509", "-req", "-days", "2", "-set_serial", "2"])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&files.ca_cert)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&files.cert),
+    )
+    .context("sign the server certificate")?;
+    Ok(files)
 }
 
 /// A Redis for tests that do not stop the server.
