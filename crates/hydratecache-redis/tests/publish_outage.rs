@@ -40,7 +40,8 @@ async fn failing_publish(t: &RedisTransport, topic: &str, sequence: u64) -> (Str
     .await;
     let elapsed = start.elapsed();
     match result {
-        Ok(Err(e @ Error::Backend { .. })) => (e.to_string(), elapsed),
+        // The whole chain: the message says what failed, its source why.
+        Ok(Err(e @ Error::Backend { .. })) => (format!("{:#}", anyhow::Error::from(e)), elapsed),
         Ok(other) => panic!("publish while the server is down gave {other:?}"),
         Err(_) => panic!("publish while the server is down hung for {elapsed:?}"),
     }
