@@ -2,22 +2,26 @@
 //! [`Channel`] and repairs itself whenever messages may have been missed.
 
 mod clock;
+mod entry;
 mod hydrate;
+mod load;
+mod repair;
 mod stats;
+mod store;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{BoxFuture, FutureExt};
 use futures::Stream;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use self::clock::Nanos;
+use self::entry::{entry_table, Entries};
 use crate::channel::{Channel, PublishOptions, Receipt};
 use crate::error::{BoxError, Error, Result};
 use crate::transport::{StartFrom, SubscribeOptions};
@@ -93,129 +97,8 @@ where
 /// Weight of an entry for a byte-bounded cache.
 pub type Weigher<T> = dyn Fn(&str, &T) -> u64 + Send + Sync;
 
-/// One cached key: a value, or a tombstone left by a delete.
-///
-/// Kept small (48 bytes): every hit copies it out of the cache.
-struct Entry<T> {
-    /// `None` for a tombstone.
-    value: Option<Arc<T>>,
-    version: Option<u64>,
-    /// [`clock::NEVER`] without a TTL.
-    expires_at: Nanos,
-    /// When it was stored: a load that started earlier must not replace it.
-    stored_at: Nanos,
-    /// Saturated at `u32::MAX`.
-    weight: u32,
-}
-
-const _: () = assert!(std::mem::size_of::<Entry<()>>() <= 48);
-
-impl<T> Clone for Entry<T> {
-    fn clone(&self) -> Self {
-        Entry {
-            value: self.value.clone(),
-            ..*self
-        }
-    }
-}
-
-impl<T> Entry<T> {
-    fn new(
-        value: Option<Arc<T>>,
-        version: Option<u64>,
-        now: Nanos,
-        ttl: Option<Duration>,
-        weight: u64,
-    ) -> Self {
-        Entry {
-            value,
-            version,
-            expires_at: ttl.map_or(clock::NEVER, |ttl| clock::deadline(now, ttl)),
-            stored_at: now,
-            weight: u32::try_from(weight).unwrap_or(u32::MAX),
-        }
-    }
-
-    #[inline]
-    fn is_expired(&self, now: Nanos) -> bool {
-        now >= self.expires_at
-    }
-}
-
-#[derive(Clone)]
-struct EntryWeigher;
-
-impl<T> quick_cache::Weighter<String, Entry<T>> for EntryWeigher {
-    fn weight(&self, _key: &String, entry: &Entry<T>) -> u64 {
-        u64::from(entry.weight)
-    }
-}
-
-/// Shards of the entry table, for a cache bounded by entry count
-/// (`max_entries`); `None` for a byte-bounded one.
-///
-/// quick_cache's default (4 per core) leaves two threads' hits contending on
-/// the shard locks: on 2 cores a hit took 143 ns with 8 shards, 88 ns with
-/// 64 and 83 ns with 1024, against 46 ns on one thread
-/// (`benches/cache_get.rs`). So an entry-bounded cache starts from 256
-/// shards (or the default, where that is more: over 64 cores) and halves
-/// that until each shard keeps at least 256 entries: every shard has an
-/// equal share of the bound, and small shards fill unevenly and evict while
-/// the cache as a whole has room. A byte-bounded cache keeps the default: a shard refuses
-/// any value heavier than its share of the budget, and more shards would
-/// shrink the largest value it takes.
-fn shards(max_entries: Option<u64>) -> usize {
-    let default = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .saturating_mul(4);
-    let Some(max_entries) = max_entries else {
-        return default;
-    };
-    let mut shards = default.max(ENTRY_BOUNDED_SHARDS).next_power_of_two();
-    while shards > 1 && max_entries / (shards as u64) < MIN_ENTRIES_PER_SHARD {
-        shards /= 2;
-    }
-    shards
-}
-
-/// The entry table for a bound of `capacity` entries (`by_entries`) or
-/// bytes.
-fn entry_table<T>(capacity: u64, by_entries: bool) -> Result<Entries<T>> {
-    let estimated = if by_entries {
-        usize::try_from(capacity).unwrap_or(usize::MAX).min(1 << 24)
-    } else {
-        1024
-    };
-    let shards = shards(by_entries.then_some(capacity));
-    // An equal whole share per shard: quick_cache rounds each share up,
-    // which would let an entry count pass its bound by up to one a shard.
-    let capacity = if by_entries {
-        capacity / shards as u64 * shards as u64
-    } else {
-        capacity
-    };
-    let options = quick_cache::OptionsBuilder::new()
-        .estimated_items_capacity(estimated)
-        .weight_capacity(capacity)
-        .shards(shards)
-        .build()
-        .map_err(|e| Error::backend("local-cache", "size the cache", format!("{e:?}")))?;
-    Ok(quick_cache::sync::Cache::with_options(
-        options,
-        EntryWeigher,
-        Default::default(),
-        Default::default(),
-    ))
-}
-
-const MIN_ENTRIES_PER_SHARD: u64 = 256;
-const ENTRY_BOUNDED_SHARDS: usize = 256;
-
 /// A bulk warm-up stream of key/value pairs from the store.
 pub(crate) type WarmStream<T> = futures::stream::BoxStream<'static, (String, Loaded<T>)>;
-type Entries<T> = quick_cache::sync::Cache<String, Entry<T>, EntryWeigher>;
-type LoadResult<T> = Result<Option<Arc<T>>, Arc<BoxError>>;
-type InFlight<T> = Shared<BoxFuture<'static, LoadResult<T>>>;
 
 /// State shared by the cache handle and its hydration task.
 struct Inner<T> {
@@ -231,7 +114,7 @@ struct Inner<T> {
     generation: AtomicU64,
     /// Serialises "check then store" between the hydration task and loads.
     store_lock: Mutex<()>,
-    in_flight: Mutex<HashMap<String, InFlight<T>>>,
+    in_flight: Mutex<load::Flights<T>>,
     ready: AtomicBool,
     ready_tx: watch::Sender<bool>,
     /// Whether publishers' sequence numbers can reveal losses (see
@@ -422,7 +305,7 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             reload_jitter: self.reload_jitter,
             generation: AtomicU64::new(0),
             store_lock: Mutex::new(()),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(load::Flights::new()),
             ready: AtomicBool::new(false),
             ready_tx,
             ordered,
@@ -662,262 +545,6 @@ impl<T: Send + Sync + 'static> Inner<T> {
         }
         hit
     }
-
-    fn weight(&self, key: &str, value: Option<&T>) -> u64 {
-        match (&self.weigher, value) {
-            (Some(w), Some(v)) => w(key, v).max(1),
-            (Some(_), None) => key.len() as u64 + 32,
-            (None, _) => 1,
-        }
-    }
-
-    /// Whether a change at `version` may replace `current`.
-    fn accepts(
-        current: Option<&Entry<T>>,
-        version: Option<u64>,
-        origin: Origin,
-        now: Nanos,
-    ) -> bool {
-        let Some(current) = current else {
-            return true;
-        };
-        if let Origin::Load(started, _) = origin {
-            // Something stored after the load started is at least as new.
-            if current.stored_at > started && !current.is_expired(now) {
-                return false;
-            }
-        }
-        match (current.version, version) {
-            (Some(held), Some(new)) if !current.is_expired(now) => new > held,
-            _ => true,
-        }
-    }
-
-    fn store_update(
-        &self,
-        key: &str,
-        value: Arc<T>,
-        version: Option<u64>,
-        ttl: Option<Duration>,
-        published_at: Option<std::time::SystemTime>,
-        origin: Origin,
-    ) -> bool {
-        let now = clock::now();
-        let _guard = lock(&self.store_lock);
-        if let Origin::Load(_, generation) = origin {
-            if self.generation.load(Ordering::Acquire) != generation {
-                return false;
-            }
-        }
-        if !Self::accepts(self.entries.peek(key).as_ref(), version, origin, now) {
-            if origin == Origin::Remote {
-                self.counters.stale_rejected.incr();
-            }
-            return false;
-        }
-        if ttl.is_some_and(|t| t.is_zero()) {
-            // Expired on arrival: not stored, and the older value it replaces goes too.
-            self.entries.remove(key);
-            if origin == Origin::Remote {
-                self.counters.expired_on_arrival.incr();
-            }
-            return false;
-        }
-        let weight = self.weight(key, Some(&value));
-        self.entries.insert(
-            key.to_owned(),
-            Entry::new(Some(value), version, now, ttl, weight),
-        );
-        if origin == Origin::Remote {
-            self.counters.updates_applied.incr();
-            if let Some(at) = published_at {
-                self.counters
-                    .record_lag(at.elapsed().unwrap_or(Duration::ZERO));
-            }
-        }
-        true
-    }
-
-    fn store_delete(&self, key: &str, version: Option<u64>, origin: Origin) -> bool {
-        let now = clock::now();
-        let _guard = lock(&self.store_lock);
-        if !Self::accepts(self.entries.peek(key).as_ref(), version, origin, now) {
-            if origin == Origin::Remote {
-                self.counters.stale_rejected.incr();
-            }
-            return false;
-        }
-        // A tombstone for every delete: it stops an older versioned update, and
-        // stops a load that started before the delete from storing its value.
-        let weight = self.weight(key, None);
-        self.entries.insert(
-            key.to_owned(),
-            Entry::new(None, version, now, Some(self.tombstone_ttl), weight),
-        );
-        if origin == Origin::Remote {
-            self.counters.deletes_applied.incr();
-        }
-        true
-    }
-
-    /// Forgets `key`'s value (its message could not be decoded).
-    fn forget(&self, key: &str) {
-        let _guard = lock(&self.store_lock);
-        self.entries.remove(key);
-    }
-
-    fn repair(self: &Arc<Self>, why: &str) {
-        let stats = &self.counters;
-        match self.policy {
-            RepairPolicy::Ignore => {
-                stats.repairs_ignored.incr();
-                tracing::warn!(
-                    topic = self.channel.topic(),
-                    why,
-                    "gap ignored (RepairPolicy::Ignore): cached values may be stale"
-                );
-            }
-            RepairPolicy::Clear => {
-                let dropped = self.drop_values();
-                stats.repairs_clear.incr();
-                tracing::warn!(
-                    topic = self.channel.topic(),
-                    why,
-                    dropped,
-                    "gap: cache cleared"
-                );
-            }
-            RepairPolicy::Reload => {
-                let keys = self.drop_values_keys();
-                stats.repairs_reload.incr();
-                tracing::warn!(
-                    topic = self.channel.topic(),
-                    why,
-                    keys = keys.len(),
-                    "gap: reloading the keys held"
-                );
-                if let Some(loader) = self.loader.clone() {
-                    let inner = Arc::clone(self);
-                    tokio::spawn(async move { inner.reload(keys, loader).await });
-                }
-            }
-        }
-    }
-
-    /// Drops every value (tombstones stay: they still order late updates);
-    /// bumps the generation so loads under way do not store.
-    fn drop_values(&self) -> usize {
-        let _guard = lock(&self.store_lock);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let before = self.entries.len();
-        self.entries.retain(|_, e| e.value.is_none());
-        before - self.entries.len()
-    }
-
-    fn drop_values_keys(&self) -> Vec<String> {
-        let _guard = lock(&self.store_lock);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let keys: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.value.is_some())
-            .map(|(k, _)| k)
-            .collect();
-        self.entries.retain(|_, e| e.value.is_none());
-        keys
-    }
-
-    async fn reload(self: Arc<Self>, keys: Vec<String>, loader: Arc<dyn Loader<T>>) {
-        use futures::StreamExt;
-        let jitter = self.reload_jitter;
-        let seed = crate::envelope::PublisherId::random().0;
-        futures::stream::iter(keys.into_iter().enumerate())
-            .for_each_concurrent(self.reload_concurrency, |(i, key)| {
-                let inner = Arc::clone(&self);
-                let loader = Arc::clone(&loader);
-                async move {
-                    if !jitter.is_zero() {
-                        let spread = (seed.rotate_left(i as u32 % 128) as u64)
-                            % (jitter.as_micros() as u64).max(1);
-                        tokio::time::sleep(Duration::from_micros(spread)).await;
-                    }
-                    if Inner::load(&inner, &key, |k| loader.load(k)).await.is_ok() {
-                        inner.counters.reloaded_keys.incr();
-                    }
-                }
-            })
-            .await;
-    }
-
-    /// Single-flight load of `key`, storing the result if nothing newer came.
-    async fn load(
-        this: &Arc<Self>,
-        key: &str,
-        start: impl FnOnce(String) -> BoxFuture<'static, Result<Option<Loaded<T>>, BoxError>>,
-    ) -> Result<Option<Arc<T>>> {
-        let shared = {
-            let mut in_flight = lock(&this.in_flight);
-            match in_flight.get(key) {
-                Some(f) => f.clone(),
-                None => {
-                    let started = {
-                        let _guard = lock(&this.store_lock);
-                        (clock::now(), this.generation.load(Ordering::Acquire))
-                    };
-                    let load = start(key.to_owned());
-                    let inner = Arc::clone(this);
-                    let owned_key = key.to_owned();
-                    let fut: BoxFuture<'static, LoadResult<T>> = async move {
-                        inner.counters.loads.incr();
-                        let result = load.await;
-                        lock(&inner.in_flight).remove(&owned_key);
-                        match result {
-                            Ok(Some(loaded)) => {
-                                let value = Arc::new(loaded.value);
-                                inner.store_update(
-                                    &owned_key,
-                                    Arc::clone(&value),
-                                    loaded.version,
-                                    loaded.ttl,
-                                    None,
-                                    Origin::Load(started.0, started.1),
-                                );
-                                Ok(Some(value))
-                            }
-                            Ok(None) => Ok(None),
-                            Err(e) => {
-                                inner.counters.load_errors.incr();
-                                Err(Arc::new(e))
-                            }
-                        }
-                    }
-                    .boxed();
-                    let shared = fut.shared();
-                    in_flight.insert(key.to_owned(), shared.clone());
-                    shared
-                }
-            }
-        };
-        shared.await.map_err(|source| {
-            Error::backend("local-cache", format!("loading {key:?}"), ArcError(source))
-        })
-    }
-}
-
-/// A shared loader error, as the source of each waiter's error.
-#[derive(Debug)]
-struct ArcError(Arc<BoxError>);
-
-impl fmt::Display for ArcError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::error::Error for ArcError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
 }
 
 #[cfg(feature = "metrics")]
@@ -949,57 +576,5 @@ fn export_metrics(topic: &str, s: &CacheStats) {
     if let Some(p99) = s.lag_p99 {
         metrics::gauge!("hydratecache_cache_lag_p99_seconds", "topic" => topic)
             .set(p99.as_secs_f64());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_bounded_caches_get_shards_of_at_least_256_entries() {
-        for max_entries in [1, 255, 511, 8_191, 10_000, 20_000, 1 << 20] {
-            let shards = shards(Some(max_entries)) as u64;
-            assert!(shards.is_power_of_two(), "{max_entries}: {shards}");
-            assert!(
-                shards == 1 || max_entries / shards >= MIN_ENTRIES_PER_SHARD,
-                "{max_entries} entries over {shards} shards"
-            );
-        }
-        assert_eq!(shards(Some(511)), 1);
-        assert_eq!(shards(Some(20_000)), 64);
-        assert!(shards(Some(1 << 20)) >= ENTRY_BOUNDED_SHARDS);
-    }
-
-    #[test]
-    fn an_entry_bound_is_split_evenly_and_never_exceeded() -> Result<()> {
-        for bound in [1, 300, 10_000, 20_000, 1 << 20] {
-            let table = entry_table::<()>(bound, true)?;
-            let shards = table.num_shards() as u64;
-            assert!(table.capacity() <= bound, "{bound}: {}", table.capacity());
-            assert!(table.capacity() > bound - shards, "{bound}");
-            assert_eq!(table.shard_capacity() * shards, table.capacity());
-        }
-        assert_eq!(entry_table::<()>(20_000, true)?.capacity(), 19_968);
-        Ok(())
-    }
-
-    #[test]
-    fn byte_bounded_caches_keep_quick_caches_default() -> Result<()> {
-        let budget = 64 << 20;
-        let table = entry_table::<()>(budget, false)?;
-        let default: quick_cache::sync::Cache<String, ()> = quick_cache::sync::Cache::with_options(
-            quick_cache::OptionsBuilder::new()
-                .estimated_items_capacity(1024)
-                .weight_capacity(budget)
-                .build()
-                .expect("options"),
-            quick_cache::UnitWeighter,
-            Default::default(),
-            Default::default(),
-        );
-        assert_eq!(table.num_shards(), default.num_shards());
-        assert_eq!(table.capacity(), budget);
-        Ok(())
     }
 }
