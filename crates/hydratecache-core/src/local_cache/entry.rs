@@ -1,6 +1,10 @@
-//! The entry table of a [`LocalCache`](super::LocalCache): its entries and
-//! how it is sized and sharded.
+//! The tables a [`LocalCache`](super::LocalCache) keeps: values, tombstones
+//! (apart, so deletes of keys never held cannot evict values), the instant of
+//! the last repair (entries stored before it are invalid) and the per-key-hash
+//! marks of changes that left the tables.
 
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +20,8 @@ pub(super) struct Entry<T> {
     pub(super) version: Option<u64>,
     /// [`clock::NEVER`] without a TTL.
     pub(super) expires_at: Nanos,
-    /// When it was stored: a load that started earlier must not replace it.
+    /// When it was stored: a load that started earlier must not replace it,
+    /// and a repair at or after it invalidates it.
     pub(super) stored_at: Nanos,
     /// Saturated at `u32::MAX`.
     weight: u32,
@@ -65,6 +70,124 @@ impl<T> quick_cache::Weighter<String, Entry<T>> for EntryWeigher {
     }
 }
 
+/// Slots of [`Marks`]: 32 KiB a cache. A load of a key whose slot saw a
+/// change leave the tables after the load started does not store; more
+/// slots, fewer such loads for other keys.
+const MARK_SLOTS: usize = 4096;
+
+/// The latest `stored_at` of the changes that left the tables (evicted,
+/// removed), per slot of key hashes: the guard of a load whose newer change
+/// is no longer in the table.
+pub(super) struct Marks {
+    slots: Box<[AtomicU64]>,
+    hasher: quick_cache::DefaultHashBuilder,
+}
+
+impl Marks {
+    fn new() -> Marks {
+        Marks {
+            slots: (0..MARK_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: quick_cache::DefaultHashBuilder::default(),
+        }
+    }
+
+    fn slot(&self, key: &str) -> &AtomicU64 {
+        let at = self.hasher.hash_one(key) as usize & (MARK_SLOTS - 1);
+        &self.slots[at]
+    }
+
+    /// Records that a change of `key` stored at `stored_at` left the tables.
+    pub(super) fn mark(&self, key: &str, stored_at: Nanos) {
+        self.slot(key).fetch_max(stored_at, Ordering::AcqRel);
+    }
+
+    /// The latest change of `key`'s slot that left the tables.
+    pub(super) fn of(&self, key: &str) -> Nanos {
+        self.slot(key).load(Ordering::Acquire)
+    }
+}
+
+/// Marks every evicted entry; drops it outside the shard lock, as
+/// quick_cache's default lifecycle does.
+#[derive(Clone)]
+pub(super) struct MarkEvicted(Arc<Marks>);
+
+impl<T> quick_cache::Lifecycle<String, Entry<T>> for MarkEvicted {
+    type RequestState = [Option<(String, Entry<T>)>; 2];
+
+    fn on_evict(&self, state: &mut Self::RequestState, key: String, entry: Entry<T>) {
+        self.0.mark(&key, entry.stored_at);
+        if let Some(free) = state.iter_mut().find(|s| s.is_none()) {
+            *free = Some((key, entry));
+        }
+    }
+}
+
+pub(super) type Entries<T> = quick_cache::sync::Cache<
+    String,
+    Entry<T>,
+    EntryWeigher,
+    quick_cache::DefaultHashBuilder,
+    MarkEvicted,
+>;
+
+/// Values, tombstones, the last repair and the marks of departed changes.
+pub(super) struct Table<T> {
+    pub(super) values: Entries<T>,
+    /// Bounded apart from the values: a flood of deletes of keys never held
+    /// must not push live values out.
+    pub(super) tombstones: Entries<T>,
+    /// Values stored at or before this instant are invalid: a repair is
+    /// this one store, and reads treat older values as misses.
+    pub(super) repaired_at: AtomicU64,
+    pub(super) marks: Arc<Marks>,
+}
+
+impl<T> Table<T> {
+    /// Tables for `capacity` values (`by_entries`) or bytes of values.
+    pub(super) fn new(capacity: u64, by_entries: bool) -> Result<Table<T>> {
+        let marks = Arc::new(Marks::new());
+        Ok(Table {
+            values: entry_table(capacity, by_entries, &marks)?,
+            tombstones: entry_table(tombstone_bound(capacity, by_entries), true, &marks)?,
+            repaired_at: AtomicU64::new(0),
+            marks,
+        })
+    }
+
+    /// A valid (not repaired away) value, expired or not.
+    #[inline]
+    pub(super) fn get(&self, key: &str) -> Option<Entry<T>> {
+        let entry = self.values.get(key)?;
+        self.is_valid(&entry).then_some(entry)
+    }
+
+    #[inline]
+    pub(super) fn is_valid(&self, entry: &Entry<T>) -> bool {
+        entry.stored_at > self.repaired_at.load(Ordering::Acquire)
+    }
+
+    /// Entries held: values (including those a repair invalidated, until
+    /// overwritten or evicted) and tombstones.
+    pub(super) fn len(&self) -> usize {
+        self.values.len() + self.tombstones.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.tombstones.is_empty()
+    }
+}
+
+/// Tombstones kept: a quarter of an entry bound, or one per KiB of a byte
+/// budget (a tombstone is about a key and 100 bytes); at least 64.
+fn tombstone_bound(capacity: u64, by_entries: bool) -> u64 {
+    if by_entries {
+        (capacity / 4).max(64)
+    } else {
+        (capacity / 1024).clamp(64, 1 << 20)
+    }
+}
+
 /// Shards of the entry table, for a cache bounded by entry count
 /// (`max_entries`); `None` for a byte-bounded one.
 ///
@@ -94,7 +217,7 @@ fn shards(max_entries: Option<u64>) -> usize {
 
 /// The entry table for a bound of `capacity` entries (`by_entries`) or
 /// bytes.
-pub(super) fn entry_table<T>(capacity: u64, by_entries: bool) -> Result<Entries<T>> {
+fn entry_table<T>(capacity: u64, by_entries: bool, marks: &Arc<Marks>) -> Result<Entries<T>> {
     let estimated = if by_entries {
         usize::try_from(capacity).unwrap_or(usize::MAX).min(1 << 24)
     } else {
@@ -118,18 +241,20 @@ pub(super) fn entry_table<T>(capacity: u64, by_entries: bool) -> Result<Entries<
         options,
         EntryWeigher,
         Default::default(),
-        Default::default(),
+        MarkEvicted(Arc::clone(marks)),
     ))
 }
 
 const MIN_ENTRIES_PER_SHARD: u64 = 256;
 const ENTRY_BOUNDED_SHARDS: usize = 256;
 
-pub(super) type Entries<T> = quick_cache::sync::Cache<String, Entry<T>, EntryWeigher>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn table(bound: u64, by_entries: bool) -> Result<Entries<()>> {
+        entry_table(bound, by_entries, &Arc::new(Marks::new()))
+    }
 
     #[test]
     fn entry_bounded_caches_get_shards_of_at_least_256_entries() {
@@ -149,20 +274,20 @@ mod tests {
     #[test]
     fn an_entry_bound_is_split_evenly_and_never_exceeded() -> Result<()> {
         for bound in [1, 300, 10_000, 20_000, 1 << 20] {
-            let table = entry_table::<()>(bound, true)?;
+            let table = table(bound, true)?;
             let shards = table.num_shards() as u64;
             assert!(table.capacity() <= bound, "{bound}: {}", table.capacity());
             assert!(table.capacity() > bound - shards, "{bound}");
             assert_eq!(table.shard_capacity() * shards, table.capacity());
         }
-        assert_eq!(entry_table::<()>(20_000, true)?.capacity(), 19_968);
+        assert_eq!(table(20_000, true)?.capacity(), 19_968);
         Ok(())
     }
 
     #[test]
     fn byte_bounded_caches_keep_quick_caches_default() -> Result<()> {
         let budget = 64 << 20;
-        let table = entry_table::<()>(budget, false)?;
+        let table = table(budget, false)?;
         let default: quick_cache::sync::Cache<String, ()> = quick_cache::sync::Cache::with_options(
             quick_cache::OptionsBuilder::new()
                 .estimated_items_capacity(1024)
@@ -175,6 +300,25 @@ mod tests {
         );
         assert_eq!(table.num_shards(), default.num_shards());
         assert_eq!(table.capacity(), budget);
+        Ok(())
+    }
+
+    #[test]
+    fn an_evicted_entry_marks_its_slot_with_when_it_was_stored() -> Result<()> {
+        let table = Table::<()>::new(1, true)?;
+        table
+            .values
+            .insert("a".into(), Entry::new(Some(Arc::new(())), None, 7, None, 1));
+        table
+            .values
+            .insert("b".into(), Entry::new(Some(Arc::new(())), None, 9, None, 1));
+        assert_eq!(table.values.len(), 1);
+        let evicted = if table.values.peek("a").is_some() {
+            "b"
+        } else {
+            "a"
+        };
+        assert!(table.marks.of(evicted) >= 7, "{evicted} evicted unmarked");
         Ok(())
     }
 }

@@ -2,12 +2,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 
-use super::clock;
 use super::{lock, Inner, Loaded, Origin};
 use crate::error::{BoxError, Error, Result};
 
@@ -27,10 +25,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
             match in_flight.get(key) {
                 Some(f) => f.clone(),
                 None => {
-                    let started = {
-                        let _guard = lock(&this.store_lock);
-                        (clock::now(), this.generation.load(Ordering::Acquire))
-                    };
+                    let started = this.load_mark();
                     let load = start(key.to_owned());
                     let inner = Arc::clone(this);
                     let owned_key = key.to_owned();

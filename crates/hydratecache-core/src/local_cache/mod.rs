@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use self::clock::Nanos;
-use self::entry::{entry_table, Entries};
+use self::entry::Table;
 use crate::channel::{Channel, PublishOptions, Receipt};
 use crate::error::{BoxError, Error, Result};
 use crate::transport::{StartFrom, SubscribeOptions};
@@ -103,7 +103,7 @@ pub(crate) type WarmStream<T> = futures::stream::BoxStream<'static, (String, Loa
 /// State shared by the cache handle and its hydration task.
 struct Inner<T> {
     channel: Channel<T>,
-    entries: Entries<T>,
+    entries: Table<T>,
     weigher: Option<Arc<Weigher<T>>>,
     loader: Option<Arc<dyn Loader<T>>>,
     policy: RepairPolicy,
@@ -222,14 +222,18 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 
 impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
-    /// At most `entries` entries (values and tombstones).
+    /// At most `entries` values. Tombstones of deletes are bounded apart
+    /// (a quarter as many, at least 64), so deletes of keys never held
+    /// cannot push values out.
     pub fn max_entries(mut self, entries: u64) -> Self {
         self.capacity = entries.max(1);
         self.weigher = None;
         self
     }
 
-    /// At most `bytes` in total, each entry weighing `weigher(key, value)`.
+    /// At most `bytes` of values in total, each weighing `weigher(key,
+    /// value)`. Tombstones of deletes are bounded apart (one per KiB of the
+    /// budget, at least 64).
     pub fn max_weight(
         mut self,
         bytes: u64,
@@ -291,7 +295,7 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
 
     /// Subscribes and starts the hydration task (on the current tokio runtime).
     pub async fn build(self) -> Result<LocalCache<T>> {
-        let entries = entry_table(self.capacity, self.weigher.is_none())?;
+        let entries = Table::new(self.capacity, self.weigher.is_none())?;
         let (ready_tx, _) = watch::channel(false);
         let ordered = self.channel.transport().capabilities().ordered;
         let inner = Arc::new(Inner {
@@ -451,7 +455,8 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
         stats
     }
 
-    /// Entries held now (values and tombstones).
+    /// Entries held now: values and tombstones, including values a repair
+    /// invalidated (never served) until they are overwritten or evicted.
     pub fn len(&self) -> usize {
         self.inner.entries.len()
     }

@@ -1,10 +1,17 @@
-//! Repairs: what a cache does when messages may have been missed.
+//! Repairs: a gap invalidates every value at once (one store of the repair
+//! instant, whatever the size of the cache); `Reload` then reloads the keys
+//! held in the background.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{lock, Inner, Loader, RepairPolicy};
+use futures::StreamExt;
+
+use super::{clock, lock, Inner, Loader, RepairPolicy};
+
+/// Keys visited between two yields while a reload lists the keys it reloads.
+const LIST_BATCH: usize = 1024;
 
 impl<T: Send + Sync + 'static> Inner<T> {
     pub(super) fn repair(self: &Arc<Self>, why: &str) {
@@ -19,57 +26,60 @@ impl<T: Send + Sync + 'static> Inner<T> {
                 );
             }
             RepairPolicy::Clear => {
-                let dropped = self.drop_values();
+                self.invalidate_values();
                 stats.repairs_clear.incr();
-                tracing::warn!(
-                    topic = self.channel.topic(),
-                    why,
-                    dropped,
-                    "gap: cache cleared"
-                );
+                tracing::warn!(topic = self.channel.topic(), why, "gap: cache cleared");
             }
             RepairPolicy::Reload => {
-                let keys = self.drop_values_keys();
+                self.invalidate_values();
                 stats.repairs_reload.incr();
                 tracing::warn!(
                     topic = self.channel.topic(),
                     why,
-                    keys = keys.len(),
                     "gap: reloading the keys held"
                 );
-                if let Some(loader) = self.loader.clone() {
-                    let inner = Arc::clone(self);
-                    tokio::spawn(async move { inner.reload(keys, loader).await });
-                }
+                self.start_reload();
             }
         }
     }
 
-    /// Drops every value (tombstones stay: they still order late updates);
-    /// bumps the generation so loads under way do not store.
-    fn drop_values(&self) -> usize {
+    /// Invalidates every value held (tombstones stay: they still order late
+    /// updates) and bumps the generation so loads under way do not store.
+    /// O(1): reads treat values stored at or before the repair as misses,
+    /// and writes and evictions replace them.
+    fn invalidate_values(&self) {
         let _guard = lock(&self.store_lock);
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let before = self.entries.len();
-        self.entries.retain(|_, e| e.value.is_none());
-        before - self.entries.len()
+        let now = clock::now();
+        self.entries.repaired_at.fetch_max(now, Ordering::AcqRel);
     }
 
-    fn drop_values_keys(&self) -> Vec<String> {
-        let _guard = lock(&self.store_lock);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let keys: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.value.is_some())
-            .map(|(k, _)| k)
-            .collect();
-        self.entries.retain(|_, e| e.value.is_none());
+    /// Lists and reloads the keys held in the background.
+    fn start_reload(self: &Arc<Self>) {
+        if let Some(loader) = self.loader.clone() {
+            let inner = Arc::clone(self);
+            tokio::spawn(async move { inner.reload(loader).await });
+        }
+    }
+
+    /// The keys whose values a repair invalidated, listed in batches so the
+    /// runtime thread is never held for the whole table.
+    async fn invalid_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (i, (key, entry)) in self.entries.values.iter().enumerate() {
+            if entry.value.is_some() && !self.entries.is_valid(&entry) {
+                keys.push(key);
+            }
+            if i % LIST_BATCH == LIST_BATCH - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
         keys
     }
 
-    async fn reload(self: Arc<Self>, keys: Vec<String>, loader: Arc<dyn Loader<T>>) {
-        use futures::StreamExt;
+    async fn reload(self: Arc<Self>, loader: Arc<dyn Loader<T>>) {
+        let keys = self.invalid_keys().await;
+        tracing::debug!(topic = self.channel.topic(), keys = keys.len(), "reloading");
         let jitter = self.reload_jitter;
         let seed = crate::envelope::PublisherId::random().0;
         futures::stream::iter(keys.into_iter().enumerate())
@@ -82,7 +92,11 @@ impl<T: Send + Sync + 'static> Inner<T> {
                             % (jitter.as_micros() as u64).max(1);
                         tokio::time::sleep(Duration::from_micros(spread)).await;
                     }
-                    if Inner::load(&inner, &key, |k| loader.load(k)).await.is_ok() {
+                    if let Ok(found) = Inner::load(&inner, &key, |k| loader.load(k)).await {
+                        if found.is_none() {
+                            // Gone from the store: free the invalid value.
+                            inner.drop_invalid(&key);
+                        }
                         inner.counters.reloaded_keys.incr();
                     }
                 }

@@ -1,0 +1,347 @@
+//! LocalCache loads, the load-versus-change guard, repairs and tombstones:
+//! updates evicted or expired under a slow load, delete floods and lazy
+//! repair.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use hydratecache_core::{
+    Capabilities, Channel, Envelope, Loaded, LocalCache, MemoryTransport, PublishOptions, Result,
+    SubscribeOptions, Subscription, Transport,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Polls `check` until it holds or `WAIT` passes.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn value(cache: &LocalCache<String>, key: &str) -> Option<String> {
+    cache.get(key).map(|v| v.as_ref().clone())
+}
+
+fn loaded(v: &str) -> Result<Option<Loaded<String>>, hydratecache_core::BoxError> {
+    Ok(Some(Loaded::new(v.to_string())))
+}
+
+async fn cache_on(bus: &Arc<dyn Transport>, topic: &str) -> LocalCache<String> {
+    LocalCache::builder(Channel::new(bus.clone(), topic))
+        .heartbeat_interval(None)
+        .build()
+        .await
+        .expect("cache")
+}
+
+// ---- item 5: the guard outlives the newer entry ----
+
+/// Loads 1,000 values into a cache bounded at 300 entries: from then on, a
+/// new entry starts cold and is the first evicted, as in a busy cache.
+async fn fill_past_the_bound(cache: &LocalCache<String>) {
+    for i in 0..1_000 {
+        cache
+            .get_or_load(&format!("before:{i}"), |_| async { loaded("x") })
+            .await
+            .expect("fill");
+    }
+}
+
+/// A slow load of `k` is under way while an update of `k` arrives and then
+/// leaves the table through `gone`; the load must still not store.
+async fn a_load_does_not_store_over_an_update_that(
+    ttl: Option<Duration>,
+    gone: impl for<'a> FnOnce(&'a LocalCache<String>) -> BoxFuture<'a, ()>,
+) -> anyhow::Result<()> {
+    let bus = MemoryTransport::new().into_arc();
+    let cache: LocalCache<String> = LocalCache::builder(Channel::new(bus.clone(), "guard"))
+        .max_entries(300)
+        .heartbeat_interval(None)
+        .build()
+        .await?;
+    fill_past_the_bound(&cache).await;
+    let writer: Channel<String> = Channel::new(bus.clone(), "guard");
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    let load = cache.get_or_load("k", move |_| async move {
+        s.store(true, Ordering::SeqCst);
+        let _ = released.await;
+        loaded("old from store")
+    });
+    let change = async {
+        eventually("the load started", || started.load(Ordering::SeqCst)).await;
+        let options = match ttl {
+            Some(ttl) => PublishOptions::new().ttl(ttl),
+            None => PublishOptions::new(),
+        };
+        writer
+            .publish_with("k", &"new".into(), options)
+            .await
+            .expect("publish");
+        // Not read through `get`: a read would make it hot.
+        eventually("the update applied", || cache.stats().updates_applied == 1).await;
+        gone(&cache).await;
+        let _ = release.send(());
+    };
+    let (load, ()) = tokio::join!(load, change);
+    assert_eq!(load?.as_deref().map(String::as_str), Some("old from store"));
+    assert_ne!(
+        value(&cache, "k").as_deref(),
+        Some("old from store"),
+        "the slower load stored a value older than the update it missed"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_load_does_not_store_over_an_evicted_update() -> anyhow::Result<()> {
+    a_load_does_not_store_over_an_update_that(None, |cache| {
+        async move {
+            for i in 0..3_000 {
+                cache
+                    .get_or_load(&format!("filler:{i}"), |_| async { loaded("x") })
+                    .await
+                    .expect("filler");
+            }
+            assert!(cache.get("k").is_none(), "the update was not evicted");
+        }
+        .boxed()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_load_does_not_store_over_an_expired_update() -> anyhow::Result<()> {
+    a_load_does_not_store_over_an_update_that(Some(Duration::from_millis(30)), |cache| {
+        async move {
+            eventually("the update expired", || cache.get("k").is_none()).await;
+        }
+        .boxed()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_load_does_not_store_over_an_evicted_delete() -> anyhow::Result<()> {
+    let bus = MemoryTransport::new().into_arc();
+    let cache: LocalCache<String> = LocalCache::builder(Channel::new(bus.clone(), "guard-del"))
+        .max_entries(300)
+        .heartbeat_interval(None)
+        .build()
+        .await?;
+    fill_past_the_bound(&cache).await;
+    let writer: Channel<String> = Channel::new(bus.clone(), "guard-del");
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    let load = cache.get_or_load("k", move |_| async move {
+        s.store(true, Ordering::SeqCst);
+        let _ = released.await;
+        loaded("deleted at the store")
+    });
+    let change = async {
+        eventually("the load started", || started.load(Ordering::SeqCst)).await;
+        writer.delete("k").await.expect("delete");
+        eventually("the delete applied", || cache.stats().deletes_applied == 1).await;
+        // Deletes of other keys and values push the delete out.
+        for i in 0..3_000 {
+            writer.delete(&format!("other:{i}")).await.expect("delete");
+            cache
+                .get_or_load(&format!("filler:{i}"), |_| async { loaded("x") })
+                .await
+                .expect("filler");
+        }
+        eventually("the deletes applied", || {
+            cache.stats().deletes_applied == 3_001
+        })
+        .await;
+        let stats = cache.stats();
+        assert_eq!(
+            stats.repairs(),
+            0,
+            "no repair confounds the test: {stats:?}"
+        );
+        let _ = release.send(());
+    };
+    let (load, ()) = tokio::join!(load, change);
+    assert_eq!(
+        load?.as_deref().map(String::as_str),
+        Some("deleted at the store")
+    );
+    assert_eq!(
+        value(&cache, "k"),
+        None,
+        "a load started before a delete stored its value once the delete was evicted"
+    );
+    Ok(())
+}
+
+// ---- item 8: deletes of keys never held ----
+
+/// A transport whose publishes go nowhere: only the cache's own state counts.
+struct Sink(MemoryTransport);
+
+impl Transport for Sink {
+    fn backend(&self) -> &'static str {
+        "sink"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    fn publish<'a>(&'a self, _: &'a str, _: &'a Envelope) -> BoxFuture<'a, Result<()>> {
+        async { Ok(()) }.boxed()
+    }
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Subscription>> {
+        self.0.subscribe(topic, options)
+    }
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        self.0.close()
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_deletes_for_unknown_keys_evicts_no_live_value() -> anyhow::Result<()> {
+    const BOUND: u64 = 1_000;
+    const STORED: usize = 3_000;
+    const DELETES: usize = 20_000;
+    let mut failures = Vec::new();
+    for versioned in [false, true] {
+        let transport: Arc<dyn Transport> = Arc::new(Sink(MemoryTransport::new()));
+        let cache: LocalCache<String> = LocalCache::builder(Channel::new(transport, "flood"))
+            .max_entries(BOUND)
+            .heartbeat_interval(None)
+            .build()
+            .await?;
+        // A busy, full cache: more values stored than it holds.
+        for i in 0..STORED {
+            cache
+                .get_or_load(&format!("live:{i}"), |_| async { loaded("v") })
+                .await?;
+        }
+        let held = cache.len();
+        // Every other value held is read (hot); the rest are not read since
+        // stored (cold).
+        let is_hot = |i: usize| i.is_multiple_of(2);
+        let mut hot_held = 0;
+        for _ in 0..3 {
+            hot_held = (0..STORED)
+                .filter(|&i| is_hot(i) && cache.get(&format!("live:{i}")).is_some())
+                .count();
+        }
+        let cold_held = held - hot_held;
+        for i in 0..DELETES {
+            let options = if versioned {
+                PublishOptions::new().version(i as u64 + 1)
+            } else {
+                PublishOptions::new()
+            };
+            cache
+                .invalidate_with(&format!("unknown:{i}"), options)
+                .await?;
+        }
+        let alive = |hot: bool| {
+            (0..STORED)
+                .filter(|&i| is_hot(i) == hot && cache.get(&format!("live:{i}")).is_some())
+                .count()
+        };
+        let (hot, cold) = (alive(true), alive(false));
+        println!(
+            "{DELETES} {} deletes of unknown keys, bound {BOUND}, {held} values held: \
+             {hot}/{hot_held} hot and {cold}/{cold_held} cold values left, {} entries after",
+            if versioned {
+                "versioned"
+            } else {
+                "unversioned"
+            },
+            cache.len()
+        );
+        if (hot, cold) != (hot_held, cold_held) {
+            failures.push(format!(
+                "versioned {versioned}: {} hot and {} cold values evicted",
+                hot_held - hot,
+                cold_held - cold
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_versioned_delete_of_a_key_never_held_still_stops_an_older_update() -> anyhow::Result<()>
+{
+    let bus = MemoryTransport::new().into_arc();
+    let reader = cache_on(&bus, "tomb").await;
+    let writer: Channel<String> = Channel::new(bus.clone(), "tomb");
+    writer
+        .delete_with("k", PublishOptions::new().version(5))
+        .await?;
+    eventually("the delete applied", || reader.stats().deletes_applied == 1).await;
+    writer
+        .publish_with("k", &"v4".into(), PublishOptions::new().version(4))
+        .await?;
+    eventually("the older update rejected", || {
+        reader.stats().stale_rejected == 1
+    })
+    .await;
+    assert_eq!(value(&reader, "k"), None);
+    writer
+        .publish_with("k", &"v6".into(), PublishOptions::new().version(6))
+        .await?;
+    eventually("the newer update applied", || {
+        value(&reader, "k").as_deref() == Some("v6")
+    })
+    .await;
+    Ok(())
+}
+
+// ---- item 9: a repair is a generation bump ----
+
+#[tokio::test]
+async fn a_repair_invalidates_lazily_without_visiting_the_entries() -> anyhow::Result<()> {
+    const HELD: usize = 20_000;
+    let transport: Arc<dyn Transport> = Arc::new(Sink(MemoryTransport::new()));
+    let cache: LocalCache<String> = LocalCache::builder(Channel::new(transport, "lazy"))
+        .max_entries(2 * HELD as u64)
+        .heartbeat_interval(None)
+        .build()
+        .await?;
+    for i in 0..HELD {
+        cache
+            .get_or_load(&format!("k{i}"), |_| async { loaded("before") })
+            .await?;
+    }
+    let held = cache.len();
+    let start = std::time::Instant::now();
+    cache.repair();
+    println!(
+        "repair of {held} entries took {:?} (debug build)",
+        start.elapsed()
+    );
+    // The entries stay in the table until overwritten or evicted: the repair
+    // did not walk them. None is served.
+    assert_eq!(cache.len(), held, "the repair walked the entries");
+    assert!((0..HELD).all(|i| cache.get(&format!("k{i}")).is_none()));
+    cache.put("k1", "after".into()).await?;
+    assert_eq!(value(&cache, "k1").as_deref(), Some("after"));
+    let reloaded = cache
+        .get_or_load("k2", |_| async { loaded("reloaded") })
+        .await?;
+    assert_eq!(reloaded.as_deref().map(String::as_str), Some("reloaded"));
+    assert_eq!(cache.stats().repairs_clear, 1);
+    Ok(())
+}
