@@ -1,6 +1,6 @@
 //! LocalCache loads, the load-versus-change guard, repairs and tombstones:
-//! updates evicted or expired under a slow load, delete floods and lazy
-//! repair.
+//! cancelled and panicking loads, callers arriving after a change, updates
+//! evicted or expired under a slow load, delete floods and lazy repair.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,6 +41,193 @@ async fn cache_on(bus: &Arc<dyn Transport>, topic: &str) -> LocalCache<String> {
         .build()
         .await
         .expect("cache")
+}
+
+/// Sets its flag when dropped: tells whether a loader's future was dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+// ---- item 1: cancelled, panicking and outdated loads ----
+
+#[tokio::test]
+async fn a_cancelled_get_or_load_cancels_its_load_and_a_later_caller_loads_afresh(
+) -> anyhow::Result<()> {
+    let bus = MemoryTransport::new().into_arc();
+    let cache = cache_on(&bus, "cancel").await;
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = DropFlag(dropped.clone());
+    // A request timeout cancels the only caller while the store hangs.
+    let first = tokio::time::timeout(
+        Duration::from_millis(50),
+        cache.get_or_load("k", move |_| async move {
+            let _holds_a_connection = flag;
+            futures::future::pending::<()>().await;
+            loaded("never")
+        }),
+    )
+    .await;
+    assert!(first.is_err(), "the first caller was not cancelled");
+    eventually("the abandoned load was dropped", || {
+        dropped.load(Ordering::SeqCst)
+    })
+    .await;
+    let second = tokio::time::timeout(WAIT, cache.get_or_load("k", |_| async { loaded("fresh") }))
+        .await
+        .expect("a later caller joined the abandoned load")?;
+    assert_eq!(second.as_deref().map(String::as_str), Some("fresh"));
+    assert_eq!(value(&cache, "k").as_deref(), Some("fresh"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancelled_waiter_does_not_cancel_the_load_for_the_others() -> anyhow::Result<()> {
+    let bus = MemoryTransport::new().into_arc();
+    let cache = cache_on(&bus, "cancel-one").await;
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    let stays = cache.get_or_load("k", move |_| async move {
+        s.store(true, Ordering::SeqCst);
+        let _ = released.await;
+        loaded("v")
+    });
+    let other = async {
+        eventually("the load started", || started.load(Ordering::SeqCst)).await;
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(20),
+            cache.get_or_load("k", |_| async { loaded("second loader") }),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the second caller did not join");
+        let _ = release.send(());
+    };
+    let (stays, ()) = tokio::join!(stays, other);
+    assert_eq!(stays?.as_deref().map(String::as_str), Some("v"));
+    assert_eq!(value(&cache, "k").as_deref(), Some("v"));
+    Ok(())
+}
+
+/// A caller arriving after `change` (made while a load of `k` is under way)
+/// must not get that older load's value.
+async fn a_caller_after_a_change_starts_a_fresh_load(
+    change: impl for<'a> FnOnce(&'a LocalCache<String>) -> BoxFuture<'a, ()>,
+) -> anyhow::Result<()> {
+    let bus = MemoryTransport::new().into_arc();
+    let cache = cache_on(&bus, "after").await;
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    let before = cache.get_or_load("k", move |_| async move {
+        s.store(true, Ordering::SeqCst);
+        let _ = released.await;
+        loaded("loaded before the change")
+    });
+    let after = async {
+        eventually("the first load started", || started.load(Ordering::SeqCst)).await;
+        change(&cache).await;
+        let later = cache.get_or_load("k", |_| async { loaded("loaded after the change") });
+        // Release the first load meanwhile, so a caller that joined it returns.
+        let (later, ()) = tokio::join!(later, async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = release.send(());
+        });
+        later
+    };
+    let (before, after) = tokio::join!(before, after);
+    assert_eq!(
+        before?.as_deref().map(String::as_str),
+        Some("loaded before the change"),
+        "the first caller gets its own load"
+    );
+    assert_eq!(
+        after?.as_deref().map(String::as_str),
+        Some("loaded after the change"),
+        "a caller arriving after the change joined the load started before it"
+    );
+    assert_eq!(
+        value(&cache, "k").as_deref(),
+        Some("loaded after the change")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_caller_after_a_delete_does_not_join_the_load_started_before_it() -> anyhow::Result<()> {
+    a_caller_after_a_change_starts_a_fresh_load(|cache| {
+        async move {
+            cache.invalidate("k").await.expect("invalidate");
+        }
+        .boxed()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_caller_after_a_repair_does_not_join_the_load_started_before_it() -> anyhow::Result<()> {
+    a_caller_after_a_change_starts_a_fresh_load(|cache| async move { cache.repair() }.boxed()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_panic_is_an_error_and_does_not_poison_the_key() -> anyhow::Result<()> {
+    let bus = MemoryTransport::new().into_arc();
+    let cache = Arc::new(cache_on(&bus, "panic").await);
+    let c = cache.clone();
+    let first = tokio::spawn(async move {
+        c.get_or_load("k", |_| async { panic!("a bug in the loader") })
+            .await
+    })
+    .await;
+    let first = first.expect("the loader's panic reached the caller");
+    let error = first.expect_err("a panicking loader gave a value");
+    assert!(format!("{error}").contains("panicked"), "{error}");
+    let second = tokio::time::timeout(WAIT, cache.get_or_load("k", |_| async { loaded("v") }))
+        .await
+        .expect("the next caller hung")?;
+    assert_eq!(second.as_deref().map(String::as_str), Some("v"));
+    assert_eq!(cache.stats().load_errors, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_load_past_the_load_timeout_is_an_error_and_the_next_call_loads_again(
+) -> anyhow::Result<()> {
+    let bus = MemoryTransport::new().into_arc();
+    let cache: LocalCache<String> = LocalCache::builder(Channel::new(bus, "slow"))
+        .heartbeat_interval(None)
+        .load_timeout(Duration::from_millis(50))
+        .build()
+        .await?;
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = DropFlag(dropped.clone());
+    let stuck = tokio::time::timeout(
+        WAIT,
+        cache.get_or_load("k", move |_| async move {
+            let _holds_a_connection = flag;
+            futures::future::pending::<()>().await;
+            loaded("never")
+        }),
+    )
+    .await
+    .expect("the load timeout did not end the load");
+    let error = stuck.expect_err("a stuck loader gave a value");
+    assert!(format!("{error}").contains("did not finish"), "{error}");
+    assert!(dropped.load(Ordering::SeqCst), "the stuck load was kept");
+    let next = cache.get_or_load("k", |_| async { loaded("v") }).await?;
+    assert_eq!(next.as_deref().map(String::as_str), Some("v"));
+    let huge: LocalCache<String> =
+        LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), "huge"))
+            .heartbeat_interval(None)
+            .load_timeout(Duration::MAX)
+            .build()
+            .await?;
+    let v = huge.get_or_load("k", |_| async { loaded("v") }).await?;
+    assert_eq!(v.as_deref().map(String::as_str), Some("v"));
+    Ok(())
 }
 
 // ---- item 5: the guard outlives the newer entry ----

@@ -115,6 +115,8 @@ struct Inner<T> {
     /// Serialises "check then store" between the hydration task and loads.
     store_lock: Mutex<()>,
     in_flight: Mutex<load::Flights<T>>,
+    next_flight: AtomicU64,
+    load_timeout: Duration,
     ready: AtomicBool,
     ready_tx: watch::Sender<bool>,
     /// Whether publishers' sequence numbers can reveal losses (see
@@ -201,6 +203,7 @@ pub struct LocalCacheBuilder<T> {
     heartbeat_interval: Option<Duration>,
     reload_concurrency: usize,
     reload_jitter: Duration,
+    load_timeout: Duration,
     subscribe: SubscribeOptions,
     warm: Option<WarmStream<T>>,
 }
@@ -220,6 +223,8 @@ pub const DEFAULT_CAPACITY: u64 = 10_000;
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time a versioned delete's tombstone is kept.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+/// Default time a loader call may take before its waiters get an error.
+pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
     /// At most `entries` values. Tombstones of deletes are bounded apart
@@ -276,6 +281,13 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         self
     }
 
+    /// How long a loader call may take (default 30 s): past it, its waiters
+    /// get an error and the next caller loads afresh.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = timeout;
+        self
+    }
+
     /// Subscription options, such as replay from the earliest message on a
     /// backend that keeps a log.
     pub fn subscribe_options(mut self, options: SubscribeOptions) -> Self {
@@ -310,6 +322,8 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             generation: AtomicU64::new(0),
             store_lock: Mutex::new(()),
             in_flight: Mutex::new(load::Flights::new()),
+            next_flight: AtomicU64::new(0),
+            load_timeout: self.load_timeout,
             ready: AtomicBool::new(false),
             ready_tx,
             ordered,
@@ -354,6 +368,7 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
             heartbeat_interval: Some(DEFAULT_HEARTBEAT_INTERVAL),
             reload_concurrency: 8,
             reload_jitter: Duration::from_millis(250),
+            load_timeout: DEFAULT_LOAD_TIMEOUT,
             subscribe: SubscribeOptions::default(),
             warm: None,
         }
@@ -368,7 +383,12 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     /// The value of `key`: held, or loaded through `loader` on a miss.
     /// Concurrent misses of one key run one loader call and share its result.
     /// A loaded value is stored unless an update, a delete or a repair
-    /// happened for it while it was loading (the caller still gets it).
+    /// happened for it while it was loading (the caller still gets it); a
+    /// caller arriving after such a change starts a fresh load rather than
+    /// join the older one. The load runs while a caller waits: when the last
+    /// one is cancelled, the loader's future is dropped. A loader that panics
+    /// or overruns [`load_timeout`](LocalCacheBuilder::load_timeout) is an
+    /// error for its waiters; the next call loads again.
     pub async fn get_or_load<F, Fut>(&self, key: &str, loader: F) -> Result<Option<Arc<T>>>
     where
         F: FnOnce(String) -> Fut,

@@ -36,7 +36,11 @@ impl<T: Send + Sync + 'static> Inner<T> {
     /// Whether `key` changed at or after `started` or the cache was repaired
     /// since `generation`: a load started then is outdated. Independent of
     /// eviction and expiry: a change that left the tables left its mark.
-    /// Called under `store_lock`.
+    pub(super) fn changed_since(&self, key: &str, started: Nanos, generation: u64) -> bool {
+        let _guard = lock(&self.store_lock);
+        self.changed_since_locked(key, started, generation)
+    }
+
     fn changed_since_locked(&self, key: &str, started: Nanos, generation: u64) -> bool {
         let table = &self.entries;
         self.generation.load(std::sync::atomic::Ordering::Acquire) != generation
