@@ -1,16 +1,17 @@
 //! LocalCache loads, the load-versus-change guard, repairs and tombstones:
 //! cancelled and panicking loads, callers arriving after a change, updates
-//! evicted or expired under a slow load, delete floods and lazy repair.
+//! evicted or expired under a slow load, tracked `Reload` repairs, delete
+//! floods and lazy repair.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use hydratecache_core::{
-    Capabilities, Channel, Envelope, Loaded, LocalCache, MemoryTransport, PublishOptions, Result,
-    SubscribeOptions, Subscription, Transport,
+    Capabilities, Channel, Envelope, Loaded, LocalCache, MemoryTransport, PublishOptions,
+    RepairPolicy, Result, SubscribeOptions, Subscription, Transport,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -370,6 +371,124 @@ async fn a_load_does_not_store_over_an_evicted_delete() -> anyhow::Result<()> {
         None,
         "a load started before a delete stored its value once the delete was evicted"
     );
+    Ok(())
+}
+
+// ---- item 7: tracked, superseded and cancelled reload repairs ----
+
+#[tokio::test]
+async fn reload_without_a_loader_is_a_build_error() {
+    let bus = MemoryTransport::new().into_arc();
+    let built = LocalCache::<String>::builder(Channel::new(bus, "no-loader"))
+        .repair(RepairPolicy::Reload)
+        .build()
+        .await;
+    let error = built.expect_err("a Reload cache without a loader was built");
+    assert!(format!("{error}").contains("loader"), "{error}");
+}
+
+/// Counts the calls of a reload loader that never finishes, and how many
+/// of them are running.
+#[derive(Default)]
+struct Stuck {
+    started: AtomicUsize,
+    running: AtomicUsize,
+    most_running: AtomicUsize,
+    dropped: AtomicUsize,
+}
+
+struct Running(Arc<Stuck>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        self.0.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn reloading_cache(stuck: &Arc<Stuck>, keys: usize) -> LocalCache<String> {
+    let bus = MemoryTransport::new().into_arc();
+    let s = stuck.clone();
+    let cache = LocalCache::builder(Channel::new(bus, "reload"))
+        .repair(RepairPolicy::Reload)
+        .reload_limits(2, Duration::ZERO)
+        .heartbeat_interval(None)
+        .loader(move |_key: String| {
+            let s = s.clone();
+            async move {
+                s.started.fetch_add(1, Ordering::SeqCst);
+                let now = s.running.fetch_add(1, Ordering::SeqCst) + 1;
+                s.most_running.fetch_max(now, Ordering::SeqCst);
+                let _running = Running(s.clone());
+                futures::future::pending::<()>().await;
+                loaded("never")
+            }
+        })
+        .build()
+        .await
+        .expect("cache");
+    for i in 0..keys {
+        cache
+            .get_or_load(&format!("k{i}"), |_| async { loaded("held") })
+            .await
+            .expect("fill");
+    }
+    cache
+}
+
+#[tokio::test]
+async fn a_new_gap_supersedes_the_running_reload() -> anyhow::Result<()> {
+    let stuck = Arc::new(Stuck::default());
+    let cache = reloading_cache(&stuck, 10).await;
+    cache.repair();
+    eventually("the first reload's loads started", || {
+        stuck.started.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    cache.repair();
+    eventually("the superseded reload's loads were cancelled", || {
+        stuck.dropped.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    eventually("the second reload's loads started", || {
+        stuck.started.load(Ordering::SeqCst) == 4
+    })
+    .await;
+    assert_eq!(
+        stuck.most_running.load(Ordering::SeqCst),
+        2,
+        "two reloads ran at once"
+    );
+    assert_eq!(cache.stats().repairs_reload, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_or_closing_the_cache_cancels_its_reload() -> anyhow::Result<()> {
+    for close in [false, true] {
+        let stuck = Arc::new(Stuck::default());
+        let cache = reloading_cache(&stuck, 10).await;
+        cache.repair();
+        eventually("the reload's loads started", || {
+            stuck.started.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        if close {
+            cache.close().await?;
+        } else {
+            drop(cache);
+        }
+        eventually("the reload's loads were cancelled", || {
+            stuck.dropped.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            stuck.started.load(Ordering::SeqCst),
+            2,
+            "the reload went on after the cache was gone (close: {close})"
+        );
+    }
     Ok(())
 }
 

@@ -37,7 +37,10 @@ pub enum RepairPolicy {
     Clear,
     /// Drop every value held, then reload those keys through the cache's
     /// loader in the background, with bounded concurrency and random jitter so
-    /// a fleet does not stampede the store at once.
+    /// a fleet does not stampede the store at once. One reload runs at a time:
+    /// a new gap cancels the running one (and its loads) and starts over;
+    /// dropping or closing the cache cancels it. Needs a
+    /// [`loader`](LocalCacheBuilder::loader).
     Reload,
     /// Keep serving what is held; only count the gap. Stale values may stay.
     Ignore,
@@ -117,6 +120,10 @@ struct Inner<T> {
     in_flight: Mutex<load::Flights<T>>,
     next_flight: AtomicU64,
     load_timeout: Duration,
+    /// The running `Reload` repair: at most one.
+    reload_task: Mutex<Option<JoinHandle<()>>>,
+    /// Where repairs run (`repair` may be called off the runtime).
+    runtime: tokio::runtime::Handle,
     ready: AtomicBool,
     ready_tx: watch::Sender<bool>,
     /// Whether publishers' sequence numbers can reveal losses (see
@@ -156,7 +163,8 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   sequence numbers (including one revealed by a heartbeat after a lost last
 ///   message), the cache repairs by its [`RepairPolicy`].
 ///
-/// Dropping the cache (or [`close`](Self::close)) stops its task.
+/// Dropping the cache (or [`close`](Self::close)) stops its task and cancels
+/// a running reload.
 ///
 /// ```
 /// use hydratecache_core::{Channel, LocalCache, MemoryTransport};
@@ -249,7 +257,8 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         self
     }
 
-    /// The source of truth, for [`LocalCache::fetch`] and [`RepairPolicy::Reload`].
+    /// The source of truth, for [`LocalCache::fetch`] and [`RepairPolicy::Reload`]
+    /// (which needs it: `build` fails without).
     pub fn loader(mut self, loader: impl Loader<T>) -> Self {
         self.loader = Some(Arc::new(loader));
         self
@@ -306,7 +315,16 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
     }
 
     /// Subscribes and starts the hydration task (on the current tokio runtime).
+    ///
+    /// Fails with [`Error::Unsupported`] for [`RepairPolicy::Reload`] without a
+    /// [`loader`](Self::loader).
     pub async fn build(self) -> Result<LocalCache<T>> {
+        if self.policy == RepairPolicy::Reload && self.loader.is_none() {
+            return Err(Error::Unsupported {
+                backend: "local-cache",
+                what: "RepairPolicy::Reload without a loader (set LocalCacheBuilder::loader)",
+            });
+        }
         let entries = Table::new(self.capacity, self.weigher.is_none())?;
         let (ready_tx, _) = watch::channel(false);
         let ordered = self.channel.transport().capabilities().ordered;
@@ -324,6 +342,8 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             in_flight: Mutex::new(load::Flights::new()),
             next_flight: AtomicU64::new(0),
             load_timeout: self.load_timeout,
+            reload_task: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
             ready: AtomicBool::new(false),
             ready_tx,
             ordered,
@@ -497,8 +517,11 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     }
 
     /// Stops the hydration task (sending a last heartbeat if this cache
-    /// published) and waits for it.
+    /// published) and waits for it; cancels a running reload.
     pub async fn close(mut self) -> Result<()> {
+        if let Some(reload) = self.inner.stop_reload() {
+            let _ = reload.await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -518,6 +541,9 @@ impl<T> Drop for LocalCache<T> {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        if let Some(reload) = lock(&self.inner.reload_task).take() {
+            reload.abort();
+        }
     }
 }
 
@@ -526,7 +552,8 @@ impl<T> Drop for LocalCache<T> {
 enum Origin {
     Local,
     Remote,
-    /// A loader result that started loading at this instant.
+    /// A loader result that started loading at this instant, in this
+    /// generation (of repairs).
     Load(Nanos, u64),
 }
 

@@ -1,6 +1,7 @@
 //! Repairs: a gap invalidates every value at once (one store of the repair
 //! instant, whatever the size of the cache); `Reload` then reloads the keys
-//! held in the background.
+//! held in one tracked background task, which a new gap supersedes and
+//! dropping or closing the cache cancels.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -54,12 +55,34 @@ impl<T: Send + Sync + 'static> Inner<T> {
         self.entries.repaired_at.fetch_max(now, Ordering::AcqRel);
     }
 
-    /// Lists and reloads the keys held in the background.
+    /// Starts a reload, superseding the one running: that one is cancelled
+    /// (with the loads only it waits for) before this one loads anything.
     fn start_reload(self: &Arc<Self>) {
-        if let Some(loader) = self.loader.clone() {
-            let inner = Arc::clone(self);
-            tokio::spawn(async move { inner.reload(loader).await });
+        let Some(loader) = self.loader.clone() else {
+            // The builder refuses `Reload` without a loader.
+            return;
+        };
+        let mut running = lock(&self.reload_task);
+        let previous = running.take();
+        if let Some(previous) = &previous {
+            previous.abort();
         }
+        let inner = Arc::clone(self);
+        *running = Some(self.runtime.spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            inner.reload(loader).await;
+        }));
+    }
+
+    /// Cancels the running reload, if any.
+    pub(super) fn stop_reload(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let running = lock(&self.reload_task).take();
+        if let Some(running) = &running {
+            running.abort();
+        }
+        running
     }
 
     /// The keys whose values a repair invalidated, listed in batches so the
