@@ -2,22 +2,26 @@
 //! [`Channel`] and repairs itself whenever messages may have been missed.
 
 mod clock;
+mod entry;
 mod hydrate;
+mod load;
+mod repair;
 mod stats;
+mod store;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{BoxFuture, FutureExt};
 use futures::Stream;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use self::clock::Nanos;
+use self::entry::Table;
 use crate::channel::{Channel, PublishOptions, Receipt};
 use crate::error::{BoxError, Error, Result};
 use crate::transport::{StartFrom, SubscribeOptions};
@@ -33,7 +37,10 @@ pub enum RepairPolicy {
     Clear,
     /// Drop every value held, then reload those keys through the cache's
     /// loader in the background, with bounded concurrency and random jitter so
-    /// a fleet does not stampede the store at once.
+    /// a fleet does not stampede the store at once. One reload runs at a time:
+    /// a new gap cancels the running one (and its loads) and starts over;
+    /// dropping or closing the cache cancels it. Needs a
+    /// [`loader`](LocalCacheBuilder::loader).
     Reload,
     /// Keep serving what is held; only count the gap. Stale values may stay.
     Ignore,
@@ -93,134 +100,13 @@ where
 /// Weight of an entry for a byte-bounded cache.
 pub type Weigher<T> = dyn Fn(&str, &T) -> u64 + Send + Sync;
 
-/// One cached key: a value, or a tombstone left by a delete.
-///
-/// Kept small (48 bytes): every hit copies it out of the cache.
-struct Entry<T> {
-    /// `None` for a tombstone.
-    value: Option<Arc<T>>,
-    version: Option<u64>,
-    /// [`clock::NEVER`] without a TTL.
-    expires_at: Nanos,
-    /// When it was stored: a load that started earlier must not replace it.
-    stored_at: Nanos,
-    /// Saturated at `u32::MAX`.
-    weight: u32,
-}
-
-const _: () = assert!(std::mem::size_of::<Entry<()>>() <= 48);
-
-impl<T> Clone for Entry<T> {
-    fn clone(&self) -> Self {
-        Entry {
-            value: self.value.clone(),
-            ..*self
-        }
-    }
-}
-
-impl<T> Entry<T> {
-    fn new(
-        value: Option<Arc<T>>,
-        version: Option<u64>,
-        now: Nanos,
-        ttl: Option<Duration>,
-        weight: u64,
-    ) -> Self {
-        Entry {
-            value,
-            version,
-            expires_at: ttl.map_or(clock::NEVER, |ttl| clock::deadline(now, ttl)),
-            stored_at: now,
-            weight: u32::try_from(weight).unwrap_or(u32::MAX),
-        }
-    }
-
-    #[inline]
-    fn is_expired(&self, now: Nanos) -> bool {
-        now >= self.expires_at
-    }
-}
-
-#[derive(Clone)]
-struct EntryWeigher;
-
-impl<T> quick_cache::Weighter<String, Entry<T>> for EntryWeigher {
-    fn weight(&self, _key: &String, entry: &Entry<T>) -> u64 {
-        u64::from(entry.weight)
-    }
-}
-
-/// Shards of the entry table, for a cache bounded by entry count
-/// (`max_entries`); `None` for a byte-bounded one.
-///
-/// quick_cache's default (4 per core) leaves two threads' hits contending on
-/// the shard locks: on 2 cores a hit took 143 ns with 8 shards, 88 ns with
-/// 64 and 83 ns with 1024, against 46 ns on one thread
-/// (`benches/cache_get.rs`). So an entry-bounded cache starts from 256
-/// shards (or the default, where that is more: over 64 cores) and halves
-/// that until each shard keeps at least 256 entries: every shard has an
-/// equal share of the bound, and small shards fill unevenly and evict while
-/// the cache as a whole has room. A byte-bounded cache keeps the default: a shard refuses
-/// any value heavier than its share of the budget, and more shards would
-/// shrink the largest value it takes.
-fn shards(max_entries: Option<u64>) -> usize {
-    let default = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .saturating_mul(4);
-    let Some(max_entries) = max_entries else {
-        return default;
-    };
-    let mut shards = default.max(ENTRY_BOUNDED_SHARDS).next_power_of_two();
-    while shards > 1 && max_entries / (shards as u64) < MIN_ENTRIES_PER_SHARD {
-        shards /= 2;
-    }
-    shards
-}
-
-/// The entry table for a bound of `capacity` entries (`by_entries`) or
-/// bytes.
-fn entry_table<T>(capacity: u64, by_entries: bool) -> Result<Entries<T>> {
-    let estimated = if by_entries {
-        usize::try_from(capacity).unwrap_or(usize::MAX).min(1 << 24)
-    } else {
-        1024
-    };
-    let shards = shards(by_entries.then_some(capacity));
-    // An equal whole share per shard: quick_cache rounds each share up,
-    // which would let an entry count pass its bound by up to one a shard.
-    let capacity = if by_entries {
-        capacity / shards as u64 * shards as u64
-    } else {
-        capacity
-    };
-    let options = quick_cache::OptionsBuilder::new()
-        .estimated_items_capacity(estimated)
-        .weight_capacity(capacity)
-        .shards(shards)
-        .build()
-        .map_err(|e| Error::backend("local-cache", "size the cache", format!("{e:?}")))?;
-    Ok(quick_cache::sync::Cache::with_options(
-        options,
-        EntryWeigher,
-        Default::default(),
-        Default::default(),
-    ))
-}
-
-const MIN_ENTRIES_PER_SHARD: u64 = 256;
-const ENTRY_BOUNDED_SHARDS: usize = 256;
-
 /// A bulk warm-up stream of key/value pairs from the store.
 pub(crate) type WarmStream<T> = futures::stream::BoxStream<'static, (String, Loaded<T>)>;
-type Entries<T> = quick_cache::sync::Cache<String, Entry<T>, EntryWeigher>;
-type LoadResult<T> = Result<Option<Arc<T>>, Arc<BoxError>>;
-type InFlight<T> = Shared<BoxFuture<'static, LoadResult<T>>>;
 
 /// State shared by the cache handle and its hydration task.
 struct Inner<T> {
     channel: Channel<T>,
-    entries: Entries<T>,
+    entries: Table<T>,
     weigher: Option<Arc<Weigher<T>>>,
     loader: Option<Arc<dyn Loader<T>>>,
     policy: RepairPolicy,
@@ -231,7 +117,13 @@ struct Inner<T> {
     generation: AtomicU64,
     /// Serialises "check then store" between the hydration task and loads.
     store_lock: Mutex<()>,
-    in_flight: Mutex<HashMap<String, InFlight<T>>>,
+    in_flight: Mutex<load::Flights<T>>,
+    next_flight: AtomicU64,
+    load_timeout: Duration,
+    /// The running `Reload` repair: at most one.
+    reload_task: Mutex<Option<JoinHandle<()>>>,
+    /// Where repairs run (`repair` may be called off the runtime).
+    runtime: tokio::runtime::Handle,
     ready: AtomicBool,
     ready_tx: watch::Sender<bool>,
     /// Whether publishers' sequence numbers can reveal losses (see
@@ -271,7 +163,8 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   sequence numbers (including one revealed by a heartbeat after a lost last
 ///   message), the cache repairs by its [`RepairPolicy`].
 ///
-/// Dropping the cache (or [`close`](Self::close)) stops its task.
+/// Dropping the cache (or [`close`](Self::close)) stops its task and cancels
+/// a running reload.
 ///
 /// ```
 /// use hydratecache_core::{Channel, LocalCache, MemoryTransport};
@@ -318,6 +211,7 @@ pub struct LocalCacheBuilder<T> {
     heartbeat_interval: Option<Duration>,
     reload_concurrency: usize,
     reload_jitter: Duration,
+    load_timeout: Duration,
     subscribe: SubscribeOptions,
     warm: Option<WarmStream<T>>,
 }
@@ -337,16 +231,22 @@ pub const DEFAULT_CAPACITY: u64 = 10_000;
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time a versioned delete's tombstone is kept.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+/// Default time a loader call may take before its waiters get an error.
+pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
-    /// At most `entries` entries (values and tombstones).
+    /// At most `entries` values. Tombstones of deletes are bounded apart
+    /// (a quarter as many, at least 64), so deletes of keys never held
+    /// cannot push values out.
     pub fn max_entries(mut self, entries: u64) -> Self {
         self.capacity = entries.max(1);
         self.weigher = None;
         self
     }
 
-    /// At most `bytes` in total, each entry weighing `weigher(key, value)`.
+    /// At most `bytes` of values in total, each weighing `weigher(key,
+    /// value)`. Tombstones of deletes are bounded apart (one per KiB of the
+    /// budget, at least 64).
     pub fn max_weight(
         mut self,
         bytes: u64,
@@ -357,7 +257,8 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         self
     }
 
-    /// The source of truth, for [`LocalCache::fetch`] and [`RepairPolicy::Reload`].
+    /// The source of truth, for [`LocalCache::fetch`] and [`RepairPolicy::Reload`]
+    /// (which needs it: `build` fails without).
     pub fn loader(mut self, loader: impl Loader<T>) -> Self {
         self.loader = Some(Arc::new(loader));
         self
@@ -389,6 +290,13 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         self
     }
 
+    /// How long a loader call may take (default 30 s): past it, its waiters
+    /// get an error and the next caller loads afresh.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = timeout;
+        self
+    }
+
     /// Subscription options, such as replay from the earliest message on a
     /// backend that keeps a log.
     pub fn subscribe_options(mut self, options: SubscribeOptions) -> Self {
@@ -407,8 +315,17 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
     }
 
     /// Subscribes and starts the hydration task (on the current tokio runtime).
+    ///
+    /// Fails with [`Error::Unsupported`] for [`RepairPolicy::Reload`] without a
+    /// [`loader`](Self::loader).
     pub async fn build(self) -> Result<LocalCache<T>> {
-        let entries = entry_table(self.capacity, self.weigher.is_none())?;
+        if self.policy == RepairPolicy::Reload && self.loader.is_none() {
+            return Err(Error::Unsupported {
+                backend: "local-cache",
+                what: "RepairPolicy::Reload without a loader (set LocalCacheBuilder::loader)",
+            });
+        }
+        let entries = Table::new(self.capacity, self.weigher.is_none())?;
         let (ready_tx, _) = watch::channel(false);
         let ordered = self.channel.transport().capabilities().ordered;
         let inner = Arc::new(Inner {
@@ -422,7 +339,11 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             reload_jitter: self.reload_jitter,
             generation: AtomicU64::new(0),
             store_lock: Mutex::new(()),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(load::Flights::new()),
+            next_flight: AtomicU64::new(0),
+            load_timeout: self.load_timeout,
+            reload_task: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
             ready: AtomicBool::new(false),
             ready_tx,
             ordered,
@@ -467,6 +388,7 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
             heartbeat_interval: Some(DEFAULT_HEARTBEAT_INTERVAL),
             reload_concurrency: 8,
             reload_jitter: Duration::from_millis(250),
+            load_timeout: DEFAULT_LOAD_TIMEOUT,
             subscribe: SubscribeOptions::default(),
             warm: None,
         }
@@ -481,7 +403,12 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     /// The value of `key`: held, or loaded through `loader` on a miss.
     /// Concurrent misses of one key run one loader call and share its result.
     /// A loaded value is stored unless an update, a delete or a repair
-    /// happened for it while it was loading (the caller still gets it).
+    /// happened for it while it was loading (the caller still gets it); a
+    /// caller arriving after such a change starts a fresh load rather than
+    /// join the older one. The load runs while a caller waits: when the last
+    /// one is cancelled, the loader's future is dropped. A loader that panics
+    /// or overruns [`load_timeout`](LocalCacheBuilder::load_timeout) is an
+    /// error for its waiters; the next call loads again.
     pub async fn get_or_load<F, Fut>(&self, key: &str, loader: F) -> Result<Option<Arc<T>>>
     where
         F: FnOnce(String) -> Fut,
@@ -568,7 +495,8 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
         stats
     }
 
-    /// Entries held now (values and tombstones).
+    /// Entries held now: values and tombstones, including values a repair
+    /// invalidated (never served) until they are overwritten or evicted.
     pub fn len(&self) -> usize {
         self.inner.entries.len()
     }
@@ -589,8 +517,11 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     }
 
     /// Stops the hydration task (sending a last heartbeat if this cache
-    /// published) and waits for it.
+    /// published) and waits for it; cancels a running reload.
     pub async fn close(mut self) -> Result<()> {
+        if let Some(reload) = self.inner.stop_reload() {
+            let _ = reload.await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -610,6 +541,9 @@ impl<T> Drop for LocalCache<T> {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        if let Some(reload) = lock(&self.inner.reload_task).take() {
+            reload.abort();
+        }
     }
 }
 
@@ -618,7 +552,8 @@ impl<T> Drop for LocalCache<T> {
 enum Origin {
     Local,
     Remote,
-    /// A loader result that started loading at this instant.
+    /// A loader result that started loading at this instant, in this
+    /// generation (of repairs).
     Load(Nanos, u64),
 }
 
@@ -662,262 +597,6 @@ impl<T: Send + Sync + 'static> Inner<T> {
         }
         hit
     }
-
-    fn weight(&self, key: &str, value: Option<&T>) -> u64 {
-        match (&self.weigher, value) {
-            (Some(w), Some(v)) => w(key, v).max(1),
-            (Some(_), None) => key.len() as u64 + 32,
-            (None, _) => 1,
-        }
-    }
-
-    /// Whether a change at `version` may replace `current`.
-    fn accepts(
-        current: Option<&Entry<T>>,
-        version: Option<u64>,
-        origin: Origin,
-        now: Nanos,
-    ) -> bool {
-        let Some(current) = current else {
-            return true;
-        };
-        if let Origin::Load(started, _) = origin {
-            // Something stored after the load started is at least as new.
-            if current.stored_at > started && !current.is_expired(now) {
-                return false;
-            }
-        }
-        match (current.version, version) {
-            (Some(held), Some(new)) if !current.is_expired(now) => new > held,
-            _ => true,
-        }
-    }
-
-    fn store_update(
-        &self,
-        key: &str,
-        value: Arc<T>,
-        version: Option<u64>,
-        ttl: Option<Duration>,
-        published_at: Option<std::time::SystemTime>,
-        origin: Origin,
-    ) -> bool {
-        let now = clock::now();
-        let _guard = lock(&self.store_lock);
-        if let Origin::Load(_, generation) = origin {
-            if self.generation.load(Ordering::Acquire) != generation {
-                return false;
-            }
-        }
-        if !Self::accepts(self.entries.peek(key).as_ref(), version, origin, now) {
-            if origin == Origin::Remote {
-                self.counters.stale_rejected.incr();
-            }
-            return false;
-        }
-        if ttl.is_some_and(|t| t.is_zero()) {
-            // Expired on arrival: not stored, and the older value it replaces goes too.
-            self.entries.remove(key);
-            if origin == Origin::Remote {
-                self.counters.expired_on_arrival.incr();
-            }
-            return false;
-        }
-        let weight = self.weight(key, Some(&value));
-        self.entries.insert(
-            key.to_owned(),
-            Entry::new(Some(value), version, now, ttl, weight),
-        );
-        if origin == Origin::Remote {
-            self.counters.updates_applied.incr();
-            if let Some(at) = published_at {
-                self.counters
-                    .record_lag(at.elapsed().unwrap_or(Duration::ZERO));
-            }
-        }
-        true
-    }
-
-    fn store_delete(&self, key: &str, version: Option<u64>, origin: Origin) -> bool {
-        let now = clock::now();
-        let _guard = lock(&self.store_lock);
-        if !Self::accepts(self.entries.peek(key).as_ref(), version, origin, now) {
-            if origin == Origin::Remote {
-                self.counters.stale_rejected.incr();
-            }
-            return false;
-        }
-        // A tombstone for every delete: it stops an older versioned update, and
-        // stops a load that started before the delete from storing its value.
-        let weight = self.weight(key, None);
-        self.entries.insert(
-            key.to_owned(),
-            Entry::new(None, version, now, Some(self.tombstone_ttl), weight),
-        );
-        if origin == Origin::Remote {
-            self.counters.deletes_applied.incr();
-        }
-        true
-    }
-
-    /// Forgets `key`'s value (its message could not be decoded).
-    fn forget(&self, key: &str) {
-        let _guard = lock(&self.store_lock);
-        self.entries.remove(key);
-    }
-
-    fn repair(self: &Arc<Self>, why: &str) {
-        let stats = &self.counters;
-        match self.policy {
-            RepairPolicy::Ignore => {
-                stats.repairs_ignored.incr();
-                tracing::warn!(
-                    topic = self.channel.topic(),
-                    why,
-                    "gap ignored (RepairPolicy::Ignore): cached values may be stale"
-                );
-            }
-            RepairPolicy::Clear => {
-                let dropped = self.drop_values();
-                stats.repairs_clear.incr();
-                tracing::warn!(
-                    topic = self.channel.topic(),
-                    why,
-                    dropped,
-                    "gap: cache cleared"
-                );
-            }
-            RepairPolicy::Reload => {
-                let keys = self.drop_values_keys();
-                stats.repairs_reload.incr();
-                tracing::warn!(
-                    topic = self.channel.topic(),
-                    why,
-                    keys = keys.len(),
-                    "gap: reloading the keys held"
-                );
-                if let Some(loader) = self.loader.clone() {
-                    let inner = Arc::clone(self);
-                    tokio::spawn(async move { inner.reload(keys, loader).await });
-                }
-            }
-        }
-    }
-
-    /// Drops every value (tombstones stay: they still order late updates);
-    /// bumps the generation so loads under way do not store.
-    fn drop_values(&self) -> usize {
-        let _guard = lock(&self.store_lock);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let before = self.entries.len();
-        self.entries.retain(|_, e| e.value.is_none());
-        before - self.entries.len()
-    }
-
-    fn drop_values_keys(&self) -> Vec<String> {
-        let _guard = lock(&self.store_lock);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let keys: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.value.is_some())
-            .map(|(k, _)| k)
-            .collect();
-        self.entries.retain(|_, e| e.value.is_none());
-        keys
-    }
-
-    async fn reload(self: Arc<Self>, keys: Vec<String>, loader: Arc<dyn Loader<T>>) {
-        use futures::StreamExt;
-        let jitter = self.reload_jitter;
-        let seed = crate::envelope::PublisherId::random().0;
-        futures::stream::iter(keys.into_iter().enumerate())
-            .for_each_concurrent(self.reload_concurrency, |(i, key)| {
-                let inner = Arc::clone(&self);
-                let loader = Arc::clone(&loader);
-                async move {
-                    if !jitter.is_zero() {
-                        let spread = (seed.rotate_left(i as u32 % 128) as u64)
-                            % (jitter.as_micros() as u64).max(1);
-                        tokio::time::sleep(Duration::from_micros(spread)).await;
-                    }
-                    if Inner::load(&inner, &key, |k| loader.load(k)).await.is_ok() {
-                        inner.counters.reloaded_keys.incr();
-                    }
-                }
-            })
-            .await;
-    }
-
-    /// Single-flight load of `key`, storing the result if nothing newer came.
-    async fn load(
-        this: &Arc<Self>,
-        key: &str,
-        start: impl FnOnce(String) -> BoxFuture<'static, Result<Option<Loaded<T>>, BoxError>>,
-    ) -> Result<Option<Arc<T>>> {
-        let shared = {
-            let mut in_flight = lock(&this.in_flight);
-            match in_flight.get(key) {
-                Some(f) => f.clone(),
-                None => {
-                    let started = {
-                        let _guard = lock(&this.store_lock);
-                        (clock::now(), this.generation.load(Ordering::Acquire))
-                    };
-                    let load = start(key.to_owned());
-                    let inner = Arc::clone(this);
-                    let owned_key = key.to_owned();
-                    let fut: BoxFuture<'static, LoadResult<T>> = async move {
-                        inner.counters.loads.incr();
-                        let result = load.await;
-                        lock(&inner.in_flight).remove(&owned_key);
-                        match result {
-                            Ok(Some(loaded)) => {
-                                let value = Arc::new(loaded.value);
-                                inner.store_update(
-                                    &owned_key,
-                                    Arc::clone(&value),
-                                    loaded.version,
-                                    loaded.ttl,
-                                    None,
-                                    Origin::Load(started.0, started.1),
-                                );
-                                Ok(Some(value))
-                            }
-                            Ok(None) => Ok(None),
-                            Err(e) => {
-                                inner.counters.load_errors.incr();
-                                Err(Arc::new(e))
-                            }
-                        }
-                    }
-                    .boxed();
-                    let shared = fut.shared();
-                    in_flight.insert(key.to_owned(), shared.clone());
-                    shared
-                }
-            }
-        };
-        shared.await.map_err(|source| {
-            Error::backend("local-cache", format!("loading {key:?}"), ArcError(source))
-        })
-    }
-}
-
-/// A shared loader error, as the source of each waiter's error.
-#[derive(Debug)]
-struct ArcError(Arc<BoxError>);
-
-impl fmt::Display for ArcError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::error::Error for ArcError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
 }
 
 #[cfg(feature = "metrics")]
@@ -949,57 +628,5 @@ fn export_metrics(topic: &str, s: &CacheStats) {
     if let Some(p99) = s.lag_p99 {
         metrics::gauge!("hydratecache_cache_lag_p99_seconds", "topic" => topic)
             .set(p99.as_secs_f64());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_bounded_caches_get_shards_of_at_least_256_entries() {
-        for max_entries in [1, 255, 511, 8_191, 10_000, 20_000, 1 << 20] {
-            let shards = shards(Some(max_entries)) as u64;
-            assert!(shards.is_power_of_two(), "{max_entries}: {shards}");
-            assert!(
-                shards == 1 || max_entries / shards >= MIN_ENTRIES_PER_SHARD,
-                "{max_entries} entries over {shards} shards"
-            );
-        }
-        assert_eq!(shards(Some(511)), 1);
-        assert_eq!(shards(Some(20_000)), 64);
-        assert!(shards(Some(1 << 20)) >= ENTRY_BOUNDED_SHARDS);
-    }
-
-    #[test]
-    fn an_entry_bound_is_split_evenly_and_never_exceeded() -> Result<()> {
-        for bound in [1, 300, 10_000, 20_000, 1 << 20] {
-            let table = entry_table::<()>(bound, true)?;
-            let shards = table.num_shards() as u64;
-            assert!(table.capacity() <= bound, "{bound}: {}", table.capacity());
-            assert!(table.capacity() > bound - shards, "{bound}");
-            assert_eq!(table.shard_capacity() * shards, table.capacity());
-        }
-        assert_eq!(entry_table::<()>(20_000, true)?.capacity(), 19_968);
-        Ok(())
-    }
-
-    #[test]
-    fn byte_bounded_caches_keep_quick_caches_default() -> Result<()> {
-        let budget = 64 << 20;
-        let table = entry_table::<()>(budget, false)?;
-        let default: quick_cache::sync::Cache<String, ()> = quick_cache::sync::Cache::with_options(
-            quick_cache::OptionsBuilder::new()
-                .estimated_items_capacity(1024)
-                .weight_capacity(budget)
-                .build()
-                .expect("options"),
-            quick_cache::UnitWeighter,
-            Default::default(),
-            Default::default(),
-        );
-        assert_eq!(table.num_shards(), default.num_shards());
-        assert_eq!(table.capacity(), budget);
-        Ok(())
     }
 }

@@ -167,7 +167,8 @@ pub struct CacheStats {
     pub repairs_ignored: u64,
     /// Keys reloaded by `Reload` repairs.
     pub reloaded_keys: u64,
-    /// Entries now held (values and tombstones).
+    /// Entries now held: values and tombstones, including values a repair
+    /// invalidated (never served) until they are overwritten or evicted.
     pub entries: usize,
     /// Median propagation lag (publish → applied) over recent updates.
     pub lag_p50: Option<Duration>,

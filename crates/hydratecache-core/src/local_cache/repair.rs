@@ -1,0 +1,129 @@
+//! Repairs: a gap invalidates every value at once (one store of the repair
+//! instant, whatever the size of the cache); `Reload` then reloads the keys
+//! held in one tracked background task, which a new gap supersedes and
+//! dropping or closing the cache cancels.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::{clock, lock, Inner, Loader, RepairPolicy};
+
+/// Keys visited between two yields while a reload lists the keys it reloads.
+const LIST_BATCH: usize = 1024;
+
+impl<T: Send + Sync + 'static> Inner<T> {
+    pub(super) fn repair(self: &Arc<Self>, why: &str) {
+        let stats = &self.counters;
+        match self.policy {
+            RepairPolicy::Ignore => {
+                stats.repairs_ignored.incr();
+                tracing::warn!(
+                    topic = self.channel.topic(),
+                    why,
+                    "gap ignored (RepairPolicy::Ignore): cached values may be stale"
+                );
+            }
+            RepairPolicy::Clear => {
+                self.invalidate_values();
+                stats.repairs_clear.incr();
+                tracing::warn!(topic = self.channel.topic(), why, "gap: cache cleared");
+            }
+            RepairPolicy::Reload => {
+                self.invalidate_values();
+                stats.repairs_reload.incr();
+                tracing::warn!(
+                    topic = self.channel.topic(),
+                    why,
+                    "gap: reloading the keys held"
+                );
+                self.start_reload();
+            }
+        }
+    }
+
+    /// Invalidates every value held (tombstones stay: they still order late
+    /// updates) and bumps the generation so loads under way do not store.
+    /// O(1): reads treat values stored at or before the repair as misses,
+    /// and writes and evictions replace them.
+    fn invalidate_values(&self) {
+        let _guard = lock(&self.store_lock);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let now = clock::now();
+        self.entries.repaired_at.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// Starts a reload, superseding the one running: that one is cancelled
+    /// (with the loads only it waits for) before this one loads anything.
+    fn start_reload(self: &Arc<Self>) {
+        let Some(loader) = self.loader.clone() else {
+            // The builder refuses `Reload` without a loader.
+            return;
+        };
+        let mut running = lock(&self.reload_task);
+        let previous = running.take();
+        if let Some(previous) = &previous {
+            previous.abort();
+        }
+        let inner = Arc::clone(self);
+        *running = Some(self.runtime.spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            inner.reload(loader).await;
+        }));
+    }
+
+    /// Cancels the running reload, if any.
+    pub(super) fn stop_reload(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let running = lock(&self.reload_task).take();
+        if let Some(running) = &running {
+            running.abort();
+        }
+        running
+    }
+
+    /// The keys whose values a repair invalidated, listed in batches so the
+    /// runtime thread is never held for the whole table.
+    async fn invalid_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (i, (key, entry)) in self.entries.values.iter().enumerate() {
+            if entry.value.is_some() && !self.entries.is_valid(&entry) {
+                keys.push(key);
+            }
+            if i % LIST_BATCH == LIST_BATCH - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        keys
+    }
+
+    async fn reload(self: Arc<Self>, loader: Arc<dyn Loader<T>>) {
+        let keys = self.invalid_keys().await;
+        tracing::debug!(topic = self.channel.topic(), keys = keys.len(), "reloading");
+        let jitter = self.reload_jitter;
+        let seed = crate::envelope::PublisherId::random().0;
+        futures::stream::iter(keys.into_iter().enumerate())
+            .for_each_concurrent(self.reload_concurrency, |(i, key)| {
+                let inner = Arc::clone(&self);
+                let loader = Arc::clone(&loader);
+                async move {
+                    if !jitter.is_zero() {
+                        let spread = (seed.rotate_left(i as u32 % 128) as u64)
+                            % (jitter.as_micros() as u64).max(1);
+                        tokio::time::sleep(Duration::from_micros(spread)).await;
+                    }
+                    if let Ok(found) = Inner::load(&inner, &key, |k| loader.load(k)).await {
+                        if found.is_none() {
+                            // Gone from the store: free the invalid value.
+                            inner.drop_invalid(&key);
+                        }
+                        inner.counters.reloaded_keys.incr();
+                    }
+                }
+            })
+            .await;
+    }
+}
