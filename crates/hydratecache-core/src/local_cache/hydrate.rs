@@ -153,6 +153,8 @@ fn apply<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, sequences: &mut Sequen
         }
         Event::Message(envelope) => envelope,
     };
+    // Only this cache's own writes: its channel publishes under an id of
+    // its own (other clones of the user's channel are other publishers).
     if envelope.publisher == inner.channel.publisher() {
         inner.counters.own_echoes_skipped.incr();
         return;

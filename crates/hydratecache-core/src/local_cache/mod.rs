@@ -219,7 +219,11 @@ type InFlight<T> = Shared<BoxFuture<'static, LoadResult<T>>>;
 
 /// State shared by the cache handle and its hydration task.
 struct Inner<T> {
+    /// The cache's own publisher on the user's topic: it publishes `put` and
+    /// `invalidate` and heartbeats, and its id marks the echoes to skip.
     channel: Channel<T>,
+    /// The channel the cache was built from, for [`LocalCache::channel`].
+    user_channel: Channel<T>,
     entries: Entries<T>,
     weigher: Option<Arc<Weigher<T>>>,
     loader: Option<Arc<dyn Loader<T>>>,
@@ -257,11 +261,15 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   on arrival is not stored. `get` checks expiry on the kernel's coarse
 ///   clock (Linux), so an entry can be served up to one kernel tick (1 to
 ///   10 ms; 4 ms at 250 Hz) past its expiry, never before it.
-/// - **Writes** (`put`, `invalidate`) change the local cache, then publish.
-///   The cache recognises its own messages by publisher id when they come
-///   back from the transport and skips them (counted as
-///   `own_echoes_skipped`): the write is already applied, and an echo that
-///   arrives after another instance's newer update must not undo it.
+/// - **Writes** (`put`, `invalidate`) change the local cache, then publish
+///   under the cache's own publisher id ([`publisher`](Self::publisher),
+///   made at build time, not the id of the channel it was built from). The
+///   cache recognises these messages when they come back from the transport
+///   and skips them (counted as `own_echoes_skipped`): the write is already
+///   applied, and an echo that arrives after another instance's newer update
+///   must not undo it. Anything else, including what is published through
+///   [`channel`](Self::channel), its clones or another cache built from one
+///   of them, is applied.
 /// - **Versions**: an update older than the version held never overwrites a
 ///   newer one; a versioned delete leaves a tombstone for `tombstone_ttl` so a
 ///   late, older update cannot bring the key back. Without versions, updates
@@ -412,7 +420,9 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         let (ready_tx, _) = watch::channel(false);
         let ordered = self.channel.transport().capabilities().ordered;
         let inner = Arc::new(Inner {
-            channel: self.channel,
+            // Its own publisher id: it skips its own echoes, and only those.
+            channel: self.channel.with_new_publisher(),
+            user_channel: self.channel,
             entries,
             weigher: self.weigher,
             loader: self.loader,
@@ -578,9 +588,20 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
         self.inner.entries.is_empty()
     }
 
-    /// The channel the cache hydrates from and publishes through.
+    /// The channel the cache was built from. The cache publishes its own
+    /// writes under a publisher id of its own ([`publisher`](Self::publisher)),
+    /// so what is published through this channel (or its clones, or another
+    /// cache built from one) reaches this cache like any other publisher's.
+    // `inner.channel` is the cache's own publisher; this is the user's.
+    #[allow(clippy::misnamed_getters)]
     pub fn channel(&self) -> &Channel<T> {
-        &self.inner.channel
+        &self.inner.user_channel
+    }
+
+    /// The publisher id of the cache's own writes (`put`, `invalidate`): the
+    /// only messages it skips when they come back.
+    pub fn publisher(&self) -> crate::envelope::PublisherId {
+        self.inner.channel.publisher()
     }
 
     /// Repairs now by the cache's policy, as on a gap.

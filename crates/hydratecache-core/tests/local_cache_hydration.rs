@@ -1,0 +1,147 @@
+//! LocalCache hydration on the in-memory transport: a hydration task that
+//! cannot be stopped by hostile input or panicking user code, the cache's own
+//! publisher identity, unreadable envelopes, TTL caps and sequence tracking.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use hydratecache_core::{
+    Capabilities, Channel, Envelope, Event, Kind, LocalCache, MemoryTransport, Result,
+    SubscribeOptions, Subscription, Transport,
+};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Polls `check` until it holds or `WAIT` passes.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn value(cache: &LocalCache<String>, key: &str) -> Option<String> {
+    cache.get(key).map(|v| v.as_ref().clone())
+}
+
+/// A memory bus that can lose the next messages, inject items into every
+/// subscription, and whose subscriptions panic on a message keyed `boom`
+/// (a transport adapter with a bug).
+struct Bus {
+    bus: MemoryTransport,
+    drop_next: AtomicUsize,
+    subscribes: AtomicUsize,
+    inject: Mutex<Vec<mpsc::UnboundedSender<Result<Event>>>>,
+}
+
+impl Bus {
+    fn new() -> Arc<Bus> {
+        Arc::new(Bus {
+            bus: MemoryTransport::new(),
+            drop_next: AtomicUsize::new(0),
+            subscribes: AtomicUsize::new(0),
+            inject: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Transport for Bus {
+    fn backend(&self) -> &'static str {
+        "test-bus"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.bus.capabilities()
+    }
+    fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>> {
+        if envelope.kind != Kind::Heartbeat
+            && self
+                .drop_next
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return async { Ok(()) }.boxed();
+        }
+        self.bus.publish(topic, envelope)
+    }
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Subscription>> {
+        async move {
+            let inner = self.bus.subscribe(topic, options).await?;
+            self.subscribes.fetch_add(1, Ordering::AcqRel);
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.inject.lock().expect("lock").push(tx);
+            let injected = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            let stream = futures::stream::select(inner, injected).map(|item| {
+                if let Ok(Event::Message(envelope)) = &item {
+                    assert_ne!(envelope.key, "boom", "the transport's stream panics");
+                }
+                item
+            });
+            Ok(Subscription::new(topic, stream.boxed()))
+        }
+        .boxed()
+    }
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        self.bus.close()
+    }
+}
+
+async fn cache(bus: &Arc<Bus>, topic: &str) -> LocalCache<String> {
+    let transport: Arc<dyn Transport> = bus.clone();
+    LocalCache::builder(Channel::new(transport, topic))
+        .heartbeat_interval(None)
+        .build()
+        .await
+        .expect("cache")
+}
+
+fn channel(bus: &Arc<Bus>, topic: &str) -> Channel<String> {
+    let transport: Arc<dyn Transport> = bus.clone();
+    Channel::new(transport, topic)
+}
+
+// ---- item 3: the cache's own identity ----
+
+#[tokio::test]
+async fn publishes_through_the_caches_channel_reach_the_cache() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let cache = cache(&bus, "own").await;
+    cache.channel().publish("k", &"v1".into()).await?;
+    eventually("k = v1", || value(&cache, "k").as_deref() == Some("v1")).await;
+    // The cache's own writes still skip their echo.
+    cache.put("j", "j1".into()).await?;
+    cache.channel().publish("k", &"v2".into()).await?;
+    eventually("k = v2", || value(&cache, "k").as_deref() == Some("v2")).await;
+    assert_eq!(cache.stats().own_echoes_skipped, 1);
+    assert_ne!(cache.publisher(), cache.channel().publisher());
+    Ok(())
+}
+
+#[tokio::test]
+async fn caches_built_from_clones_of_one_channel_see_each_others_writes() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let shared = channel(&bus, "clones");
+    let a = LocalCache::builder(shared.clone()).build().await?;
+    let b = LocalCache::builder(shared).build().await?;
+    a.put("k", "from a".into()).await?;
+    eventually("b sees a's put", || {
+        value(&b, "k").as_deref() == Some("from a")
+    })
+    .await;
+    b.invalidate("k").await?;
+    eventually("a sees b's delete", || value(&a, "k").is_none()).await;
+    Ok(())
+}
