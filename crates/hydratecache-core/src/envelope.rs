@@ -107,7 +107,15 @@ impl fmt::Display for PublisherId {
 /// A time to live: the entry expires `duration` after `start`.
 ///
 /// The publisher sets `start` when it publishes, so every subscriber computes
-/// the same expiry instant whatever the delivery delay (clocks assumed in sync).
+/// the same expiry instant whatever the delivery delay.
+///
+/// **Clock skew**: `start` is read on the publisher's clock and compared with
+/// the subscriber's. What is left is never more than `duration`
+/// ([`remaining_at`](Self::remaining_at) caps it), so a publisher whose clock
+/// is ahead (or a forged `start` in the future) cannot make an entry live
+/// longer than its TTL from the moment it is received. A publisher whose
+/// clock is behind by `s` makes its entries expire `s` early, on arrival
+/// when `s` is at least the TTL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ttl {
     /// When the time to live started.
@@ -145,11 +153,13 @@ impl Ttl {
         self.remaining_at(SystemTime::now())
     }
 
-    /// Time left at `now`; zero once expired.
+    /// Time left at `now`; zero once expired, never more than `duration`
+    /// (however far ahead of `now` `start` is).
     pub fn remaining_at(&self, now: SystemTime) -> Duration {
         self.expires_at()
             .duration_since(now)
             .unwrap_or(Duration::ZERO)
+            .min(self.duration)
     }
 
     /// Whether the entry has expired.

@@ -4,13 +4,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use hydratecache_core::{
-    Capabilities, Channel, Envelope, Event, Kind, LocalCache, MemoryTransport, Result,
-    SubscribeOptions, Subscription, Transport,
+    Capabilities, CborCodec, Channel, Codec, Envelope, Event, Kind, LocalCache, MemoryTransport,
+    PublisherId, Result, SubscribeOptions, Subscription, Transport, Ttl,
 };
 use tokio::sync::mpsc;
 
@@ -32,6 +32,22 @@ fn value(cache: &LocalCache<String>, key: &str) -> Option<String> {
     cache.get(key).map(|v| v.as_ref().clone())
 }
 
+fn cbor(value: &str) -> bytes::Bytes {
+    CborCodec::new()
+        .encode(&value.to_owned())
+        .expect("cbor")
+        .into()
+}
+
+/// An envelope as a foreign (or hostile, or newer) publisher would send it.
+fn raw(publisher: u128, sequence: u64, key: &str, value: &str) -> Envelope {
+    Envelope {
+        publisher: PublisherId(publisher),
+        sequence,
+        ..Envelope::update(key, cbor(value))
+    }
+}
+
 /// A memory bus that can lose the next messages, inject items into every
 /// subscription, and whose subscriptions panic on a message keyed `boom`
 /// (a transport adapter with a bug).
@@ -50,6 +66,12 @@ impl Bus {
             subscribes: AtomicUsize::new(0),
             inject: Mutex::new(Vec::new()),
         })
+    }
+
+    fn raw(&self, topic: &str, envelope: &Envelope) {
+        self.bus
+            .publish_raw(topic, envelope.encode().expect("encode"))
+            .expect("publish_raw");
     }
 }
 
@@ -143,5 +165,41 @@ async fn caches_built_from_clones_of_one_channel_see_each_others_writes() -> any
     .await;
     b.invalidate("k").await?;
     eventually("a sees b's delete", || value(&a, "k").is_none()).await;
+    Ok(())
+}
+
+// ---- item 6: TTL capped at its duration ----
+
+#[test]
+fn a_ttl_never_outlives_its_duration() {
+    let now = SystemTime::now();
+    let ahead = Ttl {
+        start: now + Duration::from_secs(86_400),
+        duration: Duration::from_secs(60),
+    };
+    assert_eq!(ahead.remaining_at(now), Duration::from_secs(60));
+    assert!(ahead.remaining() <= Duration::from_secs(60));
+    let behind = Ttl {
+        start: now - Duration::from_secs(50),
+        duration: Duration::from_secs(60),
+    };
+    assert_eq!(behind.remaining_at(now), Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_publisher_clock_ahead_does_not_stretch_a_cached_ttl() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let reader = cache(&bus, "skew").await;
+    let mut envelope = raw(5, 1, "k", "v");
+    envelope.ttl = Some(Ttl {
+        start: SystemTime::now() + Duration::from_secs(3_600),
+        duration: Duration::from_millis(200),
+    });
+    bus.raw("skew", &envelope);
+    eventually("k held", || value(&reader, "k").is_some()).await;
+    eventually("k expired after its 200 ms", || {
+        value(&reader, "k").is_none()
+    })
+    .await;
     Ok(())
 }

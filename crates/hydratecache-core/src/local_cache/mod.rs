@@ -270,6 +270,9 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   must not undo it. Anything else, including what is published through
 ///   [`channel`](Self::channel), its clones or another cache built from one
 ///   of them, is applied.
+/// - **TTL**: a message's TTL is read against this machine's clock and never
+///   lasts longer than its duration from arrival (a publisher clock ahead
+///   cannot stretch it); a publisher clock behind shortens it by the skew.
 /// - **Versions**: an update older than the version held never overwrites a
 ///   newer one; a versioned delete leaves a tombstone for `tombstone_ttl` so a
 ///   late, older update cannot bring the key back. Without versions, updates
