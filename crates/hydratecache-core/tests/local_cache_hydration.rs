@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use hydratecache_core::{
-    Capabilities, CborCodec, Channel, Codec, Envelope, Event, Kind, LocalCache, MemoryTransport,
-    PublisherId, Result, SubscribeOptions, Subscription, Transport, Ttl,
+    Capabilities, CborCodec, Channel, Codec, Envelope, Event, Kind, Loaded, LocalCache,
+    MemoryTransport, PublisherId, RepairPolicy, Result, SubscribeOptions, Subscription, Transport,
+    Ttl,
 };
 use tokio::sync::mpsc;
 
@@ -199,6 +200,101 @@ async fn a_publisher_clock_ahead_does_not_stretch_a_cached_ttl() -> anyhow::Resu
     eventually("k held", || value(&reader, "k").is_some()).await;
     eventually("k expired after its 200 ms", || {
         value(&reader, "k").is_none()
+    })
+    .await;
+    Ok(())
+}
+
+// ---- items 10 and 12: sequence tracking ----
+
+#[tokio::test]
+async fn a_forged_huge_sequence_does_not_disable_gap_detection() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let reader = cache(&bus, "forged").await;
+    let writer = channel(&bus, "forged");
+    writer.publish("k", &"k1".into()).await?;
+    eventually("k = k1", || value(&reader, "k").as_deref() == Some("k1")).await;
+    // Someone sends under the writer's id with a huge sequence.
+    let mut forged = raw(writer.publisher().0, 1_000_000_000, "x", "forged");
+    forged.kind = Kind::Delete;
+    forged.payload = bytes::Bytes::new();
+    bus.raw("forged", &forged);
+    writer.publish("k", &"k2".into()).await?;
+    eventually("k = k2", || value(&reader, "k").as_deref() == Some("k2")).await;
+    bus.drop_next.store(1, Ordering::Release);
+    writer.publish("k", &"k3".into()).await?; // lost
+    writer.publish("j", &"j1".into()).await?; // reveals the loss
+    eventually("j = j1", || value(&reader, "j").is_some()).await;
+    assert_eq!(
+        value(&reader, "k").as_deref(),
+        None,
+        "stale k2 served: the forged sequence hid the loss"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_lost_first_message_of_a_new_publisher_is_a_gap() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let reader = cache(&bus, "first").await;
+    let old = channel(&bus, "first");
+    old.publish("k", &"k1".into()).await?;
+    eventually("k held", || value(&reader, "k").is_some()).await;
+    // Past the clock-skew margin: the new publisher surely started after
+    // the reader subscribed.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let new = channel(&bus, "first");
+    bus.drop_next.store(1, Ordering::Release);
+    new.publish("k", &"lost".into()).await?; // sequence 1, lost
+    new.publish("j", &"j1".into()).await?; // sequence 2: 1 is missing
+    eventually("j held", || value(&reader, "j").is_some()).await;
+    let stats = reader.stats();
+    assert_eq!(stats.sequence_gaps, 1, "{stats:?}");
+    assert_eq!(value(&reader, "k"), None, "stale k1 served");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_publisher_heard_first_through_its_heartbeat_is_a_gap() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let reader = cache(&bus, "hb").await;
+    let old = channel(&bus, "hb");
+    old.publish("k", &"k1".into()).await?;
+    eventually("k held", || value(&reader, "k").is_some()).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let new = channel(&bus, "hb");
+    bus.drop_next.store(1, Ordering::Release);
+    new.publish("k", &"lost".into()).await?; // its only message, lost
+    new.heartbeat().await?; // "my last sequence was 1"
+    eventually("the heartbeat reveals the loss", || {
+        reader.stats().sequence_gaps == 1
+    })
+    .await;
+    assert_eq!(value(&reader, "k"), None, "stale k1 served");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reload_cache_still_repairs_after_a_new_publishers_loss() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let transport: Arc<dyn Transport> = bus.clone();
+    let reader = LocalCache::builder(Channel::new(transport, "reload"))
+        .heartbeat_interval(None)
+        .repair(RepairPolicy::Reload)
+        .loader(|key: String| async move { Ok(Some(Loaded::new(format!("store:{key}")))) })
+        .reload_limits(4, Duration::from_millis(1))
+        .build()
+        .await?;
+    let old = channel(&bus, "reload");
+    old.publish("k", &"k1".into()).await?;
+    eventually("k held", || value(&reader, "k").is_some()).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let new = channel(&bus, "reload");
+    bus.drop_next.store(1, Ordering::Release);
+    new.publish("k", &"lost".into()).await?;
+    new.publish("j", &"j1".into()).await?;
+    eventually("k reloaded from the store", || {
+        value(&reader, "k").as_deref() == Some("store:k")
     })
     .await;
     Ok(())

@@ -1,66 +1,30 @@
 //! The hydration task: applies the channel's messages to the cache, tracks
 //! each publisher's sequence, repairs on gaps, and sends this cache's heartbeats.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::OptionFuture;
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
+use super::sequences::Sequences;
 use super::{Inner, Nanos, Origin, WarmStream};
-use crate::envelope::{Envelope, Kind, PublisherId};
+use crate::envelope::{Envelope, Kind};
 use crate::error::Error;
 use crate::transport::{Event, Subscription};
 
-/// Publishers not heard from for this long are forgotten (they heartbeat
-/// while alive, so only departed ones go).
-const FORGET_PUBLISHER_AFTER: Duration = Duration::from_secs(600);
-
-/// Last sequence seen per publisher.
-#[derive(Default)]
-struct Sequences {
-    last: HashMap<PublisherId, (u64, Instant)>,
-    pruned_at: Option<Instant>,
-}
-
-impl Sequences {
-    /// Records `sequence` from `publisher`; returns how many messages were
-    /// skipped since the last one seen (0 for a new publisher: not a gap).
-    fn observe(
-        &mut self,
-        publisher: PublisherId,
-        sequence: u64,
-        heartbeat: bool,
-        now: Instant,
-    ) -> u64 {
-        let expected_at_most = |last: u64| if heartbeat { last } else { last + 1 };
-        let missed = match self.last.get(&publisher) {
-            Some(&(last, _)) if sequence > expected_at_most(last) => {
-                sequence - expected_at_most(last)
-            }
-            _ => 0,
-        };
-        let entry = self.last.entry(publisher).or_insert((0, now));
-        // A late, reordered message does not move the mark back.
-        entry.0 = entry.0.max(sequence);
-        entry.1 = now;
-        if self
-            .pruned_at
-            .is_none_or(|at| now.duration_since(at) > FORGET_PUBLISHER_AFTER)
-        {
-            self.last
-                .retain(|_, (_, seen)| now.duration_since(*seen) < FORGET_PUBLISHER_AFTER);
-            self.pruned_at = Some(now);
-        }
-        missed
-    }
+/// Milliseconds since the Unix epoch, on this machine's clock.
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub(super) async fn run<T: Send + Sync + 'static>(
     inner: Arc<Inner<T>>,
     mut subscription: Subscription,
+    subscribed_ms: u64,
     warm: Option<(WarmStream<T>, Nanos)>,
     heartbeat_interval: Option<Duration>,
     mut stop: oneshot::Receiver<()>,
@@ -79,7 +43,7 @@ pub(super) async fn run<T: Send + Sync + 'static>(
     let mut warm_done = false;
     // Both optional futures finish once: never poll them again after that.
     let mut heartbeats_done = false;
-    let mut sequences = Sequences::default();
+    let mut sequences = Sequences::new(subscribed_ms, Instant::now());
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -161,22 +125,21 @@ fn apply<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, sequences: &mut Sequen
     }
     // Sequence numbers reveal a loss only where one publisher's messages
     // arrive in order; elsewhere the transport's gap events are the signal.
-    let missed = if inner.ordered {
-        sequences.observe(
+    if inner.ordered {
+        let loss = sequences.observe(
             envelope.publisher,
             envelope.sequence,
             envelope.kind == Kind::Heartbeat,
             Instant::now(),
-        )
-    } else {
-        0
-    };
-    if missed > 0 {
-        inner.counters.sequence_gaps.incr();
-        inner.repair(&format!(
-            "publisher {} skipped {missed} message(s) (at sequence {})",
-            envelope.publisher, envelope.sequence
-        ));
+            now_ms(),
+        );
+        if let Some(loss) = loss {
+            inner.counters.sequence_gaps.incr();
+            inner.repair(&format!(
+                "publisher {}: {} (missed {:?}, at sequence {})",
+                envelope.publisher, loss.why, loss.missed, envelope.sequence
+            ));
+        }
     }
     apply_message(inner, envelope);
 }
@@ -206,37 +169,5 @@ fn apply_message<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, envelope: Enve
                 tracing::warn!(topic = inner.channel.topic(), key = %envelope.key, %error, "cannot decode value: key invalidated");
             }
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sequences_report_jumps_not_new_publishers_or_reordering() {
-        let mut s = Sequences::default();
-        let now = Instant::now();
-        let (a, b) = (PublisherId(1), PublisherId(2));
-        assert_eq!(
-            s.observe(a, 7, false, now),
-            0,
-            "a new publisher is a baseline"
-        );
-        assert_eq!(s.observe(a, 8, false, now), 0);
-        assert_eq!(s.observe(a, 11, false, now), 2, "9 and 10 missed");
-        assert_eq!(s.observe(a, 10, false, now), 0, "late message");
-        assert_eq!(s.observe(a, 12, false, now), 0, "mark stayed at 11");
-        assert_eq!(
-            s.observe(a, 12, true, now),
-            0,
-            "heartbeat at the last sequence"
-        );
-        assert_eq!(
-            s.observe(a, 13, true, now),
-            1,
-            "heartbeat ahead: the last message was lost"
-        );
-        assert_eq!(s.observe(b, 1, true, now), 0);
     }
 }

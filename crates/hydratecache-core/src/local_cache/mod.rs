@@ -3,6 +3,7 @@
 
 mod clock;
 mod hydrate;
+mod sequences;
 mod stats;
 
 use std::collections::HashMap;
@@ -278,9 +279,21 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   late, older update cannot bring the key back. Without versions, updates
 ///   apply in arrival order (one publisher's order is its publish order;
 ///   concurrent writers of one key resolve by arrival).
-/// - **Coherence**: on every gap event, and on every jump in a publisher's
-///   sequence numbers (including one revealed by a heartbeat after a lost last
-///   message), the cache repairs by its [`RepairPolicy`].
+/// - **Coherence**: on every gap event, and on every possible loss that
+///   sequence numbers reveal, the cache repairs by its [`RepairPolicy`].
+/// - **Sequence tracking** (on a transport that keeps each publisher's order,
+///   [`Capabilities::ordered`](crate::Capabilities::ordered)) sees: a jump in a
+///   known publisher's sequence (a heartbeat reveals a lost last message); a
+///   sequence far below the last seen (forged, or a restarted publisher); the
+///   lost first messages of a publisher that started more than 1 s after the
+///   subscription (a [`PublisherId`](crate::PublisherId) carries its start);
+///   the return of a publisher it may have forgotten (it keeps at most 16,384
+///   publishers, dropping those heard from once first, and forgets those
+///   silent for 600 s): a gap even when nothing was lost in between. It
+///   cannot see losses from a publisher already running at subscribe time (or
+///   whose id carries no plausible start) before the first message it
+///   receives from it, nor anything on an unordered transport (Kafka), where
+///   the transport's gap events are the signal.
 ///
 /// Dropping the cache (or [`close`](Self::close)) stops its task.
 ///
@@ -449,11 +462,13 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             .subscribe(inner.channel.topic(), self.subscribe)
             .await?;
         let subscribed_at = clock::now();
+        let subscribed_ms = hydrate::now_ms();
         inner.ready_if_warm();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(hydrate::run(
             Arc::clone(&inner),
             subscription,
+            subscribed_ms,
             self.warm.map(|w| (w, subscribed_at)),
             self.heartbeat_interval,
             stopped,

@@ -156,8 +156,10 @@ pub struct CacheStats {
     pub malformed: u64,
     /// Gap events from the transport (lag, reconnect, restart).
     pub gaps: u64,
-    /// Sequence jumps seen (a message lost while the connection stayed up,
-    /// including a lost last message revealed by a heartbeat).
+    /// Possible losses seen in publishers' sequence numbers (a message lost
+    /// while the connection stayed up, a lost last message revealed by a
+    /// heartbeat, a new publisher's lost first messages, a forgotten
+    /// publisher coming back).
     pub sequence_gaps: u64,
     /// Repairs that cleared the cache.
     pub repairs_clear: u64,
