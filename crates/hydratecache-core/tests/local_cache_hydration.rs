@@ -136,6 +136,136 @@ fn channel(bus: &Arc<Bus>, topic: &str) -> Channel<String> {
     Channel::new(transport, topic)
 }
 
+// ---- item 2: hydration that cannot silently stop ----
+
+#[tokio::test]
+async fn a_hostile_max_sequence_does_not_stop_hydration() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let reader = cache(&bus, "max").await;
+    let writer = channel(&bus, "max");
+    writer.publish("k", &"v1".into()).await?;
+    eventually("k = v1", || value(&reader, "k").as_deref() == Some("v1")).await;
+    // u64::MAX, then anything from the same publisher: `last + 1` overflowed.
+    bus.raw("max", &raw(7, u64::MAX, "x", "hostile"));
+    bus.raw("max", &raw(7, 1, "y", "hostile"));
+    writer.publish("k", &"v2".into()).await?;
+    eventually("k = v2 applied after the hostile messages", || {
+        value(&reader, "k").as_deref() == Some("v2")
+    })
+    .await;
+    Ok(())
+}
+
+fn panicky_codec(bus: &Arc<Bus>, topic: &str) -> Channel<String> {
+    let transport: Arc<dyn Transport> = bus.clone();
+    Channel::builder(transport, topic)
+        .encoder_decoder(
+            |v: &String| Ok(v.as_bytes().to_vec()),
+            |bytes: &[u8]| {
+                assert_ne!(bytes, b"boom", "the user's codec panics");
+                Ok(String::from_utf8(bytes.to_vec())?)
+            },
+        )
+        .build()
+}
+
+#[tokio::test]
+async fn a_panicking_codec_forgets_the_key_and_hydration_goes_on() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let reader = LocalCache::builder(panicky_codec(&bus, "codec"))
+        .heartbeat_interval(None)
+        .build()
+        .await?;
+    let writer = panicky_codec(&bus, "codec");
+    writer.publish("k", &"v1".into()).await?;
+    eventually("k = v1", || value(&reader, "k").as_deref() == Some("v1")).await;
+    writer.publish("k", &"boom".into()).await?;
+    writer.publish("j", &"j1".into()).await?;
+    eventually("j = j1 applied after the panic", || {
+        value(&reader, "j").as_deref() == Some("j1")
+    })
+    .await;
+    assert_eq!(value(&reader, "k"), None, "kept serving k = v1");
+    let stats = reader.stats();
+    assert_eq!(stats.hydration_panics, 1, "{stats:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_panicking_weigher_forgets_the_key_and_hydration_goes_on() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let reader = LocalCache::builder(channel(&bus, "weigher"))
+        .heartbeat_interval(None)
+        .max_weight(1 << 20, |_key: &str, value: &String| {
+            assert_ne!(value, "boom", "the user's weigher panics");
+            value.len() as u64
+        })
+        .build()
+        .await?;
+    let writer = channel(&bus, "weigher");
+    writer.publish("k", &"v1".into()).await?;
+    eventually("k = v1", || value(&reader, "k").as_deref() == Some("v1")).await;
+    writer.publish("k", &"boom".into()).await?;
+    writer.publish("j", &"j1".into()).await?;
+    eventually("j = j1 applied after the panic", || {
+        value(&reader, "j").as_deref() == Some("j1")
+    })
+    .await;
+    assert_eq!(value(&reader, "k"), None, "kept serving k = v1");
+    assert_eq!(reader.stats().hydration_panics, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_panicking_warm_up_stream_is_counted_and_hydration_goes_on() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let warm = futures::stream::iter([("a".to_owned(), Loaded::new("a0".to_owned()))]).chain(
+        futures::stream::poll_fn(|_| -> std::task::Poll<Option<(String, Loaded<String>)>> {
+            panic!("the user's warm-up stream panics")
+        }),
+    );
+    let reader = LocalCache::builder(channel(&bus, "warm"))
+        .heartbeat_interval(None)
+        .warm_from(warm)
+        .build()
+        .await?;
+    tokio::time::timeout(WAIT, reader.ready())
+        .await
+        .map_err(|_| anyhow::anyhow!("never ready after the warm-up stream panicked"))?;
+    assert_eq!(value(&reader, "a").as_deref(), Some("a0"));
+    channel(&bus, "warm").publish("b", &"b1".into()).await?;
+    eventually("b = b1", || value(&reader, "b").as_deref() == Some("b1")).await;
+    assert_eq!(reader.stats().hydration_panics, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hydration_task_that_dies_stops_serving_then_resubscribes() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let reader = cache(&bus, "dies").await;
+    let writer = channel(&bus, "dies");
+    writer.publish("k", &"v1".into()).await?;
+    eventually("k = v1", || value(&reader, "k").as_deref() == Some("v1")).await;
+    writer.publish("boom", &"x".into()).await?; // the subscription's stream panics
+    writer.publish("k", &"v2".into()).await?; // lost with the dead subscription
+    eventually("stops serving k = v1", || {
+        value(&reader, "k").as_deref() != Some("v1")
+    })
+    .await;
+    let stats = reader.stats();
+    assert_eq!(stats.hydration_failures, 1, "{stats:?}");
+    eventually("resubscribed", || {
+        bus.subscribes.load(Ordering::Acquire) == 2
+    })
+    .await;
+    writer.publish("k", &"v3".into()).await?;
+    eventually("k = v3 after the resubscribe", || {
+        value(&reader, "k").as_deref() == Some("v3")
+    })
+    .await;
+    Ok(())
+}
+
 // ---- item 3: the cache's own identity ----
 
 #[tokio::test]

@@ -294,6 +294,13 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   whose id carries no plausible start) before the first message it
 ///   receives from it, nor anything on an unordered transport (Kafka), where
 ///   the transport's gap events are the signal.
+/// - **Failures of hydration**: a codec or weigher that panics on one
+///   message forgets that key; a warm-up stream that panics ends the warm-up
+///   (both counted in `hydration_panics`). If the task itself fails (its
+///   subscription's stream panics) the cache stops serving at once, then
+///   resubscribes with backoff, repairs and serves again; if the
+///   subscription ends, it stops serving for good. Both are counted in
+///   `hydration_failures`: a cache never serves from a table nobody updates.
 ///
 /// Dropping the cache (or [`close`](Self::close)) stops its task.
 ///
@@ -459,18 +466,21 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         let subscription = inner
             .channel
             .transport()
-            .subscribe(inner.channel.topic(), self.subscribe)
+            .subscribe(inner.channel.topic(), self.subscribe.clone())
             .await?;
         let subscribed_at = clock::now();
         let subscribed_ms = hydrate::now_ms();
         inner.ready_if_warm();
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(hydrate::run(
-            Arc::clone(&inner),
-            subscription,
-            subscribed_ms,
-            self.warm.map(|w| (w, subscribed_at)),
-            self.heartbeat_interval,
+        let task = tokio::spawn(hydrate::supervise(
+            hydrate::Hydration {
+                inner: Arc::clone(&inner),
+                subscription,
+                subscribed_ms,
+                warm: self.warm.map(|w| (w, subscribed_at)),
+                heartbeat_interval: self.heartbeat_interval,
+                options: self.subscribe,
+            },
             stopped,
         ));
         Ok(LocalCache {
@@ -978,6 +988,10 @@ fn export_metrics(topic: &str, s: &CacheStats) {
             s.own_echoes_skipped,
         ),
         ("hydratecache_cache_decode_errors", s.decode_errors),
+        (
+            "hydratecache_cache_hydration_failures",
+            s.hydration_failures,
+        ),
         ("hydratecache_cache_gaps", s.gaps + s.sequence_gaps),
         ("hydratecache_cache_repairs", s.repairs()),
     ];

@@ -66,6 +66,8 @@ pub(crate) struct Counters {
     pub(crate) repairs_reload: Counter,
     pub(crate) repairs_ignored: Counter,
     pub(crate) reloaded_keys: Counter,
+    pub(crate) hydration_panics: Counter,
+    pub(crate) hydration_failures: Counter,
     lag_micros: Mutex<VecDeque<u64>>,
 }
 
@@ -121,6 +123,8 @@ impl Counters {
             repairs_reload: self.repairs_reload.get(),
             repairs_ignored: self.repairs_ignored.get(),
             reloaded_keys: self.reloaded_keys.get(),
+            hydration_panics: self.hydration_panics.get(),
+            hydration_failures: self.hydration_failures.get(),
             entries,
             lag_p50,
             lag_p99,
@@ -169,6 +173,15 @@ pub struct CacheStats {
     pub repairs_ignored: u64,
     /// Keys reloaded by `Reload` repairs.
     pub reloaded_keys: u64,
+    /// Panics of user code caught by the hydration task: a codec or weigher
+    /// on one message (that key was forgotten), or the warm-up stream (the
+    /// warm-up ended there). Hydration went on.
+    pub hydration_panics: u64,
+    /// Times the hydration task itself failed: a panic outside user code
+    /// (the transport's stream, for one), or the subscription ended. The
+    /// cache stops serving at once; after a panic it resubscribes, repairs
+    /// by its policy and serves again.
+    pub hydration_failures: u64,
     /// Entries now held (values and tombstones).
     pub entries: usize,
     /// Median propagation lag (publish → applied) over recent updates.
