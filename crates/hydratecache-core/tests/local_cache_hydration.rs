@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use hydratecache_core::{
-    Capabilities, CborCodec, Channel, Codec, Envelope, Event, Kind, Loaded, LocalCache,
-    MemoryTransport, PublisherId, RepairPolicy, Result, SubscribeOptions, Subscription, Transport,
-    Ttl,
+    Capabilities, CborCodec, Channel, Codec, Envelope, EnvelopeError, Error, Event, Kind, Loaded,
+    LocalCache, MemoryTransport, PublisherId, RepairPolicy, Result, SubscribeOptions, Subscription,
+    Transport, Ttl,
 };
 use tokio::sync::mpsc;
 
@@ -67,6 +67,12 @@ impl Bus {
             subscribes: AtomicUsize::new(0),
             inject: Mutex::new(Vec::new()),
         })
+    }
+
+    fn inject(&self, item: impl Fn() -> Result<Event>) {
+        for tx in self.inject.lock().expect("lock").iter() {
+            let _ = tx.send(item());
+        }
     }
 
     fn raw(&self, topic: &str, envelope: &Envelope) {
@@ -296,6 +302,62 @@ async fn caches_built_from_clones_of_one_channel_see_each_others_writes() -> any
     .await;
     b.invalidate("k").await?;
     eventually("a sees b's delete", || value(&a, "k").is_none()).await;
+    Ok(())
+}
+
+// ---- item 4: unreadable envelopes ----
+
+#[tokio::test]
+async fn an_envelope_from_a_newer_release_is_a_gap() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let reader = cache(&bus, "newer").await;
+    let writer = channel(&bus, "newer");
+    // Byte 1: format version; byte 2: kind; byte 3: flags.
+    for (n, (at, byte)) in [(1usize, 2u8), (2, 9), (3, 0x80)].into_iter().enumerate() {
+        writer.publish("k", &format!("v{n}")).await?;
+        eventually("k held", || value(&reader, "k").is_some()).await;
+        let mut newer = raw(9, 1, "k", "newer").encode()?;
+        newer[at] = byte;
+        bus.bus.publish_raw("newer", newer)?;
+        eventually("k no longer served after an unreadable message", || {
+            value(&reader, "k").is_none()
+        })
+        .await;
+    }
+    let stats = reader.stats();
+    assert_eq!((stats.malformed, stats.gaps), (3, 3), "{stats:?}");
+    // Bytes that are not an envelope at all (another client on the topic)
+    // are counted, not repaired.
+    writer.publish("k", &"v".into()).await?;
+    eventually("k held", || value(&reader, "k").is_some()).await;
+    bus.bus.publish_raw("newer", &b"not an envelope"[..])?;
+    bus.bus.publish_raw("newer", &b""[..])?;
+    writer.publish("j", &"j".into()).await?;
+    eventually("j held", || value(&reader, "j").is_some()).await;
+    assert_eq!(value(&reader, "k").as_deref(), Some("v"));
+    assert_eq!(reader.stats().malformed, 5);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreadable_record_with_a_readable_key_forgets_that_key() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let reader = cache(&bus, "keyed").await;
+    let writer = channel(&bus, "keyed");
+    writer.publish("k", &"k1".into()).await?;
+    writer.publish("j", &"j1".into()).await?;
+    eventually("j held", || value(&reader, "j").is_some()).await;
+    bus.inject(|| {
+        Err(Error::Malformed {
+            topic: "keyed".into(),
+            key: Some("k".into()),
+            source: EnvelopeError::UnknownKind(9),
+        })
+    });
+    eventually("k forgotten", || value(&reader, "k").is_none()).await;
+    assert_eq!(value(&reader, "j").as_deref(), Some("j1"), "only k goes");
+    let stats = reader.stats();
+    assert_eq!((stats.malformed, stats.repairs()), (1, 0), "{stats:?}");
     Ok(())
 }
 

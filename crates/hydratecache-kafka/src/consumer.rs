@@ -37,14 +37,15 @@ use rskafka::record::RecordAndOffset;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::record::from_record;
+use crate::record::read_record;
 use crate::{KafkaError, BACKEND};
 
 /// What a reader sends to its subscriptions.
 #[derive(Debug, Clone)]
 pub(crate) enum Item {
     Event(Event),
-    Malformed(EnvelopeError),
+    /// With the record key, when readable.
+    Malformed(EnvelopeError, Option<String>),
 }
 
 /// Where a reader delivers.
@@ -519,11 +520,11 @@ async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink
             cur.last = Some(Fingerprint::of(&r));
             cur.hole_retries = 0;
             advanced = true;
-            let item = match from_record(r.record) {
+            let item = match read_record(r.record) {
                 Ok(envelope) => Item::Event(Event::Message(envelope)),
                 Err(e) => {
-                    tracing::warn!(topic = %ctx.topic, partition = cur.partition, offset = r.offset, error = %e, "malformed record");
-                    Item::Malformed(e)
+                    tracing::warn!(topic = %ctx.topic, partition = cur.partition, offset = r.offset, error = %e.error, key = ?e.key, "malformed record");
+                    Item::Malformed(e.error, e.key)
                 }
             };
             if !sink.send(item).await {
@@ -572,8 +573,9 @@ async fn reset(ctx: &ReaderCtx, pc: &PartitionClient, cur: &mut Cursor, sink: &S
 fn to_result(topic: &str, item: Item) -> Result<Event> {
     match item {
         Item::Event(event) => Ok(event),
-        Item::Malformed(source) => Err(Error::Malformed {
+        Item::Malformed(source, key) => Err(Error::Malformed {
             topic: topic.to_owned(),
+            key,
             source,
         }),
     }

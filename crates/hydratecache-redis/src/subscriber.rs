@@ -323,6 +323,7 @@ impl Shared {
                 for (_, queue) in subs {
                     queue.push(Err(Error::Malformed {
                         topic: message.channel.to_string(),
+                        key: None,
                         source: source.clone(),
                     }));
                 }

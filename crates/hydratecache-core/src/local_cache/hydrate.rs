@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 use super::sequences::Sequences;
 use super::{Inner, Nanos, Origin, WarmStream};
-use crate::envelope::{Envelope, Kind};
+use crate::envelope::{Envelope, EnvelopeError, Kind};
 use crate::error::Error;
 use crate::transport::{Event, StartFrom, SubscribeOptions, Subscription};
 
@@ -224,12 +224,7 @@ async fn run<T: Send + Sync + 'static>(
             }
             item = subscription.next() => match item {
                 Some(Ok(event)) => apply(&inner, &mut sequences, event),
-                Some(Err(e)) => {
-                    if matches!(e, Error::Malformed { .. }) {
-                        inner.counters.malformed.incr();
-                    }
-                    tracing::warn!(topic = inner.channel.topic(), error = %e, "unreadable message skipped");
-                }
+                Some(Err(e)) => unreadable(&inner, &e),
                 None => {
                     // Without a subscription the cache can no longer know
                     // what changed: stop serving rather than serve stale values.
@@ -292,6 +287,36 @@ async fn warm_up<T: Send + Sync + 'static>(
         }
     }
     tracing::debug!(topic = inner.channel.topic(), stored, "warm-up done");
+}
+
+/// A message this build cannot read.
+///
+/// Bytes that are not an envelope at all (another client on the topic) are
+/// skipped. Anything else is an envelope we cannot read (a newer release's,
+/// during a rolling upgrade, or damaged), so a possible lost update: with its
+/// key (Kafka's record key, the unit of change and of compaction there) that
+/// key is forgotten; without, it is a gap, repaired by policy.
+fn unreadable<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, error: &Error) {
+    let topic = inner.channel.topic();
+    let Error::Malformed { key, source, .. } = error else {
+        tracing::warn!(topic, %error, "subscription error item skipped");
+        return;
+    };
+    inner.counters.malformed.incr();
+    match (source, key) {
+        // Not even our magic byte (or nothing at all): not one of ours.
+        (EnvelopeError::BadMagic { .. } | EnvelopeError::Truncated { got: 0, needed: 1 }, _) => {
+            tracing::warn!(topic, %error, "bytes that are not a message skipped");
+        }
+        (_, Some(key)) => {
+            inner.forget(key);
+            tracing::warn!(topic, key, %error, "unreadable message: key forgotten");
+        }
+        (_, None) => {
+            inner.counters.gaps.incr();
+            inner.repair(&format!("unreadable message ({source})"));
+        }
+    }
 }
 
 fn apply<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, sequences: &mut Sequences, event: Event) {

@@ -279,8 +279,11 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   late, older update cannot bring the key back. Without versions, updates
 ///   apply in arrival order (one publisher's order is its publish order;
 ///   concurrent writers of one key resolve by arrival).
-/// - **Coherence**: on every gap event, and on every possible loss that
-///   sequence numbers reveal, the cache repairs by its [`RepairPolicy`].
+/// - **Coherence**: on every gap event, on every message it cannot read
+///   that may be ours (an envelope of a newer release during a rolling
+///   upgrade: where the transport names its key, as Kafka does, only that key
+///   is forgotten), and on every possible loss that sequence numbers reveal,
+///   the cache repairs by its [`RepairPolicy`].
 /// - **Sequence tracking** (on a transport that keeps each publisher's order,
 ///   [`Capabilities::ordered`](crate::Capabilities::ordered)) sees: a jump in a
 ///   known publisher's sequence (a heartbeat reveals a lost last message); a

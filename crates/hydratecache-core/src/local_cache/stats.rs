@@ -156,9 +156,11 @@ pub struct CacheStats {
     pub own_echoes_skipped: u64,
     /// Messages whose value could not be decoded (the key was invalidated).
     pub decode_errors: u64,
-    /// Bytes on the topic that were not a message.
+    /// Messages on the topic that could not be read (not an envelope, or
+    /// one of a newer release).
     pub malformed: u64,
-    /// Gap events from the transport (lag, reconnect, restart).
+    /// Gap events from the transport (lag, reconnect, restart), and
+    /// unreadable messages that may have been ours without a key to forget.
     pub gaps: u64,
     /// Possible losses seen in publishers' sequence numbers (a message lost
     /// while the connection stayed up, a lost last message revealed by a
