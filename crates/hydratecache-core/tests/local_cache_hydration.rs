@@ -491,3 +491,28 @@ async fn a_reload_cache_still_repairs_after_a_new_publishers_loss() -> anyhow::R
     .await;
     Ok(())
 }
+
+#[test]
+fn a_cache_whose_runtime_shut_down_stops_serving() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bus = Bus::new();
+    let reader = runtime.block_on(async {
+        let reader = cache(&bus, "runtime").await;
+        channel(&bus, "runtime").publish("k", &"v1".into()).await?;
+        eventually("k = v1", || value(&reader, "k").is_some()).await;
+        anyhow::Ok(reader)
+    })?;
+    assert_eq!(value(&reader, "k").as_deref(), Some("v1"));
+    // The hydration task goes with its runtime; the handle lives on.
+    drop(runtime);
+    assert_eq!(
+        value(&reader, "k"),
+        None,
+        "served from a cache whose hydration task is gone"
+    );
+    assert!(!reader.is_ready());
+    assert_eq!(reader.stats().hydration_failures, 1);
+    Ok(())
+}

@@ -12,7 +12,9 @@
 //!   rather than behind its `JoinHandle`, so it reacts at the moment of the
 //!   panic (a transport's stream that panics, a bug of ours): the cache stops
 //!   serving at once, then resubscribes with backoff, repairs by its policy and
-//!   serves again. Each such failure is counted (`hydration_failures`).
+//!   serves again. Each such failure is counted (`hydration_failures`). A
+//!   task dropped before it returned (its runtime shut down) stops the cache
+//!   serving too, from a drop guard.
 //!
 //! State touched by a caught panic stays consistent: the store lock recovers
 //! from poisoning, and the table is only written after user code returned.
@@ -79,6 +81,7 @@ pub(super) async fn supervise<T: Send + Sync + 'static>(
         heartbeat_interval,
         options,
     } = hydration;
+    let mut guard = Unsupervised(Some(Arc::clone(&inner)));
     let mut current = Some((subscription, subscribed_ms));
     let mut backoff = RESTART_MIN;
     loop {
@@ -86,7 +89,10 @@ pub(super) async fn supervise<T: Send + Sync + 'static>(
             Some(current) => current,
             None => match resubscribe(&inner, &options, &mut stop, &mut backoff).await {
                 Some(resubscribed) => resubscribed,
-                None => return,
+                None => {
+                    guard.0 = None;
+                    return;
+                }
             },
         };
         let started = Instant::now();
@@ -101,7 +107,10 @@ pub(super) async fn supervise<T: Send + Sync + 'static>(
         .catch_unwind()
         .await;
         match run {
-            Ok(Outcome::Stopped | Outcome::Ended) => return,
+            Ok(Outcome::Stopped | Outcome::Ended) => {
+                guard.0 = None;
+                return;
+            }
             Err(panic) => {
                 inner.counters.hydration_failures.incr();
                 stop_serving(&inner);
@@ -114,6 +123,20 @@ pub(super) async fn supervise<T: Send + Sync + 'static>(
                     backoff = RESTART_MIN;
                 }
             }
+        }
+    }
+}
+
+/// Set while the task runs: if it is dropped before it returns (its
+/// runtime shut down, or it was aborted), the cache stops serving, since
+/// nothing updates it any more.
+struct Unsupervised<T: Send + Sync + 'static>(Option<Arc<Inner<T>>>);
+
+impl<T: Send + Sync + 'static> Drop for Unsupervised<T> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            inner.counters.hydration_failures.incr();
+            stop_serving(&inner);
         }
     }
 }

@@ -302,8 +302,9 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   (both counted in `hydration_panics`). If the task itself fails (its
 ///   subscription's stream panics) the cache stops serving at once, then
 ///   resubscribes with backoff, repairs and serves again; if the
-///   subscription ends, it stops serving for good. Both are counted in
-///   `hydration_failures`: a cache never serves from a table nobody updates.
+///   subscription ends, or the task's runtime shuts down, it stops serving
+///   for good. All are counted in `hydration_failures`: a cache never serves
+///   from a table nobody updates.
 ///
 /// Dropping the cache (or [`close`](Self::close)) stops its task.
 ///
