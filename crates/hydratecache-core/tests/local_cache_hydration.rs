@@ -305,6 +305,28 @@ async fn caches_built_from_clones_of_one_channel_see_each_others_writes() -> any
     Ok(())
 }
 
+#[tokio::test]
+async fn a_lost_last_publish_through_the_caches_channel_is_revealed_by_a_heartbeat(
+) -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let transport: Arc<dyn Transport> = bus.clone();
+    let writer: LocalCache<String> = LocalCache::builder(Channel::new(transport, "hb-own"))
+        .heartbeat_interval(Some(Duration::from_millis(50)))
+        .build()
+        .await?;
+    let reader = cache(&bus, "hb-own").await;
+    writer.channel().publish("k", &"v1".into()).await?;
+    eventually("k = v1", || value(&reader, "k").is_some()).await;
+    bus.drop_next.store(1, Ordering::Release);
+    writer.channel().publish("k", &"v2".into()).await?; // lost, and the last
+    eventually("a heartbeat reveals the loss", || {
+        reader.stats().sequence_gaps == 1
+    })
+    .await;
+    assert_eq!(value(&reader, "k"), None, "stale v1 served");
+    Ok(())
+}
+
 // ---- item 4: unreadable envelopes ----
 
 #[tokio::test]

@@ -223,11 +223,21 @@ async fn run<T: Send + Sync + 'static>(
     stop: &mut oneshot::Receiver<()>,
 ) -> Outcome {
     let (heartbeat_stop, heartbeat_stopped) = oneshot::channel::<()>();
+    let (user_heartbeat_stop, user_heartbeat_stopped) = oneshot::channel::<()>();
     let mut heartbeats = std::pin::pin!(OptionFuture::from(heartbeat_interval.map(|interval| {
-        inner
-            .channel
-            .clone()
-            .run_heartbeats(interval, heartbeat_stopped)
+        futures::future::join(
+            inner
+                .channel
+                .clone()
+                .run_heartbeats(interval, heartbeat_stopped),
+            // What is published through the channel the cache was built
+            // from is heartbeated too (a channel that never published sends
+            // nothing), so its lost last message is noticed as well.
+            inner
+                .user_channel
+                .clone()
+                .run_heartbeats(interval, user_heartbeat_stopped),
+        )
     })));
     let mut warming =
         std::pin::pin!(OptionFuture::from(warm.map(|(entries, since)| {
@@ -261,6 +271,7 @@ async fn run<T: Send + Sync + 'static>(
         }
     };
     let _ = heartbeat_stop.send(());
+    let _ = user_heartbeat_stop.send(());
     if !heartbeats_done {
         heartbeats.await;
     }

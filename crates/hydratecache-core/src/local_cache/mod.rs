@@ -410,8 +410,8 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         self
     }
 
-    /// Heartbeat interval of this cache's own publisher (default 1 s); `None`
-    /// sends none.
+    /// Heartbeat interval of this cache's own publisher, and of the channel
+    /// it was built from once that published (default 1 s); `None` sends none.
     pub fn heartbeat_interval(mut self, interval: Option<Duration>) -> Self {
         self.heartbeat_interval = interval;
         self
