@@ -21,7 +21,8 @@ use crate::transport::{Event, Gap, SubscribeOptions, Subscription, Transport};
 /// updates and deletes of every publisher.
 ///
 /// Each `Channel` is one publisher with its own [`PublisherId`] and sequence
-/// (clones share them). Cheap to clone.
+/// (clones share them; [`with_new_publisher`](Self::with_new_publisher) makes
+/// another). Cheap to clone.
 ///
 /// ```
 /// use hydratecache_core::{Channel, ChannelEvent, MemoryTransport};
@@ -271,6 +272,16 @@ impl<T: Send + Sync + 'static> Channel<T> {
                 last_sent: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// A channel on the same transport, topic and codec, publishing as a new
+    /// publisher: its own [`PublisherId`] and sequence (a clone shares them).
+    pub fn with_new_publisher(&self) -> Channel<T> {
+        Channel::with_codec_arc(
+            Arc::clone(&self.inner.transport),
+            self.inner.topic.clone(),
+            Arc::clone(&self.inner.codec),
+        )
     }
 
     /// The topic.

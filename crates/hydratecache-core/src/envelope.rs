@@ -65,6 +65,13 @@ impl Kind {
 ///
 /// Sequence numbers are counted per publisher, so `(publisher, sequence)`
 /// tells a subscriber whether it missed something.
+///
+/// An id made by [`random`](Self::random) carries the time it was made (its
+/// publisher's start) in its low 48 bits, in milliseconds since the Unix
+/// epoch; the upper 80 bits are random. A subscriber uses it to tell a
+/// publisher that started after it subscribed (whose first message it should
+/// have seen) from one that was already running. The wire format does not
+/// change: the id is still 16 opaque bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct PublisherId(pub u128);
 
@@ -88,9 +95,21 @@ impl PublisherId {
             h.write_usize(i);
             *word = h.finish();
         }
-        PublisherId((u128::from(words[0]) << 64) | u128::from(words[1]))
+        let random = (u128::from(words[0]) << 64) | u128::from(words[1]);
+        let millis = u64::try_from(nanos / 1_000_000).unwrap_or(u64::MAX) & START_MASK;
+        PublisherId((random & !u128::from(START_MASK)) | u128::from(millis))
+    }
+
+    /// The start time [`random`](Self::random) put in this id, in
+    /// milliseconds since the Unix epoch. Any value for an id made otherwise
+    /// (by an older release, or by hand): callers check it is plausible.
+    pub(crate) fn start_millis(self) -> u64 {
+        (self.0 as u64) & START_MASK
     }
 }
+
+/// The low 48 bits of a [`PublisherId`]: its start, in ms since the epoch.
+const START_MASK: u64 = (1 << 48) - 1;
 
 impl fmt::Debug for PublisherId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -107,7 +126,15 @@ impl fmt::Display for PublisherId {
 /// A time to live: the entry expires `duration` after `start`.
 ///
 /// The publisher sets `start` when it publishes, so every subscriber computes
-/// the same expiry instant whatever the delivery delay (clocks assumed in sync).
+/// the same expiry instant whatever the delivery delay.
+///
+/// **Clock skew**: `start` is read on the publisher's clock and compared with
+/// the subscriber's. What is left is never more than `duration`
+/// ([`remaining_at`](Self::remaining_at) caps it), so a publisher whose clock
+/// is ahead (or a forged `start` in the future) cannot make an entry live
+/// longer than its TTL from the moment it is received. A publisher whose
+/// clock is behind by `s` makes its entries expire `s` early, on arrival
+/// when `s` is at least the TTL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ttl {
     /// When the time to live started.
@@ -145,11 +172,13 @@ impl Ttl {
         self.remaining_at(SystemTime::now())
     }
 
-    /// Time left at `now`; zero once expired.
+    /// Time left at `now`; zero once expired, never more than `duration`
+    /// (however far ahead of `now` `start` is).
     pub fn remaining_at(&self, now: SystemTime) -> Duration {
         self.expires_at()
             .duration_since(now)
             .unwrap_or(Duration::ZERO)
+            .min(self.duration)
     }
 
     /// Whether the entry has expired.
@@ -622,5 +651,20 @@ mod tests {
     #[test]
     fn publisher_ids_differ() {
         assert_ne!(PublisherId::random(), PublisherId::random());
+    }
+
+    #[test]
+    fn a_random_id_carries_its_start_and_random_upper_bits() {
+        let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let before = ms(SystemTime::now());
+        let ids: Vec<PublisherId> = (0..64).map(|_| PublisherId::random()).collect();
+        let after = ms(SystemTime::now());
+        for id in &ids {
+            assert!((before..=after).contains(&id.start_millis()), "{id}");
+        }
+        let mut upper: Vec<u128> = ids.iter().map(|id| id.0 >> 48).collect();
+        upper.sort_unstable();
+        upper.dedup();
+        assert_eq!(upper.len(), ids.len(), "the random part repeats");
     }
 }

@@ -56,6 +56,10 @@ pub enum Error {
     Malformed {
         /// The topic it arrived on.
         topic: String,
+        /// The message's key, where the transport carries it apart from the
+        /// envelope and it could be read (Kafka's record key): a subscriber
+        /// can then forget that key alone.
+        key: Option<String>,
         /// What is wrong with it.
         #[source]
         source: EnvelopeError,

@@ -277,6 +277,7 @@ pub fn decode_frame(topic: &str, frame: &bytes::Bytes) -> Result<Event> {
             tracing::warn!(topic, error = %source, len = frame.len(), "malformed message");
             Error::Malformed {
                 topic: topic.to_owned(),
+                key: None,
                 source,
             }
         })

@@ -185,7 +185,8 @@ async fn a_loader_panic_is_an_error_and_does_not_poison_the_key() -> anyhow::Res
     .await;
     let first = first.expect("the loader's panic reached the caller");
     let error = first.expect_err("a panicking loader gave a value");
-    assert!(format!("{error}").contains("panicked"), "{error}");
+    let text = format!("{:#}", anyhow::Error::from(error));
+    assert!(text.contains("panicked"), "{text}");
     let second = tokio::time::timeout(WAIT, cache.get_or_load("k", |_| async { loaded("v") }))
         .await
         .expect("the next caller hung")?;
@@ -216,7 +217,8 @@ async fn a_load_past_the_load_timeout_is_an_error_and_the_next_call_loads_again(
     .await
     .expect("the load timeout did not end the load");
     let error = stuck.expect_err("a stuck loader gave a value");
-    assert!(format!("{error}").contains("did not finish"), "{error}");
+    let text = format!("{:#}", anyhow::Error::from(error));
+    assert!(text.contains("did not finish"), "{text}");
     assert!(dropped.load(Ordering::SeqCst), "the stuck load was kept");
     let next = cache.get_or_load("k", |_| async { loaded("v") }).await?;
     assert_eq!(next.as_deref().map(String::as_str), Some("v"));
@@ -384,7 +386,8 @@ async fn reload_without_a_loader_is_a_build_error() {
         .build()
         .await;
     let error = built.expect_err("a Reload cache without a loader was built");
-    assert!(format!("{error}").contains("loader"), "{error}");
+    let text = format!("{:#}", anyhow::Error::from(error));
+    assert!(text.contains("loader"), "{text}");
 }
 
 /// Counts the calls of a reload loader that never finishes, and how many

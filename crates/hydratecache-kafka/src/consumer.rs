@@ -41,14 +41,15 @@ use tokio::task::JoinHandle;
 
 use crate::cursor::{Check, Cursor, Fingerprint, Step};
 use crate::queue::{Fanout, Gated, GatedSender, Queue, Received};
-use crate::record::from_record;
+use crate::record::read_record;
 use crate::{KafkaError, BACKEND};
 
 /// What a reader sends to its subscriptions.
 #[derive(Debug, Clone)]
 pub(crate) enum Item {
     Event(Event),
-    Malformed(EnvelopeError),
+    /// With the record key, when readable.
+    Malformed(EnvelopeError, Option<String>),
 }
 
 impl Item {
@@ -474,11 +475,11 @@ async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink
         for step in taken.steps {
             let item = match step {
                 Step::Gap(gap) => Item::Event(Event::Gap(gap)),
-                Step::Record(r) => match from_record(r.record) {
+                Step::Record(r) => match read_record(r.record) {
                     Ok(envelope) => Item::Event(Event::Message(envelope)),
                     Err(e) => {
-                        tracing::warn!(topic = %ctx.topic, partition = cur.partition, offset = r.offset, error = %e, "malformed record");
-                        Item::Malformed(e)
+                        tracing::warn!(topic = %ctx.topic, partition = cur.partition, offset = r.offset, error = %e.error, key = ?e.key, "malformed record");
+                        Item::Malformed(e.error, e.key)
                     }
                 },
             };
@@ -523,8 +524,9 @@ async fn reset(ctx: &ReaderCtx, pc: &PartitionClient, cur: &mut Cursor, sink: &S
 fn to_result(topic: &str, item: Item) -> Result<Event> {
     match item {
         Item::Event(event) => Ok(event),
-        Item::Malformed(source) => Err(Error::Malformed {
+        Item::Malformed(source, key) => Err(Error::Malformed {
             topic: topic.to_owned(),
+            key,
             source,
         }),
     }

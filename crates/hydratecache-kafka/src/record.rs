@@ -237,6 +237,32 @@ pub fn from_record(record: Record) -> Result<Envelope, EnvelopeError> {
     })
 }
 
+/// A record this build cannot read as an envelope, with its key when that
+/// is readable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unreadable {
+    /// Why it cannot be read.
+    pub error: EnvelopeError,
+    /// The record key as UTF-8, if it is: the cache key the record changes.
+    /// `None` for a record without the `hc-v` header (another producer's,
+    /// not a change of ours).
+    pub key: Option<String>,
+}
+
+/// [`from_record`], with the record's key on an error: a record from a
+/// newer release (a format version, kind or flag this build does not know)
+/// still names the key it changed, so a subscriber can forget that key.
+pub fn read_record(record: Record) -> Result<Envelope, Unreadable> {
+    let key = record
+        .headers
+        .contains_key(HEADER_VERSION)
+        .then(|| record.key.as_deref().map(std::str::from_utf8))
+        .flatten()
+        .and_then(|key| key.ok().map(str::to_owned));
+    from_record(record).map_err(|error| Unreadable { error, key })
+}
+
 /// Kafka's default partitioner hash (`Utils.murmur2` of the Java client),
 /// so that this crate, Java producers and librdkafka's `murmur2` partitioner
 /// put a key in the same partition.
@@ -439,6 +465,33 @@ mod tests {
             from_record(record),
             Err(EnvelopeError::UnexpectedPayload { len: 3, .. })
         ));
+    }
+
+    #[test]
+    fn an_unreadable_record_of_ours_names_its_key() {
+        let mut record = to_record(&full("user:1", 3));
+        record.headers.insert(HEADER_KIND.to_owned(), vec![9]);
+        assert_eq!(
+            read_record(record.clone()),
+            Err(Unreadable {
+                error: EnvelopeError::UnknownKind(9),
+                key: Some("user:1".into())
+            })
+        );
+        record.headers.insert(HEADER_VERSION.to_owned(), vec![2]);
+        assert_eq!(
+            read_record(record.clone()).map_err(|e| e.key),
+            Err(Some("user:1".into()))
+        );
+        // Another producer's record: not a change of ours, no key.
+        record.headers.remove(HEADER_VERSION);
+        assert_eq!(read_record(record.clone()).map_err(|e| e.key), Err(None));
+        // A key that is not UTF-8 cannot be named.
+        record.headers.insert(HEADER_VERSION.to_owned(), vec![2]);
+        record.key = Some(vec![0xff]);
+        assert_eq!(read_record(record).map_err(|e| e.key), Err(None));
+        let good = to_record(&full("k", 1));
+        assert!(read_record(good).is_ok());
     }
 
     #[test]

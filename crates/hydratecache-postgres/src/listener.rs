@@ -472,6 +472,7 @@ fn item(topic: &str, decoded: &std::result::Result<Envelope, EnvelopeError>) -> 
         Ok(envelope) => Ok(Event::Message(envelope.clone())),
         Err(source) => Err(Error::Malformed {
             topic: topic.to_owned(),
+            key: None,
             source: source.clone(),
         }),
     }

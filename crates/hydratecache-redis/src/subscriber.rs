@@ -394,6 +394,7 @@ impl Shared {
                     queue.push(
                         Err(Error::Malformed {
                             topic: message.channel.to_string(),
+                            key: None,
                             source: source.clone(),
                         }),
                         size,

@@ -188,8 +188,9 @@ async fn reconnect_gap_waits_for_the_confirmed_resubscribe_and_failures_surface(
     let Some(error) = error_seen else {
         panic!("no error item while the re-subscribe was failing");
     };
+    let text = format!("{:#}", anyhow::Error::from(error));
     assert!(
-        error.to_string().contains("NOPERM") || error.to_string().contains("permission"),
-        "the error does not say why: {error}"
+        text.contains("NOPERM") || text.contains("permission"),
+        "the error does not say why: {text}"
     );
 }

@@ -6,6 +6,7 @@ mod entry;
 mod hydrate;
 mod load;
 mod repair;
+mod sequences;
 mod stats;
 mod store;
 
@@ -105,7 +106,11 @@ pub(crate) type WarmStream<T> = futures::stream::BoxStream<'static, (String, Loa
 
 /// State shared by the cache handle and its hydration task.
 struct Inner<T> {
+    /// The cache's own publisher on the user's topic: it publishes `put` and
+    /// `invalidate` and heartbeats, and its id marks the echoes to skip.
     channel: Channel<T>,
+    /// The channel the cache was built from, for [`LocalCache::channel`].
+    user_channel: Channel<T>,
     entries: Table<T>,
     weigher: Option<Arc<Weigher<T>>>,
     loader: Option<Arc<dyn Loader<T>>>,
@@ -149,19 +154,49 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   on arrival is not stored. `get` checks expiry on the kernel's coarse
 ///   clock (Linux), so an entry can be served up to one kernel tick (1 to
 ///   10 ms; 4 ms at 250 Hz) past its expiry, never before it.
-/// - **Writes** (`put`, `invalidate`) change the local cache, then publish.
-///   The cache recognises its own messages by publisher id when they come
-///   back from the transport and skips them (counted as
-///   `own_echoes_skipped`): the write is already applied, and an echo that
-///   arrives after another instance's newer update must not undo it.
+/// - **Writes** (`put`, `invalidate`) change the local cache, then publish
+///   under the cache's own publisher id ([`publisher`](Self::publisher),
+///   made at build time, not the id of the channel it was built from). The
+///   cache recognises these messages when they come back from the transport
+///   and skips them (counted as `own_echoes_skipped`): the write is already
+///   applied, and an echo that arrives after another instance's newer update
+///   must not undo it. Anything else, including what is published through
+///   [`channel`](Self::channel), its clones or another cache built from one
+///   of them, is applied.
+/// - **TTL**: a message's TTL is read against this machine's clock and never
+///   lasts longer than its duration from arrival (a publisher clock ahead
+///   cannot stretch it); a publisher clock behind shortens it by the skew.
 /// - **Versions**: an update older than the version held never overwrites a
 ///   newer one; a versioned delete leaves a tombstone for `tombstone_ttl` so a
 ///   late, older update cannot bring the key back. Without versions, updates
 ///   apply in arrival order (one publisher's order is its publish order;
 ///   concurrent writers of one key resolve by arrival).
-/// - **Coherence**: on every gap event, and on every jump in a publisher's
-///   sequence numbers (including one revealed by a heartbeat after a lost last
-///   message), the cache repairs by its [`RepairPolicy`].
+/// - **Coherence**: on every gap event, on every message it cannot read
+///   that may be ours (an envelope of a newer release during a rolling
+///   upgrade: where the transport names its key, as Kafka does, only that key
+///   is forgotten), and on every possible loss that sequence numbers reveal,
+///   the cache repairs by its [`RepairPolicy`].
+/// - **Sequence tracking** (on a transport that keeps each publisher's order,
+///   [`Capabilities::ordered`](crate::Capabilities::ordered)) sees: a jump in a
+///   known publisher's sequence (a heartbeat reveals a lost last message); a
+///   sequence far below the last seen (forged, or a restarted publisher); the
+///   lost first messages of a publisher that started more than 1 s after the
+///   subscription (a [`PublisherId`](crate::PublisherId) carries its start);
+///   the return of a publisher it may have forgotten (it keeps at most 16,384
+///   publishers, dropping those heard from once first, and forgets those
+///   silent for 600 s): a gap even when nothing was lost in between. It
+///   cannot see losses from a publisher already running at subscribe time (or
+///   whose id carries no plausible start) before the first message it
+///   receives from it, nor anything on an unordered transport (Kafka), where
+///   the transport's gap events are the signal.
+/// - **Failures of hydration**: a codec or weigher that panics on one
+///   message forgets that key; a warm-up stream that panics ends the warm-up
+///   (both counted in `hydration_panics`). If the task itself fails (its
+///   subscription's stream panics) the cache stops serving at once, then
+///   resubscribes with backoff, repairs and serves again; if the
+///   subscription ends, or the task's runtime shuts down, it stops serving
+///   for good. All are counted in `hydration_failures`: a cache never serves
+///   from a table nobody updates.
 ///
 /// Dropping the cache (or [`close`](Self::close)) stops its task and cancels
 /// a running reload.
@@ -276,8 +311,8 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         self
     }
 
-    /// Heartbeat interval of this cache's own publisher (default 1 s); `None`
-    /// sends none.
+    /// Heartbeat interval of this cache's own publisher, and of the channel
+    /// it was built from once that published (default 1 s); `None` sends none.
     pub fn heartbeat_interval(mut self, interval: Option<Duration>) -> Self {
         self.heartbeat_interval = interval;
         self
@@ -329,7 +364,9 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         let (ready_tx, _) = watch::channel(false);
         let ordered = self.channel.transport().capabilities().ordered;
         let inner = Arc::new(Inner {
-            channel: self.channel,
+            // Its own publisher id: it skips its own echoes, and only those.
+            channel: self.channel.with_new_publisher(),
+            user_channel: self.channel,
             entries,
             weigher: self.weigher,
             loader: self.loader,
@@ -354,16 +391,21 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         let subscription = inner
             .channel
             .transport()
-            .subscribe(inner.channel.topic(), self.subscribe)
+            .subscribe(inner.channel.topic(), self.subscribe.clone())
             .await?;
         let subscribed_at = clock::now();
+        let subscribed_ms = hydrate::now_ms();
         inner.ready_if_warm();
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(hydrate::run(
-            Arc::clone(&inner),
-            subscription,
-            self.warm.map(|w| (w, subscribed_at)),
-            self.heartbeat_interval,
+        let task = tokio::spawn(hydrate::supervise(
+            hydrate::Hydration {
+                inner: Arc::clone(&inner),
+                subscription,
+                subscribed_ms,
+                warm: self.warm.map(|w| (w, subscribed_at)),
+                heartbeat_interval: self.heartbeat_interval,
+                options: self.subscribe,
+            },
             stopped,
         ));
         Ok(LocalCache {
@@ -506,9 +548,20 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
         self.inner.entries.is_empty()
     }
 
-    /// The channel the cache hydrates from and publishes through.
+    /// The channel the cache was built from. The cache publishes its own
+    /// writes under a publisher id of its own ([`publisher`](Self::publisher)),
+    /// so what is published through this channel (or its clones, or another
+    /// cache built from one) reaches this cache like any other publisher's.
+    // `inner.channel` is the cache's own publisher; this is the user's.
+    #[allow(clippy::misnamed_getters)]
     pub fn channel(&self) -> &Channel<T> {
-        &self.inner.channel
+        &self.inner.user_channel
+    }
+
+    /// The publisher id of the cache's own writes (`put`, `invalidate`): the
+    /// only messages it skips when they come back.
+    pub fn publisher(&self) -> crate::envelope::PublisherId {
+        self.inner.channel.publisher()
     }
 
     /// Repairs now by the cache's policy, as on a gap.
@@ -618,6 +671,10 @@ fn export_metrics(topic: &str, s: &CacheStats) {
             s.own_echoes_skipped,
         ),
         ("hydratecache_cache_decode_errors", s.decode_errors),
+        (
+            "hydratecache_cache_hydration_failures",
+            s.hydration_failures,
+        ),
         ("hydratecache_cache_gaps", s.gaps + s.sequence_gaps),
         ("hydratecache_cache_repairs", s.repairs()),
     ];

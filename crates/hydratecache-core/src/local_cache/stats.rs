@@ -66,6 +66,8 @@ pub(crate) struct Counters {
     pub(crate) repairs_reload: Counter,
     pub(crate) repairs_ignored: Counter,
     pub(crate) reloaded_keys: Counter,
+    pub(crate) hydration_panics: Counter,
+    pub(crate) hydration_failures: Counter,
     lag_micros: Mutex<VecDeque<u64>>,
 }
 
@@ -121,6 +123,8 @@ impl Counters {
             repairs_reload: self.repairs_reload.get(),
             repairs_ignored: self.repairs_ignored.get(),
             reloaded_keys: self.reloaded_keys.get(),
+            hydration_panics: self.hydration_panics.get(),
+            hydration_failures: self.hydration_failures.get(),
             entries,
             lag_p50,
             lag_p99,
@@ -152,12 +156,16 @@ pub struct CacheStats {
     pub own_echoes_skipped: u64,
     /// Messages whose value could not be decoded (the key was invalidated).
     pub decode_errors: u64,
-    /// Bytes on the topic that were not a message.
+    /// Messages on the topic that could not be read (not an envelope, or
+    /// one of a newer release).
     pub malformed: u64,
-    /// Gap events from the transport (lag, reconnect, restart).
+    /// Gap events from the transport (lag, reconnect, restart), and
+    /// unreadable messages that may have been ours without a key to forget.
     pub gaps: u64,
-    /// Sequence jumps seen (a message lost while the connection stayed up,
-    /// including a lost last message revealed by a heartbeat).
+    /// Possible losses seen in publishers' sequence numbers (a message lost
+    /// while the connection stayed up, a lost last message revealed by a
+    /// heartbeat, a new publisher's lost first messages, a forgotten
+    /// publisher coming back).
     pub sequence_gaps: u64,
     /// Repairs that cleared the cache.
     pub repairs_clear: u64,
@@ -167,6 +175,15 @@ pub struct CacheStats {
     pub repairs_ignored: u64,
     /// Keys reloaded by `Reload` repairs.
     pub reloaded_keys: u64,
+    /// Panics of user code caught by the hydration task: a codec or weigher
+    /// on one message (that key was forgotten), or the warm-up stream (the
+    /// warm-up ended there). Hydration went on.
+    pub hydration_panics: u64,
+    /// Times the hydration task itself failed: a panic outside user code
+    /// (the transport's stream, for one), the subscription ended, or the task
+    /// was dropped with its runtime. The cache stops serving at once; after a
+    /// panic it resubscribes, repairs by its policy and serves again.
+    pub hydration_failures: u64,
     /// Entries now held: values and tombstones, including values a repair
     /// invalidated (never served) until they are overwritten or evicted.
     pub entries: usize,
