@@ -184,7 +184,11 @@ async fn resubscribe<T: Send + Sync + 'static>(
                 return Some((subscription, subscribed_ms));
             }
             Ok(Ok(Err(e))) => {
-                tracing::warn!(topic = inner.channel.topic(), error = %e, "resubscribe failed");
+                tracing::warn!(
+                    topic = inner.channel.topic(),
+                    error = &e as &dyn std::error::Error,
+                    "resubscribe failed"
+                );
             }
             Ok(Err(_)) => {
                 tracing::warn!(topic = inner.channel.topic(), timeout = ?SUBSCRIBE_TIMEOUT, "resubscribe timed out");
@@ -333,18 +337,31 @@ async fn warm_up<T: Send + Sync + 'static>(
 fn unreadable<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, error: &Error) {
     let topic = inner.channel.topic();
     let Error::Malformed { key, source, .. } = error else {
-        tracing::warn!(topic, %error, "subscription error item skipped");
+        tracing::warn!(
+            topic,
+            error = error as &dyn std::error::Error,
+            "subscription error item skipped"
+        );
         return;
     };
     inner.counters.malformed.incr();
     match (source, key) {
         // Not even our magic byte (or nothing at all): not one of ours.
         (EnvelopeError::BadMagic { .. } | EnvelopeError::Truncated { got: 0, needed: 1 }, _) => {
-            tracing::warn!(topic, %error, "bytes that are not a message skipped");
+            tracing::warn!(
+                topic,
+                error = error as &dyn std::error::Error,
+                "bytes that are not a message skipped"
+            );
         }
         (_, Some(key)) => {
             inner.forget(key);
-            tracing::warn!(topic, key, %error, "unreadable message: key forgotten");
+            tracing::warn!(
+                topic,
+                key,
+                error = error as &dyn std::error::Error,
+                "unreadable message: key forgotten"
+            );
         }
         (_, None) => {
             inner.counters.gaps.incr();
