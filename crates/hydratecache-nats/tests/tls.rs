@@ -12,7 +12,8 @@ use hydratecache_core::{Envelope, Event, GapReason, PublisherId, SubscribeOption
 use hydratecache_nats::async_nats::ConnectOptions;
 use hydratecache_nats::NatsTransport;
 use hydratecache_testkit::free_port;
-use hydratecache_testkit::nats::{monitor_get, NatsServer, TestCerts};
+use hydratecache_testkit::nats::{monitor_get, NatsServer};
+use hydratecache_testkit::tls::TestCerts;
 
 fn certs() -> TestCerts {
     match TestCerts::generate() {
@@ -187,7 +188,10 @@ async fn websocket_urls_are_refused_not_connected_in_plaintext() {
         let seen = connections(&plain);
         let e = match r {
             Ok(_) => panic!("{url} connected, TLS versions on the server: {seen:?}"),
-            Err(e) => e.to_string(),
+            Err(e) => std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": "),
         };
         assert!(e.contains("websockets"), "{url}: {e}");
         assert!(seen.is_empty(), "{seen:?}");

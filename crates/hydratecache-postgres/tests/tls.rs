@@ -6,99 +6,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use common::*;
 use hydratecache_core::conformance::{next_message, unique_topic};
 use hydratecache_core::PublisherId;
 use hydratecache_postgres::{sqlx, PostgresTransport};
 use hydratecache_testkit::postgres::PostgresServer;
-use hydratecache_testkit::TempDir;
+use hydratecache_testkit::tls::TestCerts;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl (install the `openssl` command)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A self-signed CA `<name>-ca.crt` in `dir`; with `server`, also a server
-/// certificate and key it signed, for `localhost` and 127.0.0.1.
-fn make_ca(dir: &Path, name: &str, server: bool) -> PathBuf {
-    let (key, crt) = (format!("{name}-ca.key"), format!("{name}-ca.crt"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=hydratecache test CA {name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-        ],
-    );
-    if server {
-        std::fs::write(
-            dir.join("san.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-        )
-        .expect("write san.ext");
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                &crt,
-                "-CAkey",
-                &key,
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "san.ext",
-                "-out",
-                "server.crt",
-            ],
-        );
-    }
-    dir.join(crt)
-}
-
-fn tls_server(dir: &Path) -> PostgresServer {
-    let read = |name: &str| std::fs::read(dir.join(name)).expect("read a generated file");
-    let (crt, key) = (read("server.crt"), read("server.key"));
+fn tls_server(certs: &TestCerts) -> PostgresServer {
+    let read = |path: PathBuf| std::fs::read(path).expect("read a generated file");
+    let (crt, key) = (read(certs.cert()), read(certs.key()));
     match PostgresServer::start_with(
         &[
             ("ssl", "on"),
@@ -114,9 +33,9 @@ fn tls_server(dir: &Path) -> PostgresServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_connects_over_tls_for_publishing_and_listening() {
-    let certs = TempDir::new("pgtls").expect("temp dir");
-    let ca = make_ca(certs.path(), "good", true);
-    let server = tls_server(certs.path());
+    let certs = TestCerts::generate().expect("generate test certificates");
+    let ca = certs.ca();
+    let server = tls_server(&certs);
     let url = format!(
         "postgres://postgres@localhost:{}/test?sslmode=verify-full&sslrootcert={}",
         server.port(),
@@ -155,8 +74,8 @@ async fn verify_full_connects_over_tls_for_publishing_and_listening() {
     assert!(ssl, "sslmode=prefer with TLS compiled in did not use TLS");
 
     // A certificate from another CA is refused: verification is real.
-    let other = TempDir::new("pgtls-other").expect("temp dir");
-    let wrong_ca = make_ca(other.path(), "other", false);
+    let other = TestCerts::generate().expect("generate test certificates");
+    let wrong_ca = other.ca();
     let wrong = format!(
         "postgres://postgres@localhost:{}/test?sslmode=verify-full&sslrootcert={}",
         server.port(),

@@ -74,11 +74,11 @@ async fn rustls_with_the_test_ca_trusted_round_trips() {
     use hydratecache_redis::fred::rustls::{ClientConfig, RootCertStore};
 
     let server = tls_server();
-    let Some(files) = server.tls_files() else {
+    let Some(files) = server.tls_certs() else {
         panic!("no TLS files");
     };
     let mut roots = RootCertStore::empty();
-    match CertificateDer::from_pem_file(&files.ca_cert) {
+    match CertificateDer::from_pem_file(files.ca()) {
         Ok(ca) => {
             if let Err(e) = roots.add(ca) {
                 panic!("add the test CA: {e}");
@@ -98,10 +98,10 @@ async fn native_tls_with_the_test_ca_trusted_round_trips() {
     use hydratecache_redis::fred::native_tls::{Certificate, TlsConnector as NativeConnector};
 
     let server = tls_server();
-    let Some(files) = server.tls_files() else {
+    let Some(files) = server.tls_certs() else {
         panic!("no TLS files");
     };
-    let pem = match std::fs::read(&files.ca_cert) {
+    let pem = match std::fs::read(files.ca()) {
         Ok(p) => p,
         Err(e) => panic!("read the test CA: {e}"),
     };

@@ -14,5 +14,6 @@ pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod tls;
 
 pub use process::{find_binary, free_port, wait_for_port, Process, TempDir};

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::process::{find_binary, free_port, wait_for_port, Process, TempDir};
+use crate::tls::TestCerts;
 
 /// Environment variable naming an existing NATS server to use instead of a private one.
 pub const URL_VAR: &str = "HYDRATECACHE_NATS_URL";
@@ -204,89 +205,7 @@ pub fn monitor_get(monitor_url: &str, path: &str) -> Result<String> {
     Ok(body.to_owned())
 }
 
-/// A certificate authority and a server certificate it signed for
-/// `127.0.0.1` and `localhost` (P-256 keys, valid two days), generated with
-/// the `openssl` command line into a temporary directory, for TLS tests.
-#[derive(Debug)]
-pub struct TestCerts {
-    dir: TempDir,
-}
-
 impl TestCerts {
-    /// Generates them.
-    pub fn generate() -> Result<TestCerts> {
-        let dir = TempDir::new("certs")?;
-        let path = |name: &str| dir.path().join(name);
-        std::fs::write(
-            path("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .context("write server.ext")?;
-        let openssl = |args: &[&str]| {
-            crate::process::run_quiet(Command::new("openssl").args(args).current_dir(dir.path()))
-                .context("openssl (install the Debian package `openssl`)")
-        };
-        let key = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        openssl(
-            &[
-                &["req", "-x509"],
-                &key[..],
-                &["-keyout", "ca.key", "-out", "ca.pem"],
-                &["-days", "2", "-subj", "/CN=hydratecache test CA"],
-            ]
-            .concat(),
-        )?;
-        openssl(
-            &[
-                &["req"],
-                &key[..],
-                &["-keyout", "server.key", "-out", "server.csr"],
-                &["-subj", "/CN=127.0.0.1"],
-            ]
-            .concat(),
-        )?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ])?;
-        Ok(TestCerts { dir })
-    }
-
-    /// The CA certificate (PEM), for the client's trust store.
-    pub fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// The server certificate (PEM).
-    pub fn cert(&self) -> PathBuf {
-        self.dir.path().join("server.pem")
-    }
-
-    /// The server's private key (PEM).
-    pub fn key(&self) -> PathBuf {
-        self.dir.path().join("server.key")
-    }
-
     /// A nats-server `tls {}` block serving these (quoted paths); with
     /// `allow_non_tls`, clients may also connect without TLS.
     pub fn nats_config(&self, allow_non_tls: bool) -> String {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::{find_binary, free_port, run_quiet, wait_for_port, Process, TempDir};
+use crate::process::{find_binary, free_port, wait_for_port, Process, TempDir};
+use crate::tls::TestCerts;
 
 /// Environment variable naming an existing Redis to use instead of a private one.
 pub const URL_VAR: &str = "HYDRATECACHE_REDIS_URL";
@@ -18,20 +19,7 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     process: Option<Process>,
-    tls: Option<TlsFiles>,
-}
-
-/// The PEM files of a TLS server started by [`RedisServer::start_tls`]: a
-/// self-signed CA and a server certificate it signed, for `127.0.0.1` and
-/// `localhost`.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    /// The CA certificate a client must trust.
-    pub ca_cert: PathBuf,
-    /// The server's certificate.
-    pub cert: PathBuf,
-    /// The server's private key.
-    pub key: PathBuf,
+    tls: Option<TestCerts>,
 }
 
 impl RedisServer {
@@ -65,7 +53,7 @@ impl RedisServer {
             "install the Debian package `redis-server` (cargo xtask itest redis does)",
         )?;
         let dir = TempDir::new("redis-tls")?;
-        let tls = generate_certificates(dir.path())?;
+        let tls = TestCerts::generate()?;
         let mut server = RedisServer {
             bin,
             port: free_port()?,
@@ -88,11 +76,11 @@ impl RedisServer {
             Some(tls) => {
                 cmd.args(["--port", "0", "--tls-port", &port])
                     .arg("--tls-cert-file")
-                    .arg(&tls.cert)
+                    .arg(tls.cert())
                     .arg("--tls-key-file")
-                    .arg(&tls.key)
+                    .arg(tls.key())
                     .arg("--tls-ca-cert-file")
-                    .arg(&tls.ca_cert)
+                    .arg(tls.ca())
                     .args(["--tls-auth-clients", "no"]);
             }
         }
@@ -120,8 +108,8 @@ impl RedisServer {
         format!("rediss://127.0.0.1:{}", self.port)
     }
 
-    /// The certificate files of a server from [`start_tls`](Self::start_tls).
-    pub fn tls_files(&self) -> Option<&TlsFiles> {
+    /// The certificates of a server from [`start_tls`](Self::start_tls).
+    pub fn tls_certs(&self) -> Option<&TestCerts> {
         self.tls.as_ref()
     }
 
@@ -160,73 +148,6 @@ impl RedisServer {
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().and_then(Process::pid)
     }
-}
-
-/// Writes a self-signed CA and a server certificate signed by it (for
-/// `127.0.0.1` and `localhost`) into `dir`, with the `openssl` command.
-fn generate_certificates(dir: &std::path::Path) -> Result<TlsFiles> {
-    let openssl = find_binary(
-        "openssl",
-        "HYDRATECACHE_OPENSSL_BIN",
-        &[],
-        "install the Debian package `openssl`",
-    )?;
-    let files = TlsFiles {
-        ca_cert: dir.join("ca.crt"),
-        cert: dir.join("server.crt"),
-        key: dir.join("server.key"),
-    };
-    let ca_key = dir.join("ca.key");
-    let csr = dir.join("server.csr");
-    let ext = dir.join("server.ext");
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=serverAuth\n\
-         subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .with_context(|| format!("write {}", ext.display()))?;
-    run_quiet(
-        Command::new(&openssl)
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", "/CN=hydratecache test CA"])
-            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-            .arg("-keyout")
-            .arg(&ca_key)
-            .arg("-out")
-            .arg(&files.ca_cert),
-    )
-    .context("generate the test CA")?;
-    run_quiet(
-        Command::new(&openssl)
-            .args(["req", "-newkey", "rsa:2048", "-nodes"])
-            .args(["-subj", "/CN=localhost"])
-            .arg("-keyout")
-            .arg(&files.key)
-            .arg("-out")
-            .arg(&csr),
-    )
-    .context("generate the server key")?;
-    run_quiet(
-        Command::new(&openssl)
-            .args(["x509", "-req", "-days", "2", "-set_serial", "2"])
-            .arg("-in")
-            .arg(&csr)
-            .arg("-CA")
-            .arg(&files.ca_cert)
-            .arg("-CAkey")
-            .arg(&ca_key)
-            .arg("-extfile")
-            .arg(&ext)
-            .arg("-out")
-            .arg(&files.cert),
-    )
-    .context("sign the server certificate")?;
-    Ok(files)
 }
 
 /// A Redis for tests that do not stop the server.
