@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -49,9 +49,9 @@ struct Inner<T> {
     codec: Arc<dyn Codec<T>>,
     publisher: PublisherId,
     sequence: AtomicU64,
-    /// Held while a sequence number is taken and handed to the transport, so
-    /// that `Transport::publish` is called in sequence order.
-    order: Mutex<()>,
+    /// Held while a sequence number is taken and the transport's publish is
+    /// first polled, so that messages reach the transport in sequence order.
+    order: tokio::sync::Mutex<()>,
     /// When this channel last sent anything (µs since the epoch), for heartbeats.
     last_sent: AtomicU64,
 }
@@ -268,7 +268,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
                 codec,
                 publisher: PublisherId::random(),
                 sequence: AtomicU64::new(0),
-                order: Mutex::new(()),
+                order: tokio::sync::Mutex::new(()),
                 last_sent: AtomicU64::new(0),
             }),
         }
@@ -352,31 +352,46 @@ impl<T: Send + Sync + 'static> Channel<T> {
             publisher: self.inner.publisher,
             ..Envelope::update(String::new(), bytes::Bytes::new())
         };
-        let publish = {
-            // After the message of that sequence number, never before it.
-            let _order = self.order();
-            envelope.sequence = self.last_sequence();
-            if envelope.sequence == 0 {
-                return Ok(None);
-            }
-            self.inner.transport.publish(&self.inner.topic, &envelope)
+        // After the message of that sequence number, never before it.
+        let Some(result) = self
+            .publish_in_order(&mut envelope, || self.last_sequence())
+            .await
+        else {
+            return Ok(None);
         };
+        result?;
         let sequence = envelope.sequence;
-        self.mark_sent();
-        publish.await?;
         Ok(Some(Receipt {
             sequence,
             encoded_len: envelope.encoded_len(),
         }))
     }
 
-    fn order(&self) -> std::sync::MutexGuard<'_, ()> {
-        // Guards no data: a panic in a transport's publish() leaves nothing
-        // inconsistent.
-        self.inner
-            .order
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Takes a sequence number from `sequence` (none if it gives 0) and
+    /// publishes `envelope` with it, in order with every other publish of
+    /// this channel: two concurrent publishes cannot hand their messages to
+    /// the transport in the opposite order of their numbers (a false gap for
+    /// every subscriber that tracks sequences). The transport's future is
+    /// polled once under the lock: an ordered transport hands the message to
+    /// its connection on that first poll (see [`Transport::publish`]).
+    async fn publish_in_order(
+        &self,
+        envelope: &mut Envelope,
+        sequence: impl FnOnce() -> u64,
+    ) -> Option<Result<()>> {
+        let order = self.inner.order.lock().await;
+        envelope.sequence = sequence();
+        if envelope.sequence == 0 {
+            return None;
+        }
+        let mut publish = self.inner.transport.publish(&self.inner.topic, envelope);
+        let first = futures::poll!(publish.as_mut());
+        drop(order);
+        self.mark_sent();
+        Some(match first {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => publish.await,
+        })
     }
 
     fn mark_sent(&self) {
@@ -457,17 +472,13 @@ impl<T: Send + Sync + 'static> Channel<T> {
             .transport
             .capabilities()
             .check_envelope(self.inner.transport.backend(), &envelope)?;
-        let publish = {
-            // Two publishes cannot hand their messages to the transport in
-            // the opposite order of their sequence numbers (a false gap for
-            // every ordered subscriber).
-            let _order = self.order();
-            envelope.sequence = self.inner.sequence.fetch_add(1, Ordering::AcqRel) + 1;
-            self.inner.transport.publish(&self.inner.topic, &envelope)
-        };
+        let result = self
+            .publish_in_order(&mut envelope, || {
+                self.inner.sequence.fetch_add(1, Ordering::AcqRel) + 1
+            })
+            .await
+            .unwrap_or(Ok(()));
         let encoded_len = envelope.encoded_len();
-        self.mark_sent();
-        let result = publish.await;
         match &result {
             Ok(()) => {
                 tracing::trace!(topic = %self.inner.topic, key, seq = envelope.sequence, encoded_len, "published")

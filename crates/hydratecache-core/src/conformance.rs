@@ -141,6 +141,7 @@ cases!(
     unicode_keys,
     every_subscriber_gets_every_message,
     per_publisher_order,
+    one_channels_concurrent_publishes_keep_sequence_order,
     topics_are_isolated,
     dropping_subscription_unsubscribes,
     publish_without_subscribers,
@@ -390,6 +391,58 @@ pub async fn per_publisher_order(h: &dyn Harness) -> Outcome {
             "out of order"
         );
     }
+    Outcome::Passed
+}
+
+/// Tasks publishing at once through clones of one [`Channel`] share its
+/// publisher id: on an ordered transport its messages arrive in sequence
+/// order, or every subscriber that tracks sequences sees false gaps.
+///
+/// [`Channel`]: crate::Channel
+pub async fn one_channels_concurrent_publishes_keep_sequence_order(h: &dyn Harness) -> Outcome {
+    const TASKS: u64 = 2;
+    const EACH: u64 = 5_000;
+    let t = connect(h).await;
+    if !t.capabilities().ordered {
+        return Outcome::Skipped("the transport does not keep a publisher's order".into());
+    }
+    let topic = topic(h, "seqorder").await;
+    let mut sub = subscribe(&*connect(h).await, &topic).await;
+    let channel: crate::Channel<u64> = crate::Channel::new(t, topic);
+    // At most this many messages unread, so no subscriber buffer overflows.
+    let credit = Arc::new(tokio::sync::Semaphore::new(512));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (channel, credit) = (channel.clone(), Arc::clone(&credit));
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    match credit.acquire().await {
+                        Ok(permit) => permit.forget(),
+                        Err(e) => panic!("credit: {e}"),
+                    }
+                    if let Err(e) = channel.publish("k", &i).await {
+                        panic!("publish: {e:?}");
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut out_of_order = 0u64;
+    let mut last = 0u64;
+    for n in 1..=TASKS * EACH {
+        let got = next_message(&mut sub, &format!("message {n}")).await;
+        credit.add_permits(1);
+        if got.sequence != last + 1 {
+            out_of_order += 1;
+        }
+        last = got.sequence;
+    }
+    for task in tasks {
+        if let Err(e) = task.await {
+            panic!("publisher task failed: {e:?}");
+        }
+    }
+    assert_eq!(out_of_order, 0, "messages arrived out of sequence order");
     Outcome::Passed
 }
 

@@ -34,6 +34,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Publishes one message on `topic`. Resolves once the backend accepted
     /// it; an oversize message fails with [`Error::PayloadTooLarge`] before
     /// anything is sent.
+    ///
+    /// A transport that is [`ordered`](Capabilities::ordered) hands the
+    /// message to its connection (or its own ordered queue) by the end of
+    /// the future's first poll, whenever the connection is up: `Channel`
+    /// takes each sequence number and polls that first time under one lock,
+    /// so the order of sequence numbers is the order on the wire.
     fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>>;
 
     /// Subscribes to `topic`. Resolves once the subscription is active on the
@@ -61,8 +67,9 @@ pub struct Capabilities {
     /// Whether a subscription can start from the earliest retained message
     /// ([`StartFrom::Earliest`]).
     pub replay: bool,
-    /// Whether one publisher's messages on a topic arrive in publish order, so
-    /// that a jump in its sequence numbers means a lost message. False where
+    /// Whether one publisher's messages on a topic arrive in publish order
+    /// (the order in which their [`Transport::publish`] futures were first
+    /// polled), so that a jump in its sequence numbers means a lost message. False where
     /// a topic is split into partitions read in parallel (Kafka): there,
     /// losses show as [`Event::Gap`] only.
     pub ordered: bool,
