@@ -45,6 +45,9 @@ struct Job {
     topic: String,
     text: String,
     reply: oneshot::Sender<Result<()>>,
+    /// The request timeout runs from the call, not from when the lane
+    /// reaches the job (`None`: too far to represent, so no bound).
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// What is known about the server, shared by the lanes and the listener
@@ -193,6 +196,7 @@ impl Publisher {
             topic: topic.to_owned(),
             text,
             reply,
+            deadline: tokio::time::Instant::now().checked_add(self.link.request_timeout),
         };
         lanes.senders[lane]
             .send(job)
@@ -224,14 +228,36 @@ impl Publisher {
 impl Link {
     async fn lane(self: Arc<Self>, mut jobs: mpsc::UnboundedReceiver<Job>) {
         while let Some(job) = jobs.recv().await {
-            let result = self.notify(&job.topic, &job.text).await;
+            if job
+                .deadline
+                .is_some_and(|d| d <= tokio::time::Instant::now())
+            {
+                // Its caller's bound ran out behind earlier publishes: not
+                // sent (a gap in its sequence, as for any failed publish).
+                let _ = job.reply.send(Err(Error::backend(
+                    BACKEND,
+                    format!(
+                        "publish on topic {:?}: timed out after {:?} behind earlier publishes of this publisher; not sent",
+                        job.topic, self.request_timeout
+                    ),
+                    "the request timeout ran out in the queue",
+                )));
+                continue;
+            }
+            let result = self.notify(&job.topic, &job.text, job.deadline).await;
             // The caller may have stopped waiting: the message went anyway.
             let _ = job.reply.send(result);
         }
     }
 
-    /// One `pg_notify` through the pool, within the request timeout.
-    async fn notify(&self, topic: &str, text: &str) -> Result<()> {
+    /// One `pg_notify` through the pool, by `deadline` (the request timeout
+    /// from the publish call).
+    async fn notify(
+        &self,
+        topic: &str,
+        text: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<()> {
         let limit = self.request_timeout;
         let attempt = async {
             if self.health.state().is_some() {
@@ -247,7 +273,13 @@ impl Link {
             }
             self.notify_or_diagnose(topic, text).await
         };
-        let failure = match tokio::time::timeout(limit, attempt).await {
+        let bounded = async {
+            match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, attempt).await,
+                None => Ok(attempt.await),
+            }
+        };
+        let failure = match bounded.await {
             Ok(Ok(())) => {
                 self.up();
                 return Ok(());

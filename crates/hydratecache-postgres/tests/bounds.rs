@@ -121,6 +121,43 @@ async fn publish_to_a_hung_server_fails_within_the_request_timeout() {
     }
 }
 
+/// One publisher's publishes queue behind each other (one lane keeps their
+/// order): the request timeout runs from each call, not from when the queue
+/// reaches it, so eight publishes to a hung server all fail within about one
+/// timeout, not eight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_publishes_to_a_hung_server_each_fail_within_the_request_timeout() {
+    const QUEUED: u64 = 8;
+    let server = private_server();
+    let t = bounded_transport(&server.url()).await;
+    let topic = unique_topic("hungqueue");
+    let id = PublisherId::random();
+    publish(&t, &topic, &envelope(id, 1, "before")).await;
+    server.freeze().expect("SIGSTOP the server");
+    let started = Instant::now();
+    let publishes = (2..2 + QUEUED).map(|seq| {
+        let (t, topic) = (t.clone(), topic.clone());
+        async move {
+            let result = t.publish(&topic, &envelope(id, seq, "hung")).await;
+            (result, started.elapsed())
+        }
+    });
+    let outcomes = tokio::time::timeout(WAIT, futures::future::join_all(publishes)).await;
+    server.thaw().expect("SIGCONT the server");
+    let Ok(outcomes) = outcomes else {
+        panic!("{QUEUED} queued publishes still waiting after {WAIT:?}");
+    };
+    for (result, took) in outcomes {
+        assert!(result.is_err(), "a publish to a hung server succeeded");
+        // The bound is 1 s from the call; the slack is for a loaded machine,
+        // far below the 2 s that a second queued timeout would take.
+        assert!(
+            took < Duration::from_millis(1_900),
+            "a queued publish failed only after {took:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_on_a_hung_server_returns_within_its_bound() {
     let server = private_server();
