@@ -75,7 +75,7 @@ async fn default_byte_bound_gives_a_slow_subscriber_a_counted_gap() {
     );
     // Both subscriptions got each message from the connection at the same
     // moment; give the slow one's pump a moment to finish moving them.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (received, missed, gaps) = count(&mut slow, MESSAGES).await;
     println!("slow subscriber: {received} received, {missed} missed in {gaps} gap(s)");
     assert!(
@@ -117,7 +117,7 @@ async fn subscription_buffer_bytes_sets_the_bound() {
             .await
             .expect("publish");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (received, missed, gaps) = count(&mut sub, 20).await;
     println!("{received} received, {missed} missed in {gaps} gap(s)");
     assert!(

@@ -12,8 +12,9 @@ use hydratecache_testkit::redis::RedisServer;
 
 use common::poll_until;
 
-/// Generous bound that only catches a hang; not a speed measure.
-const HANG_GUARD: Duration = Duration::from_secs(2);
+/// Generous bound that only catches waiting out the command timeout (set to
+/// 30 s below); not a speed measure.
+const HANG_GUARD: Duration = Duration::from_secs(5);
 
 fn private_server() -> RedisServer {
     match RedisServer::start() {
@@ -52,7 +53,11 @@ async fn publish_to_a_stopped_server_fails_at_once_naming_the_cause() {
     let mut server = private_server();
     let url = server.url();
     let address = format!("127.0.0.1:{}", server.port());
-    let t = match RedisTransport::connect(&url).await {
+    let t = match RedisTransport::builder()
+        .command_timeout(Duration::from_secs(30))
+        .connect(&url)
+        .await
+    {
         Ok(t) => t,
         Err(e) => panic!("connect: {e}"),
     };
