@@ -156,7 +156,7 @@ impl Ttl {
     pub fn expires_at(&self) -> SystemTime {
         self.start
             .checked_add(self.duration)
-            .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_micros(u64::MAX))
+            .unwrap_or_else(far_future)
     }
 
     /// Time left from now; zero once expired.
@@ -275,7 +275,17 @@ fn to_micros(t: SystemTime) -> u64 {
 }
 
 fn from_micros(us: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(us)
+    // u64::MAX µs (585,000 years) is past Windows' SystemTime: never panic
+    // on a time from the wire.
+    UNIX_EPOCH
+        .checked_add(Duration::from_micros(us))
+        .unwrap_or_else(far_future)
+}
+
+/// 10,000 years after the epoch: later than any real time, and within every
+/// platform's `SystemTime`.
+fn far_future() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(10_000 * 365 * 86_400)
 }
 
 fn duration_micros(d: Duration) -> u64 {
