@@ -11,7 +11,7 @@
 //! - the task's whole loop runs under `catch_unwind` too, in the task itself
 //!   rather than behind its `JoinHandle`, so it reacts at the moment of the
 //!   panic (a transport's stream that panics, a bug of ours): the cache stops
-//!   serving at once, then resubscribes with backoff, repairs by its policy and
+//!   serving at once, then resubscribes with backoff, invalidates every value and
 //!   serves again. Each such failure is counted (`hydration_failures`). A
 //!   task dropped before it returned (its runtime shut down) stops the cache
 //!   serving too, from a drop guard.
@@ -175,7 +175,8 @@ async fn resubscribe<T: Send + Sync + 'static>(
                     .pending_replay
                     .store(options.start == StartFrom::Earliest, Ordering::Release);
                 inner.pending_warm.store(false, Ordering::Release);
-                inner.repair("hydration restarted");
+                inner.pending_gap.store(false, Ordering::Release);
+                inner.repair_outage("hydration restarted");
                 inner.ready_if_warm();
                 tracing::warn!(
                     topic = inner.channel.topic(),
@@ -268,7 +269,7 @@ async fn run<T: Send + Sync + 'static>(
                     tracing::error!(topic = inner.channel.topic(), "subscription ended: the cache stops serving");
                     inner.counters.hydration_failures.incr();
                     stop_serving(&inner);
-                    inner.repair("subscription ended");
+                    inner.retire();
                     break Outcome::Ended;
                 }
             }
@@ -327,6 +328,13 @@ async fn warm_up<T: Send + Sync + 'static>(
     tracing::debug!(topic = inner.channel.topic(), stored, "warm-up done");
 }
 
+/// An error item of the subscription.
+///
+/// One that is not about one message (the transport reports it is dropping
+/// messages, a re-subscribe that keeps failing) means messages are being
+/// missed from now on: the cache stops serving until the transport's next
+/// gap, which marks the end of the loss, has been applied (see [`apply`]).
+///
 /// A message this build cannot read.
 ///
 /// Bytes that are not an envelope at all (another client on the topic) are
@@ -336,6 +344,18 @@ async fn warm_up<T: Send + Sync + 'static>(
 /// key is forgotten; without, it is a gap, repaired by policy.
 fn unreadable<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, error: &Error) {
     let topic = inner.channel.topic();
+    if !error.is_per_message() {
+        if !inner.pending_gap.swap(true, Ordering::AcqRel) {
+            inner.counters.hydration_failures.incr();
+        }
+        stop_serving(inner);
+        tracing::error!(
+            topic,
+            error = error as &dyn std::error::Error,
+            "subscription error: the cache stops serving until the transport's next gap"
+        );
+        return;
+    }
     let Error::Malformed { key, source, .. } = error else {
         tracing::warn!(
             topic,
@@ -374,10 +394,15 @@ fn apply<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, sequences: &mut Sequen
     let envelope = match event {
         Event::Gap(gap) => {
             inner.counters.gaps.incr();
-            inner.repair(&format!(
-                "transport gap ({}, missed {:?})",
-                gap.reason, gap.missed
-            ));
+            let why = format!("transport gap ({}, missed {:?})", gap.reason, gap.missed);
+            if inner.pending_gap.swap(false, Ordering::AcqRel) {
+                // The end of a loss the transport reported: nothing held or
+                // loaded since it began is known to be current.
+                inner.repair_outage(&why);
+                inner.ready_if_warm();
+            } else {
+                inner.repair(&why);
+            }
             return;
         }
         Event::ReplayDone => {

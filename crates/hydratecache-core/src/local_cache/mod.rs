@@ -137,6 +137,9 @@ struct Inner<T> {
     /// Conditions still to meet before `ready`: a warm-up stream, a replay.
     pending_warm: AtomicBool,
     pending_replay: AtomicBool,
+    /// The transport reported that messages are being dropped: not ready
+    /// until its next gap has been applied.
+    pending_gap: AtomicBool,
     counters: stats::Counters,
 }
 
@@ -193,10 +196,13 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   message forgets that key; a warm-up stream that panics ends the warm-up
 ///   (both counted in `hydration_panics`). If the task itself fails (its
 ///   subscription's stream panics) the cache stops serving at once, then
-///   resubscribes with backoff, repairs and serves again; if the
-///   subscription ends, or the task's runtime shuts down, it stops serving
-///   for good. All are counted in `hydration_failures`: a cache never serves
-///   from a table nobody updates.
+///   resubscribes with backoff, invalidates every value (whatever the
+///   policy; `Reload` reloads them) and serves again. If the transport
+///   reports an error of the subscription itself (not of one message: it is
+///   dropping messages), the cache stops serving until the transport's next
+///   gap, then repairs the same way. If the subscription ends, or the task's
+///   runtime shuts down, it stops serving for good. All are counted in
+///   `hydration_failures`: a cache never serves from a table nobody updates.
 ///
 /// Dropping the cache (or [`close`](Self::close)) stops its task and cancels
 /// a running reload.
@@ -386,6 +392,7 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             ordered,
             pending_warm: AtomicBool::new(self.warm.is_some()),
             pending_replay: AtomicBool::new(self.subscribe.start == StartFrom::Earliest),
+            pending_gap: AtomicBool::new(false),
             counters: stats::Counters::default(),
         });
         let subscription = inner
@@ -611,10 +618,12 @@ enum Origin {
 }
 
 impl<T: Send + Sync + 'static> Inner<T> {
-    /// Ready once neither a warm-up stream nor a replay is pending.
+    /// Ready once neither a warm-up stream, a replay nor the gap that ends
+    /// a reported loss is pending.
     fn ready_if_warm(&self) {
         if !self.pending_warm.load(Ordering::Acquire)
             && !self.pending_replay.load(Ordering::Acquire)
+            && !self.pending_gap.load(Ordering::Acquire)
         {
             self.ready.store(true, Ordering::Release);
             self.ready_tx.send_replace(true);

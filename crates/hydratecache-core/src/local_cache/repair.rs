@@ -44,6 +44,29 @@ impl<T: Send + Sync + 'static> Inner<T> {
         }
     }
 
+    /// Repairs after the cache could not know what changed (its hydration
+    /// restarted, or its transport reported dropping messages): every value
+    /// is invalidated whatever the policy, and reloaded under `Reload`.
+    /// `Ignore` tolerates gaps, not a cache that stopped hydrating.
+    pub(super) fn repair_outage(self: &Arc<Self>, why: &str) {
+        self.invalidate_values();
+        if self.policy == RepairPolicy::Reload {
+            self.counters.repairs_reload.incr();
+            tracing::warn!(topic = self.channel.topic(), why, "reloading the keys held");
+            self.start_reload();
+        } else {
+            self.counters.repairs_clear.incr();
+            tracing::warn!(topic = self.channel.topic(), why, "cache cleared");
+        }
+    }
+
+    /// The cache will never serve again (its subscription ended): its values
+    /// are invalidated and a running reload is stopped, none started.
+    pub(super) fn retire(&self) {
+        self.invalidate_values();
+        self.stop_reload();
+    }
+
     /// Invalidates every value held (tombstones stay: they still order late
     /// updates) and bumps the generation so loads under way do not store.
     /// O(1): reads treat values stored at or before the repair as misses,

@@ -180,9 +180,12 @@ pub struct CacheStats {
     /// warm-up ended there). Hydration went on.
     pub hydration_panics: u64,
     /// Times the hydration task itself failed: a panic outside user code
-    /// (the transport's stream, for one), the subscription ended, or the task
-    /// was dropped with its runtime. The cache stops serving at once; after a
-    /// panic it resubscribes, repairs by its policy and serves again.
+    /// (the transport's stream, for one), an error of the subscription
+    /// reported by the transport, the subscription ended, or the task was
+    /// dropped with its runtime. The cache stops serving at once; after a
+    /// panic it resubscribes, after a reported error it waits for the
+    /// transport's next gap; then it invalidates every value (reloads them
+    /// under `Reload`) and serves again.
     pub hydration_failures: u64,
     /// Entries now held: values and tombstones, including values a repair
     /// invalidated (never served) until they are overwritten or evicted.
