@@ -309,20 +309,17 @@ async fn warm_up<T: Send + Sync + 'static>(
         };
         // Stored like a load that started when the subscription did: an
         // update received since then wins.
-        let store = catch_unwind(AssertUnwindSafe(|| {
-            inner.store_update(
-                &key,
-                Arc::new(loaded.value),
-                loaded.version,
-                loaded.ttl,
-                None,
-                Origin::Load(since, generation),
-            )
-        }));
-        match store {
-            Ok(true) => stored += 1,
-            Ok(false) => {}
-            Err(panic) => user_code_panicked(&inner, &key, &*panic),
+        // A weigher panic is caught, counted and logged there.
+        let store = inner.store_update(
+            &key,
+            Arc::new(loaded.value),
+            loaded.version,
+            loaded.ttl,
+            None,
+            Origin::Load(since, generation),
+        );
+        if let Ok(true) = store {
+            stored += 1;
         }
     }
     tracing::debug!(topic = inner.channel.topic(), stored, "warm-up done");
@@ -440,8 +437,8 @@ fn apply<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, sequences: &mut Sequen
     }
 }
 
-/// The codec or weigher panicked on `key`'s value: the key is forgotten, as
-/// for a value that cannot be decoded.
+/// The codec panicked on `key`'s value: the key is forgotten, as for a value
+/// that cannot be decoded.
 fn user_code_panicked<T: Send + Sync + 'static>(
     inner: &Inner<T>,
     key: &str,
@@ -453,7 +450,7 @@ fn user_code_panicked<T: Send + Sync + 'static>(
         topic = inner.channel.topic(),
         key,
         panic = panic_message(panic),
-        "codec or weigher panicked: key invalidated"
+        "codec panicked: key invalidated"
     );
 }
 
@@ -465,7 +462,8 @@ fn apply_message<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, envelope: &Env
         }
         Kind::Update => match inner.channel.codec().decode(&envelope.payload) {
             Ok(value) => {
-                inner.store_update(
+                // A weigher panic is caught there: the key is forgotten.
+                let _ = inner.store_update(
                     &envelope.key,
                     Arc::new(value),
                     envelope.version,

@@ -456,7 +456,7 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     /// caller arriving after such a change starts a fresh load rather than
     /// join the older one. The load runs while a caller waits: when the last
     /// one is cancelled, the loader's future is dropped. A loader that panics
-    /// or overruns [`load_timeout`](LocalCacheBuilder::load_timeout) is an
+    /// (or a weigher that panics on its value) or overruns [`load_timeout`](LocalCacheBuilder::load_timeout) is an
     /// error for its waiters; the next call loads again.
     pub async fn get_or_load<F, Fut>(&self, key: &str, loader: F) -> Result<Option<Arc<T>>>
     where
@@ -491,7 +491,9 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     /// published: the source of truth decides).
     pub async fn put_with(&self, key: &str, value: T, options: PublishOptions) -> Result<Receipt> {
         let value = Arc::new(value);
-        self.inner.store_update(
+        // A weigher panic is caught there: the key is forgotten locally,
+        // and the value still published (the source of truth decides).
+        let _ = self.inner.store_update(
             key,
             Arc::clone(&value),
             options.version,

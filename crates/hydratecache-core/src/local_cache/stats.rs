@@ -175,8 +175,9 @@ pub struct CacheStats {
     pub repairs_ignored: u64,
     /// Keys reloaded by `Reload` repairs.
     pub reloaded_keys: u64,
-    /// Panics of user code caught by the hydration task: a codec or weigher
-    /// on one message (that key was forgotten), or the warm-up stream (the
+    /// Panics of user code caught: a codec or weigher on one message (that
+    /// key was forgotten), the weigher on a loaded value (that load failed)
+    /// or a local write (that key was forgotten), or the warm-up stream (the
     /// warm-up ended there). Hydration went on.
     pub hydration_panics: u64,
     /// Times the hydration task itself failed: a panic outside user code
