@@ -127,6 +127,8 @@ struct Inner<T> {
     load_timeout: Duration,
     /// The running `Reload` repair: at most one.
     reload_task: Mutex<Option<JoinHandle<()>>>,
+    /// Set first by drop and `close`: no reload starts after it.
+    closed: AtomicBool,
     /// Where repairs run (`repair` may be called off the runtime).
     runtime: tokio::runtime::Handle,
     ready: AtomicBool,
@@ -386,6 +388,7 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             next_flight: AtomicU64::new(0),
             load_timeout: self.load_timeout,
             reload_task: Mutex::new(None),
+            closed: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             ready: AtomicBool::new(false),
             ready_tx,
@@ -581,6 +584,7 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     /// Stops the hydration task (sending a last heartbeat if this cache
     /// published) and waits for it; cancels a running reload.
     pub async fn close(mut self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
         if let Some(reload) = self.inner.stop_reload() {
             let _ = reload.await;
         }
@@ -600,6 +604,9 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
 
 impl<T> Drop for LocalCache<T> {
     fn drop(&mut self) {
+        // First: the hydration task may still run a repair on another
+        // worker until its abort takes effect.
+        self.inner.closed.store(true, Ordering::Release);
         if let Some(task) = self.task.take() {
             task.abort();
         }

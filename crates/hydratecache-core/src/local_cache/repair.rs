@@ -86,6 +86,12 @@ impl<T: Send + Sync + 'static> Inner<T> {
             return;
         };
         let mut running = lock(&self.reload_task);
+        // Checked under the lock Drop and close take the task with, after
+        // they set it: a repair racing them cannot start a reload that
+        // would outlive the cache.
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         let previous = running.take();
         if let Some(previous) = &previous {
             previous.abort();
@@ -148,5 +154,46 @@ impl<T: Send + Sync + 'static> Inner<T> {
                 }
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::local_cache::{lock, Loaded, LocalCache, RepairPolicy};
+    use crate::{Channel, MemoryTransport};
+
+    /// The hydration task may still be running on another worker when the
+    /// cache is dropped: a repair it makes then must not start a reload.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_repair_after_drop_starts_no_reload() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let cache: LocalCache<String> =
+            LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), "late"))
+                .heartbeat_interval(None)
+                .repair(RepairPolicy::Reload)
+                .reload_limits(1, Duration::ZERO)
+                .loader(move |key: String| {
+                    c.fetch_add(1, Ordering::AcqRel);
+                    async move { Ok(Some(Loaded::new(key))) }
+                })
+                .build()
+                .await
+                .expect("cache");
+        cache.fetch("k").await.expect("fetch");
+        let inner = Arc::clone(&cache.inner);
+        drop(cache);
+        // What a hydration task that outlived the drop by a moment does.
+        inner.repair("a gap seen just after the drop");
+        assert!(
+            lock(&inner.reload_task).is_none(),
+            "a reload started after the cache was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(calls.load(Ordering::Acquire), 1);
     }
 }
