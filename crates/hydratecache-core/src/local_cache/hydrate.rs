@@ -129,13 +129,15 @@ pub(super) async fn supervise<T: Send + Sync + 'static>(
 
 /// Set while the task runs: if it is dropped before it returns (its
 /// runtime shut down, or it was aborted), the cache stops serving, since
-/// nothing updates it any more.
+/// nothing updates it any more. Aborted by dropping the cache is no failure.
 struct Unsupervised<T: Send + Sync + 'static>(Option<Arc<Inner<T>>>);
 
 impl<T: Send + Sync + 'static> Drop for Unsupervised<T> {
     fn drop(&mut self) {
         if let Some(inner) = self.0.take() {
-            inner.counters.hydration_failures.incr();
+            if !inner.closed.load(Ordering::Acquire) {
+                inner.counters.hydration_failures.incr();
+            }
             stop_serving(&inner);
         }
     }
@@ -480,5 +482,48 @@ fn apply_message<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, envelope: &Env
                 tracing::warn!(topic = inner.channel.topic(), key = %envelope.key, %error, "cannot decode value: key invalidated");
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::local_cache::LocalCache;
+    use crate::{Channel, MemoryTransport};
+
+    async fn cache(topic: &str) -> LocalCache<String> {
+        LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), topic))
+            .heartbeat_interval(None)
+            .build()
+            .await
+            .expect("cache")
+    }
+
+    /// Waits until the hydration task let go of `inner`.
+    async fn task_gone<T>(inner: &Arc<T>) {
+        for _ in 0..2_500 {
+            if Arc::strong_count(inner) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("the hydration task still holds the cache");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_or_closing_the_cache_is_no_hydration_failure() {
+        let dropped = cache("drop").await;
+        let inner = Arc::clone(&dropped.inner);
+        drop(dropped);
+        task_gone(&inner).await;
+        assert_eq!(inner.counters.hydration_failures.get(), 0, "after drop");
+
+        let closed = cache("close").await;
+        let inner = Arc::clone(&closed.inner);
+        closed.close().await.expect("close");
+        task_gone(&inner).await;
+        assert_eq!(inner.counters.hydration_failures.get(), 0, "after close");
     }
 }
