@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use hydratecache_core::{
-    Capabilities, CborCodec, Channel, Codec, Envelope, EnvelopeError, Error, Event, Kind, Loaded,
-    LocalCache, MemoryTransport, PublisherId, RepairPolicy, Result, SubscribeOptions, Subscription,
-    Transport, Ttl,
+    Capabilities, CborCodec, Channel, Codec, Envelope, EnvelopeError, Error, Event, Gap, GapReason,
+    Kind, Loaded, LocalCache, MemoryTransport, PublisherId, RepairPolicy, Result, SubscribeOptions,
+    Subscription, Transport, Ttl,
 };
 use tokio::sync::mpsc;
 
@@ -536,5 +536,117 @@ fn a_cache_whose_runtime_shut_down_stops_serving() -> anyhow::Result<()> {
     );
     assert!(!reader.is_ready());
     assert_eq!(reader.stats().hydration_failures, 1);
+    Ok(())
+}
+
+// ---- review: a cache that may have missed messages stops serving ----
+
+fn load_as(
+    tag: &'static str,
+) -> impl Fn(String) -> futures::future::Ready<Result<Option<Loaded<String>>, hydratecache_core::BoxError>>
+{
+    move |key| futures::future::ready(Ok(Some(Loaded::new(format!("{tag}:{key}")))))
+}
+
+#[tokio::test]
+async fn a_transport_error_item_stops_serving_until_the_next_gap() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let transport: Arc<dyn Transport> = bus.clone();
+    // Even under `Ignore`: what is held or loaded while messages are being
+    // dropped is not served once the cache serves again.
+    let reader: LocalCache<String> = LocalCache::builder(Channel::new(transport, "dropping"))
+        .heartbeat_interval(None)
+        .repair(RepairPolicy::Ignore)
+        .build()
+        .await?;
+    let writer = channel(&bus, "dropping");
+    writer.publish("k", &"v1".into()).await?;
+    eventually("k = v1", || value(&reader, "k").as_deref() == Some("v1")).await;
+    bus.inject(|| {
+        Err(Error::backend(
+            "test-bus",
+            "re-subscribe keeps failing: messages are being dropped",
+            "connection refused",
+        ))
+    });
+    eventually("stops serving", || !reader.is_ready()).await;
+    assert_eq!(
+        value(&reader, "k"),
+        None,
+        "served while messages are dropped"
+    );
+    // Loads read through meanwhile, but are not served from the table.
+    let loaded = reader.get_or_load("j", load_as("outage")).await?;
+    assert_eq!(loaded.as_deref().map(String::as_str), Some("outage:j"));
+    assert_eq!(value(&reader, "j"), None);
+    bus.inject(|| Ok(Event::Gap(Gap::new(GapReason::Reconnected))));
+    eventually("serves again after the gap", || reader.is_ready()).await;
+    assert_eq!(value(&reader, "k"), None, "a value held before the outage");
+    assert_eq!(
+        value(&reader, "j"),
+        None,
+        "a value loaded during the outage"
+    );
+    writer.publish("k", &"v2".into()).await?;
+    eventually("k = v2", || value(&reader, "k").as_deref() == Some("v2")).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_hydration_invalidates_values_even_under_ignore() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let transport: Arc<dyn Transport> = bus.clone();
+    let reader: LocalCache<String> = LocalCache::builder(Channel::new(transport, "restart"))
+        .heartbeat_interval(None)
+        .repair(RepairPolicy::Ignore)
+        .build()
+        .await?;
+    let writer = channel(&bus, "restart");
+    writer.publish("k", &"v1".into()).await?;
+    eventually("k = v1", || value(&reader, "k").as_deref() == Some("v1")).await;
+    writer.publish("boom", &"x".into()).await?; // the subscription's stream panics
+    writer.publish("k", &"v2".into()).await?; // lost with the dead subscription
+                                              // It stopped serving before it resubscribes.
+    eventually("resubscribed", || {
+        bus.subscribes.load(Ordering::Acquire) == 2
+    })
+    .await;
+    eventually("serves again", || reader.is_ready()).await;
+    assert_eq!(
+        value(&reader, "k"),
+        None,
+        "served a value from before an outage that missed its update"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_ended_subscription_does_not_reload() -> anyhow::Result<()> {
+    let bus = MemoryTransport::new().into_arc();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let reader: LocalCache<String> = LocalCache::builder(Channel::new(bus.clone(), "ends"))
+        .heartbeat_interval(None)
+        .repair(RepairPolicy::Reload)
+        .reload_limits(8, Duration::ZERO)
+        .loader(move |key: String| {
+            c.fetch_add(1, Ordering::AcqRel);
+            async move { Ok(Some(Loaded::new(format!("store:{key}")))) }
+        })
+        .build()
+        .await?;
+    reader.fetch("k").await?;
+    assert_eq!(calls.load(Ordering::Acquire), 1);
+    bus.close().await?; // ends the subscription
+    eventually("stops serving", || {
+        !reader.is_ready() && reader.stats().hydration_failures == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        calls.load(Ordering::Acquire),
+        1,
+        "reloaded keys for a cache that will never serve again"
+    );
     Ok(())
 }

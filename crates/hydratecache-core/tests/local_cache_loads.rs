@@ -278,8 +278,14 @@ async fn a_load_does_not_store_over_an_update_that(
             .publish_with("k", &"new".into(), options)
             .await
             .expect("publish");
-        // Not read through `get`: a read would make it hot.
-        eventually("the update applied", || cache.stats().updates_applied == 1).await;
+        // Not read through `get`: a read would make it hot. An update whose
+        // TTL ran out in transit (a loaded machine) is not stored but still
+        // marks the key: the load must not store over it either.
+        eventually("the update applied (or expired on arrival)", || {
+            let stats = cache.stats();
+            stats.updates_applied + stats.expired_on_arrival == 1
+        })
+        .await;
         gone(&cache).await;
         let _ = release.send(());
     };
@@ -312,7 +318,9 @@ async fn a_load_does_not_store_over_an_evicted_update() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_load_does_not_store_over_an_expired_update() -> anyhow::Result<()> {
-    a_load_does_not_store_over_an_update_that(Some(Duration::from_millis(30)), |cache| {
+    // Long enough to outlive publish→apply on a loaded machine, so the
+    // update is normally stored, then expires under the load.
+    a_load_does_not_store_over_an_update_that(Some(Duration::from_millis(250)), |cache| {
         async move {
             eventually("the update expired", || cache.get("k").is_none()).await;
         }
@@ -652,5 +660,70 @@ async fn a_repair_invalidates_lazily_without_visiting_the_entries() -> anyhow::R
         .await?;
     assert_eq!(reloaded.as_deref().map(String::as_str), Some("reloaded"));
     assert_eq!(cache.stats().repairs_clear, 1);
+    Ok(())
+}
+
+// ---- review: a weigher that panics on the load path ----
+
+/// A byte-bounded cache whose weigher panics on values starting with `bad`.
+async fn panicky_weigher_cache(topic: &str, policy: RepairPolicy) -> LocalCache<String> {
+    LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), topic))
+        .heartbeat_interval(None)
+        .max_weight(1 << 20, |_, v: &String| {
+            assert!(!v.starts_with("bad"), "the weigher panics");
+            v.len() as u64
+        })
+        .repair(policy)
+        .reload_limits(1, Duration::ZERO)
+        .loader(|key: String| async move { loaded(&format!("{key}:reloaded")) })
+        .build()
+        .await
+        .expect("cache")
+}
+
+#[tokio::test]
+async fn a_weigher_panic_on_a_load_is_the_loads_error_for_every_waiter() -> anyhow::Result<()> {
+    let cache = panicky_weigher_cache("weigh-load", RepairPolicy::Clear).await;
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first = cache.get_or_load("k", move |_| async move {
+        let _ = released.await;
+        loaded("bad value")
+    });
+    let second = async {
+        tokio::task::yield_now().await;
+        let joined = cache.get_or_load("k", |_| async { loaded("not called") });
+        let _ = release.send(());
+        joined.await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert!(first.is_err(), "{first:?}");
+    assert!(second.is_err(), "{second:?}");
+    assert_eq!(value(&cache, "k"), None);
+    assert_eq!(cache.stats().hydration_panics, 1);
+    // The key is not poisoned: the next load stores.
+    cache.get_or_load("k", |_| async { loaded("good") }).await?;
+    assert_eq!(value(&cache, "k").as_deref(), Some("good"));
+    // A local write whose weight panics is not held (and still published).
+    cache.put("p", "bad put".into()).await?;
+    assert_eq!(value(&cache, "p"), None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_weigher_panic_does_not_end_a_reload() -> anyhow::Result<()> {
+    let cache = panicky_weigher_cache("weigh-reload", RepairPolicy::Reload).await;
+    // `bad` reloads as "bad:reloaded", which the weigher refuses.
+    let keys = ["a", "bad", "b", "c", "d", "e", "f", "g"];
+    for key in keys {
+        cache.get_or_load(key, |_| async { loaded("held") }).await?;
+    }
+    cache.repair();
+    for key in keys.iter().filter(|k| **k != "bad") {
+        eventually(&format!("{key} reloaded"), || {
+            value(&cache, key).is_some_and(|v| v.ends_with(":reloaded"))
+        })
+        .await;
+    }
+    assert_eq!(value(&cache, "bad"), None);
     Ok(())
 }

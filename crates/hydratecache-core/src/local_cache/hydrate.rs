@@ -11,7 +11,7 @@
 //! - the task's whole loop runs under `catch_unwind` too, in the task itself
 //!   rather than behind its `JoinHandle`, so it reacts at the moment of the
 //!   panic (a transport's stream that panics, a bug of ours): the cache stops
-//!   serving at once, then resubscribes with backoff, repairs by its policy and
+//!   serving at once, then resubscribes with backoff, invalidates every value and
 //!   serves again. Each such failure is counted (`hydration_failures`). A
 //!   task dropped before it returned (its runtime shut down) stops the cache
 //!   serving too, from a drop guard.
@@ -129,13 +129,15 @@ pub(super) async fn supervise<T: Send + Sync + 'static>(
 
 /// Set while the task runs: if it is dropped before it returns (its
 /// runtime shut down, or it was aborted), the cache stops serving, since
-/// nothing updates it any more.
+/// nothing updates it any more. Aborted by dropping the cache is no failure.
 struct Unsupervised<T: Send + Sync + 'static>(Option<Arc<Inner<T>>>);
 
 impl<T: Send + Sync + 'static> Drop for Unsupervised<T> {
     fn drop(&mut self) {
         if let Some(inner) = self.0.take() {
-            inner.counters.hydration_failures.incr();
+            if !inner.closed.load(Ordering::Acquire) {
+                inner.counters.hydration_failures.incr();
+            }
             stop_serving(&inner);
         }
     }
@@ -175,7 +177,8 @@ async fn resubscribe<T: Send + Sync + 'static>(
                     .pending_replay
                     .store(options.start == StartFrom::Earliest, Ordering::Release);
                 inner.pending_warm.store(false, Ordering::Release);
-                inner.repair("hydration restarted");
+                inner.pending_gap.store(false, Ordering::Release);
+                inner.repair_outage("hydration restarted");
                 inner.ready_if_warm();
                 tracing::warn!(
                     topic = inner.channel.topic(),
@@ -268,7 +271,7 @@ async fn run<T: Send + Sync + 'static>(
                     tracing::error!(topic = inner.channel.topic(), "subscription ended: the cache stops serving");
                     inner.counters.hydration_failures.incr();
                     stop_serving(&inner);
-                    inner.repair("subscription ended");
+                    inner.retire();
                     break Outcome::Ended;
                 }
             }
@@ -308,25 +311,29 @@ async fn warm_up<T: Send + Sync + 'static>(
         };
         // Stored like a load that started when the subscription did: an
         // update received since then wins.
-        let store = catch_unwind(AssertUnwindSafe(|| {
-            inner.store_update(
-                &key,
-                Arc::new(loaded.value),
-                loaded.version,
-                loaded.ttl,
-                None,
-                Origin::Load(since, generation),
-            )
-        }));
-        match store {
-            Ok(true) => stored += 1,
-            Ok(false) => {}
-            Err(panic) => user_code_panicked(&inner, &key, &*panic),
+        // A weigher panic is caught, counted and logged there.
+        let store = inner.store_update(
+            &key,
+            Arc::new(loaded.value),
+            loaded.version,
+            loaded.ttl,
+            None,
+            Origin::Load(since, generation),
+        );
+        if let Ok(true) = store {
+            stored += 1;
         }
     }
     tracing::debug!(topic = inner.channel.topic(), stored, "warm-up done");
 }
 
+/// An error item of the subscription.
+///
+/// One that is not about one message (the transport reports it is dropping
+/// messages, a re-subscribe that keeps failing) means messages are being
+/// missed from now on: the cache stops serving until the transport's next
+/// gap, which marks the end of the loss, has been applied (see [`apply`]).
+///
 /// A message this build cannot read.
 ///
 /// Bytes that are not an envelope at all (another client on the topic) are
@@ -336,6 +343,18 @@ async fn warm_up<T: Send + Sync + 'static>(
 /// key is forgotten; without, it is a gap, repaired by policy.
 fn unreadable<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, error: &Error) {
     let topic = inner.channel.topic();
+    if !error.is_per_message() {
+        if !inner.pending_gap.swap(true, Ordering::AcqRel) {
+            inner.counters.hydration_failures.incr();
+        }
+        stop_serving(inner);
+        tracing::error!(
+            topic,
+            error = error as &dyn std::error::Error,
+            "subscription error: the cache stops serving until the transport's next gap"
+        );
+        return;
+    }
     let Error::Malformed { key, source, .. } = error else {
         tracing::warn!(
             topic,
@@ -374,10 +393,15 @@ fn apply<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, sequences: &mut Sequen
     let envelope = match event {
         Event::Gap(gap) => {
             inner.counters.gaps.incr();
-            inner.repair(&format!(
-                "transport gap ({}, missed {:?})",
-                gap.reason, gap.missed
-            ));
+            let why = format!("transport gap ({}, missed {:?})", gap.reason, gap.missed);
+            if inner.pending_gap.swap(false, Ordering::AcqRel) {
+                // The end of a loss the transport reported: nothing held or
+                // loaded since it began is known to be current.
+                inner.repair_outage(&why);
+                inner.ready_if_warm();
+            } else {
+                inner.repair(&why);
+            }
             return;
         }
         Event::ReplayDone => {
@@ -415,8 +439,8 @@ fn apply<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, sequences: &mut Sequen
     }
 }
 
-/// The codec or weigher panicked on `key`'s value: the key is forgotten, as
-/// for a value that cannot be decoded.
+/// The codec panicked on `key`'s value: the key is forgotten, as for a value
+/// that cannot be decoded.
 fn user_code_panicked<T: Send + Sync + 'static>(
     inner: &Inner<T>,
     key: &str,
@@ -428,7 +452,7 @@ fn user_code_panicked<T: Send + Sync + 'static>(
         topic = inner.channel.topic(),
         key,
         panic = panic_message(panic),
-        "codec or weigher panicked: key invalidated"
+        "codec panicked: key invalidated"
     );
 }
 
@@ -440,7 +464,8 @@ fn apply_message<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, envelope: &Env
         }
         Kind::Update => match inner.channel.codec().decode(&envelope.payload) {
             Ok(value) => {
-                inner.store_update(
+                // A weigher panic is caught there: the key is forgotten.
+                let _ = inner.store_update(
                     &envelope.key,
                     Arc::new(value),
                     envelope.version,
@@ -457,5 +482,48 @@ fn apply_message<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, envelope: &Env
                 tracing::warn!(topic = inner.channel.topic(), key = %envelope.key, %error, "cannot decode value: key invalidated");
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::local_cache::LocalCache;
+    use crate::{Channel, MemoryTransport};
+
+    async fn cache(topic: &str) -> LocalCache<String> {
+        LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), topic))
+            .heartbeat_interval(None)
+            .build()
+            .await
+            .expect("cache")
+    }
+
+    /// Waits until the hydration task let go of `inner`.
+    async fn task_gone<T>(inner: &Arc<T>) {
+        for _ in 0..2_500 {
+            if Arc::strong_count(inner) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("the hydration task still holds the cache");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_or_closing_the_cache_is_no_hydration_failure() {
+        let dropped = cache("drop").await;
+        let inner = Arc::clone(&dropped.inner);
+        drop(dropped);
+        task_gone(&inner).await;
+        assert_eq!(inner.counters.hydration_failures.get(), 0, "after drop");
+
+        let closed = cache("close").await;
+        let inner = Arc::clone(&closed.inner);
+        closed.close().await.expect("close");
+        task_gone(&inner).await;
+        assert_eq!(inner.counters.hydration_failures.get(), 0, "after close");
     }
 }

@@ -67,17 +67,26 @@ impl<T> Drop for Waiter<'_, T> {
 enum LoadFailed {
     #[error("the loader panicked: {0}")]
     Panicked(String),
+    #[error("the weigher panicked on the loaded value: {0}")]
+    WeigherPanicked(String),
     #[error("the loader did not finish within {0:?} (LocalCacheBuilder::load_timeout)")]
     TimedOut(Duration),
 }
 
-fn panicked(payload: &(dyn std::any::Any + Send)) -> BoxError {
-    let message = payload
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_owned());
-    Box::new(LoadFailed::Panicked(message))
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+fn panicked(payload: &(dyn std::any::Any + Send)) -> BoxError {
+    Box::new(LoadFailed::Panicked(panic_text(payload)))
+}
+
+fn weigher_panicked(payload: &(dyn std::any::Any + Send)) -> BoxError {
+    Box::new(LoadFailed::WeigherPanicked(panic_text(payload)))
 }
 
 type StartLoad<'a, T> =
@@ -139,15 +148,21 @@ impl<T: Send + Sync + 'static> Inner<T> {
             let outcome = match result {
                 Ok(Some(loaded)) => {
                     let value = Arc::new(loaded.value);
-                    inner.store_update(
+                    match inner.store_update(
                         &owned_key,
                         Arc::clone(&value),
                         loaded.version,
                         loaded.ttl,
                         None,
                         Origin::Load(started, generation),
-                    );
-                    Ok(Some(value))
+                    ) {
+                        Ok(_) => Ok(Some(value)),
+                        // Like a loader panic: the waiters get an error.
+                        Err(payload) => {
+                            inner.counters.load_errors.incr();
+                            Err(Arc::new(weigher_panicked(payload.as_ref())))
+                        }
+                    }
                 }
                 Ok(None) => Ok(None),
                 Err(e) => {

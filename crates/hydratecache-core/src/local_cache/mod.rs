@@ -127,6 +127,8 @@ struct Inner<T> {
     load_timeout: Duration,
     /// The running `Reload` repair: at most one.
     reload_task: Mutex<Option<JoinHandle<()>>>,
+    /// Set first by drop and `close`: no reload starts after it.
+    closed: AtomicBool,
     /// Where repairs run (`repair` may be called off the runtime).
     runtime: tokio::runtime::Handle,
     ready: AtomicBool,
@@ -137,6 +139,9 @@ struct Inner<T> {
     /// Conditions still to meet before `ready`: a warm-up stream, a replay.
     pending_warm: AtomicBool,
     pending_replay: AtomicBool,
+    /// The transport reported that messages are being dropped: not ready
+    /// until its next gap has been applied.
+    pending_gap: AtomicBool,
     counters: stats::Counters,
 }
 
@@ -193,10 +198,13 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 ///   message forgets that key; a warm-up stream that panics ends the warm-up
 ///   (both counted in `hydration_panics`). If the task itself fails (its
 ///   subscription's stream panics) the cache stops serving at once, then
-///   resubscribes with backoff, repairs and serves again; if the
-///   subscription ends, or the task's runtime shuts down, it stops serving
-///   for good. All are counted in `hydration_failures`: a cache never serves
-///   from a table nobody updates.
+///   resubscribes with backoff, invalidates every value (whatever the
+///   policy; `Reload` reloads them) and serves again. If the transport
+///   reports an error of the subscription itself (not of one message: it is
+///   dropping messages), the cache stops serving until the transport's next
+///   gap, then repairs the same way. If the subscription ends, or the task's
+///   runtime shuts down, it stops serving for good. All are counted in
+///   `hydration_failures`: a cache never serves from a table nobody updates.
 ///
 /// Dropping the cache (or [`close`](Self::close)) stops its task and cancels
 /// a running reload.
@@ -380,12 +388,14 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             next_flight: AtomicU64::new(0),
             load_timeout: self.load_timeout,
             reload_task: Mutex::new(None),
+            closed: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             ready: AtomicBool::new(false),
             ready_tx,
             ordered,
             pending_warm: AtomicBool::new(self.warm.is_some()),
             pending_replay: AtomicBool::new(self.subscribe.start == StartFrom::Earliest),
+            pending_gap: AtomicBool::new(false),
             counters: stats::Counters::default(),
         });
         let subscription = inner
@@ -449,7 +459,7 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     /// caller arriving after such a change starts a fresh load rather than
     /// join the older one. The load runs while a caller waits: when the last
     /// one is cancelled, the loader's future is dropped. A loader that panics
-    /// or overruns [`load_timeout`](LocalCacheBuilder::load_timeout) is an
+    /// (or a weigher that panics on its value) or overruns [`load_timeout`](LocalCacheBuilder::load_timeout) is an
     /// error for its waiters; the next call loads again.
     pub async fn get_or_load<F, Fut>(&self, key: &str, loader: F) -> Result<Option<Arc<T>>>
     where
@@ -484,7 +494,9 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     /// published: the source of truth decides).
     pub async fn put_with(&self, key: &str, value: T, options: PublishOptions) -> Result<Receipt> {
         let value = Arc::new(value);
-        self.inner.store_update(
+        // A weigher panic is caught there: the key is forgotten locally,
+        // and the value still published (the source of truth decides).
+        let _ = self.inner.store_update(
             key,
             Arc::clone(&value),
             options.version,
@@ -572,6 +584,7 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     /// Stops the hydration task (sending a last heartbeat if this cache
     /// published) and waits for it; cancels a running reload.
     pub async fn close(mut self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
         if let Some(reload) = self.inner.stop_reload() {
             let _ = reload.await;
         }
@@ -591,6 +604,9 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
 
 impl<T> Drop for LocalCache<T> {
     fn drop(&mut self) {
+        // First: the hydration task may still run a repair on another
+        // worker until its abort takes effect.
+        self.inner.closed.store(true, Ordering::Release);
         if let Some(task) = self.task.take() {
             task.abort();
         }
@@ -611,10 +627,12 @@ enum Origin {
 }
 
 impl<T: Send + Sync + 'static> Inner<T> {
-    /// Ready once neither a warm-up stream nor a replay is pending.
+    /// Ready once neither a warm-up stream, a replay nor the gap that ends
+    /// a reported loss is pending.
     fn ready_if_warm(&self) {
         if !self.pending_warm.load(Ordering::Acquire)
             && !self.pending_replay.load(Ordering::Acquire)
+            && !self.pending_gap.load(Ordering::Acquire)
         {
             self.ready.store(true, Ordering::Release);
             self.ready_tx.send_replace(true);

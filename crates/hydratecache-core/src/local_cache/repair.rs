@@ -44,6 +44,29 @@ impl<T: Send + Sync + 'static> Inner<T> {
         }
     }
 
+    /// Repairs after the cache could not know what changed (its hydration
+    /// restarted, or its transport reported dropping messages): every value
+    /// is invalidated whatever the policy, and reloaded under `Reload`.
+    /// `Ignore` tolerates gaps, not a cache that stopped hydrating.
+    pub(super) fn repair_outage(self: &Arc<Self>, why: &str) {
+        self.invalidate_values();
+        if self.policy == RepairPolicy::Reload {
+            self.counters.repairs_reload.incr();
+            tracing::warn!(topic = self.channel.topic(), why, "reloading the keys held");
+            self.start_reload();
+        } else {
+            self.counters.repairs_clear.incr();
+            tracing::warn!(topic = self.channel.topic(), why, "cache cleared");
+        }
+    }
+
+    /// The cache will never serve again (its subscription ended): its values
+    /// are invalidated and a running reload is stopped, none started.
+    pub(super) fn retire(&self) {
+        self.invalidate_values();
+        self.stop_reload();
+    }
+
     /// Invalidates every value held (tombstones stay: they still order late
     /// updates) and bumps the generation so loads under way do not store.
     /// O(1): reads treat values stored at or before the repair as misses,
@@ -63,6 +86,12 @@ impl<T: Send + Sync + 'static> Inner<T> {
             return;
         };
         let mut running = lock(&self.reload_task);
+        // Checked under the lock Drop and close take the task with, after
+        // they set it: a repair racing them cannot start a reload that
+        // would outlive the cache.
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         let previous = running.take();
         if let Some(previous) = &previous {
             previous.abort();
@@ -125,5 +154,46 @@ impl<T: Send + Sync + 'static> Inner<T> {
                 }
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::local_cache::{lock, Loaded, LocalCache, RepairPolicy};
+    use crate::{Channel, MemoryTransport};
+
+    /// The hydration task may still be running on another worker when the
+    /// cache is dropped: a repair it makes then must not start a reload.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_repair_after_drop_starts_no_reload() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let cache: LocalCache<String> =
+            LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), "late"))
+                .heartbeat_interval(None)
+                .repair(RepairPolicy::Reload)
+                .reload_limits(1, Duration::ZERO)
+                .loader(move |key: String| {
+                    c.fetch_add(1, Ordering::AcqRel);
+                    async move { Ok(Some(Loaded::new(key))) }
+                })
+                .build()
+                .await
+                .expect("cache");
+        cache.fetch("k").await.expect("fetch");
+        let inner = Arc::clone(&cache.inner);
+        drop(cache);
+        // What a hydration task that outlived the drop by a moment does.
+        inner.repair("a gap seen just after the drop");
+        assert!(
+            lock(&inner.reload_task).is_none(),
+            "a reload started after the cache was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(calls.load(Ordering::Acquire), 1);
     }
 }

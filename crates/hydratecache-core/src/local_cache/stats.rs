@@ -175,14 +175,18 @@ pub struct CacheStats {
     pub repairs_ignored: u64,
     /// Keys reloaded by `Reload` repairs.
     pub reloaded_keys: u64,
-    /// Panics of user code caught by the hydration task: a codec or weigher
-    /// on one message (that key was forgotten), or the warm-up stream (the
+    /// Panics of user code caught: a codec or weigher on one message (that
+    /// key was forgotten), the weigher on a loaded value (that load failed)
+    /// or a local write (that key was forgotten), or the warm-up stream (the
     /// warm-up ended there). Hydration went on.
     pub hydration_panics: u64,
     /// Times the hydration task itself failed: a panic outside user code
-    /// (the transport's stream, for one), the subscription ended, or the task
-    /// was dropped with its runtime. The cache stops serving at once; after a
-    /// panic it resubscribes, repairs by its policy and serves again.
+    /// (the transport's stream, for one), an error of the subscription
+    /// reported by the transport, the subscription ended, or the task was
+    /// dropped with its runtime. The cache stops serving at once; after a
+    /// panic it resubscribes, after a reported error it waits for the
+    /// transport's next gap; then it invalidates every value (reloads them
+    /// under `Reload`) and serves again.
     pub hydration_failures: u64,
     /// Entries now held: values and tombstones, including values a repair
     /// invalidated (never served) until they are overwritten or evicted.

@@ -1,12 +1,17 @@
 //! Storing changes: version order, tombstones, and the guard that keeps a
 //! load from storing over a change made while it ran.
 
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::clock::{self, Nanos};
 use super::entry::Entry;
 use super::{lock, Inner, Origin};
+
+/// A caught panic's payload.
+pub(super) type Panic = Box<dyn Any + Send>;
 
 impl<T: Send + Sync + 'static> Inner<T> {
     /// The time to stamp a change with: after the last repair, so a change
@@ -75,6 +80,11 @@ impl<T: Send + Sync + 'static> Inner<T> {
         }
     }
 
+    /// Stores `value` unless something newer is held: whether it stored.
+    ///
+    /// Fails only when the weigher panics (before `store_lock` is taken):
+    /// nothing is stored, and for a change (not a load) the key's older
+    /// value is forgotten, as the key changed to something we cannot hold.
     pub(super) fn store_update(
         &self,
         key: &str,
@@ -83,6 +93,35 @@ impl<T: Send + Sync + 'static> Inner<T> {
         ttl: Option<Duration>,
         published_at: Option<std::time::SystemTime>,
         origin: Origin,
+    ) -> Result<bool, Panic> {
+        let weight = match catch_unwind(AssertUnwindSafe(|| self.weight(key, &value))) {
+            Ok(weight) => weight,
+            Err(panic) => {
+                self.counters.hydration_panics.incr();
+                if !matches!(origin, Origin::Load(..)) {
+                    self.forget(key);
+                }
+                tracing::error!(
+                    topic = self.channel.topic(),
+                    key,
+                    "the weigher panicked: value not stored"
+                );
+                return Err(panic);
+            }
+        };
+        Ok(self.store_weighed(key, value, version, ttl, published_at, origin, weight))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store_weighed(
+        &self,
+        key: &str,
+        value: Arc<T>,
+        version: Option<u64>,
+        ttl: Option<Duration>,
+        published_at: Option<std::time::SystemTime>,
+        origin: Origin,
+        weight: u64,
     ) -> bool {
         let _guard = lock(&self.store_lock);
         let now = self.stamp();
@@ -107,7 +146,6 @@ impl<T: Send + Sync + 'static> Inner<T> {
             }
             return false;
         }
-        let weight = self.weight(key, &value);
         self.entries.values.insert(
             key.to_owned(),
             Entry::new(Some(value), version, now, ttl, weight),
