@@ -25,6 +25,17 @@ pub struct RedisServer {
 impl RedisServer {
     /// Finds `redis-server` and starts it on a free port.
     pub fn start() -> Result<RedisServer> {
+        RedisServer::start_with(None)
+    }
+
+    /// Starts a server that speaks TLS only (`--tls-port`, no plaintext
+    /// port), with a CA and certificate generated here by the `openssl`
+    /// command (clients are not asked for certificates).
+    pub fn start_tls() -> Result<RedisServer> {
+        RedisServer::start_with(Some(TestCerts::generate()?))
+    }
+
+    fn start_with(tls: Option<TestCerts>) -> Result<RedisServer> {
         let bin = find_binary(
             "redis-server",
             "HYDRATECACHE_REDIS_SERVER_BIN",
@@ -36,30 +47,7 @@ impl RedisServer {
             port: free_port()?,
             dir: TempDir::new("redis")?,
             process: None,
-            tls: None,
-        };
-        server.spawn()?;
-        Ok(server)
-    }
-
-    /// Starts a server that speaks TLS only (`--tls-port`, no plaintext
-    /// port), with a CA and certificate generated here by the `openssl`
-    /// command (clients are not asked for certificates).
-    pub fn start_tls() -> Result<RedisServer> {
-        let bin = find_binary(
-            "redis-server",
-            "HYDRATECACHE_REDIS_SERVER_BIN",
-            &[],
-            "install the Debian package `redis-server` (cargo xtask itest redis does)",
-        )?;
-        let dir = TempDir::new("redis-tls")?;
-        let tls = TestCerts::generate()?;
-        let mut server = RedisServer {
-            bin,
-            port: free_port()?,
-            dir,
-            process: None,
-            tls: Some(tls),
+            tls,
         };
         server.spawn()?;
         Ok(server)
