@@ -29,8 +29,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::common::key_name;
-use crate::drive::{FaultKind, WriterStats};
+use crate::common::{key_name, FaultKind, WriterStats};
 
 /// One broken invariant.
 #[derive(Debug, Clone)]

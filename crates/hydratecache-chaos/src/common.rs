@@ -349,6 +349,61 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// The kinds of fault a run injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum FaultKind {
+    ServerKill,
+    ConnKill,
+    Pause,
+    Garbage,
+    Oversize,
+    InstanceRestart,
+}
+
+impl FaultKind {
+    pub(crate) const ALL: [FaultKind; 6] = [
+        FaultKind::ServerKill,
+        FaultKind::ConnKill,
+        FaultKind::Pause,
+        FaultKind::Garbage,
+        FaultKind::Oversize,
+        FaultKind::InstanceRestart,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FaultKind::ServerKill => "server kill -9 + restart",
+            FaultKind::ConnKill => "subscriber connections killed",
+            FaultKind::Pause => "instance SIGSTOP/SIGCONT",
+            FaultKind::Garbage => "third-party garbage",
+            FaultKind::Oversize => "oversize publish",
+            FaultKind::InstanceRestart => "instance kill -9 + restart",
+        }
+    }
+
+    pub(crate) fn id(self) -> &'static str {
+        match self {
+            FaultKind::ServerKill => "server_kill",
+            FaultKind::ConnKill => "conn_kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Garbage => "garbage",
+            FaultKind::Oversize => "oversize",
+            FaultKind::InstanceRestart => "instance_restart",
+        }
+    }
+}
+
+/// What the writer did.
+#[derive(Debug, Default)]
+pub(crate) struct WriterStats {
+    pub(crate) committed: u64,
+    pub(crate) commit_errors: u64,
+    pub(crate) uncertain_committed: u64,
+    pub(crate) published: u64,
+    pub(crate) publish_errors: u64,
+    pub(crate) longest_publish_outage_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

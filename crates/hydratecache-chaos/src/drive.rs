@@ -31,8 +31,8 @@ use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 
 use crate::check::{self, IncarnationRecord, RunFacts};
 use crate::common::{
-    connect_backend, key_name, now_us, truth_pool, value_for, Row, SplitMix64, Truth, TruthFile,
-    Zipf, RING, TABLE, TOPIC, ZIPF_S,
+    connect_backend, key_name, now_us, truth_pool, value_for, FaultKind, Row, SplitMix64, Truth,
+    TruthFile, WriterStats, Zipf, RING, TABLE, TOPIC, ZIPF_S,
 };
 
 /// Faults start after this warm-up.
@@ -61,49 +61,6 @@ pub(crate) struct Settings {
     pub(crate) window_us: u64,
     pub(crate) quiet: Duration,
     pub(crate) memory_limit_kb: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum FaultKind {
-    ServerKill,
-    ConnKill,
-    Pause,
-    Garbage,
-    Oversize,
-    InstanceRestart,
-}
-
-impl FaultKind {
-    pub(crate) const ALL: [FaultKind; 6] = [
-        FaultKind::ServerKill,
-        FaultKind::ConnKill,
-        FaultKind::Pause,
-        FaultKind::Garbage,
-        FaultKind::Oversize,
-        FaultKind::InstanceRestart,
-    ];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            FaultKind::ServerKill => "server kill -9 + restart",
-            FaultKind::ConnKill => "subscriber connections killed",
-            FaultKind::Pause => "instance SIGSTOP/SIGCONT",
-            FaultKind::Garbage => "third-party garbage",
-            FaultKind::Oversize => "oversize publish",
-            FaultKind::InstanceRestart => "instance kill -9 + restart",
-        }
-    }
-
-    pub(crate) fn id(self) -> &'static str {
-        match self {
-            FaultKind::ServerKill => "server_kill",
-            FaultKind::ConnKill => "conn_kill",
-            FaultKind::Pause => "pause",
-            FaultKind::Garbage => "garbage",
-            FaultKind::Oversize => "oversize",
-            FaultKind::InstanceRestart => "instance_restart",
-        }
-    }
 }
 
 /// One scheduled fault.
@@ -500,17 +457,6 @@ impl Servers {
             Backend::Truth => self.truth.start_again(),
         }
     }
-}
-
-/// What the writer did.
-#[derive(Debug, Default)]
-pub(crate) struct WriterStats {
-    pub(crate) committed: u64,
-    pub(crate) commit_errors: u64,
-    pub(crate) uncertain_committed: u64,
-    pub(crate) published: u64,
-    pub(crate) publish_errors: u64,
-    pub(crate) longest_publish_outage_ms: u64,
 }
 
 enum WriterCommand {

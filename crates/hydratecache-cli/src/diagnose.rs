@@ -2,6 +2,10 @@
 
 use std::io;
 
+/// How the context of a connection failure starts (the URL follows, which
+/// the diagnosis leaves out).
+pub(crate) const CONNECT_CONTEXT: &str = "cannot connect to ";
+
 /// What kind of failure an error chain shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Problem {
@@ -82,7 +86,7 @@ pub(crate) fn diagnose(error: &anyhow::Error) -> Option<Problem> {
     let text: Vec<String> = error
         .chain()
         .map(|cause| cause.to_string())
-        .filter(|message| !message.starts_with(crate::backends::CONNECT_CONTEXT))
+        .filter(|message| !message.starts_with(CONNECT_CONTEXT))
         .collect();
     classify(&text.join(": ").to_lowercase())
 }

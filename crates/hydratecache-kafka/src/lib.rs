@@ -7,6 +7,7 @@ mod cursor;
 mod producer;
 mod queue;
 pub mod record;
+mod topics;
 mod transport;
 
 use std::fmt;

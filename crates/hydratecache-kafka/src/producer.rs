@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::record::BATCH_OVERHEAD;
-use crate::transport::TopicCache;
+use crate::topics::TopicCache;
 use crate::{SharedError, BACKEND};
 
 /// Records one request carries at most.

@@ -23,32 +23,12 @@ use crate::consumer::{self, ReaderCtx, SharedReader, Sink};
 use crate::producer::{PartitionProducer, Pending, ProducerCtx};
 use crate::queue::{self, Fanout, Limits};
 use crate::record::{partition_for, record_size_bound, to_record, validate_topic};
+use crate::topics::TopicCache;
 use crate::{KafkaError, BACKEND};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // No code path panics while holding these locks; recover if one ever did.
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Partition ids of the topics this transport has used.
-#[derive(Debug, Default)]
-pub(crate) struct TopicCache {
-    topics: Mutex<HashMap<String, Arc<[i32]>>>,
-}
-
-impl TopicCache {
-    fn get(&self, topic: &str) -> Option<Arc<[i32]>> {
-        lock(&self.topics).get(topic).cloned()
-    }
-
-    fn insert(&self, topic: &str, partitions: Arc<[i32]>) {
-        lock(&self.topics).insert(topic.to_owned(), partitions);
-    }
-
-    /// Drops what is known of `topic`, so the next use looks it up again.
-    pub(crate) fn forget(&self, topic: &str) {
-        lock(&self.topics).remove(topic);
-    }
 }
 
 /// Messages a replaying subscription buffers (its reader waits beyond).

@@ -2,12 +2,10 @@
 //! monitor and its subscriptions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{watch, Notify};
-
-use crate::subscription::SubState;
 
 /// State the connection-event callback and the subscriptions share. It holds
 /// no client, so the callback (owned by the client) makes no cycle.
@@ -121,5 +119,36 @@ pub(crate) struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.shared.unregister(self.id);
+    }
+}
+
+/// Loss signals for one subscription, set by the pump and the event callback.
+#[derive(Debug)]
+pub(crate) struct SubState {
+    /// async-nats reported it dropped messages for this subscription.
+    pub(crate) slow_consumer: AtomicBool,
+    /// Messages the pump dropped (buffer full) and has not yet attached to a
+    /// later frame.
+    pub(crate) lagged: AtomicU64,
+    /// Payload bytes in the buffer: added by the pump before it queues a
+    /// frame, taken off by the stream when it takes one.
+    pub(crate) bytes: AtomicUsize,
+    /// Wakes the stream when one of the above is set.
+    pub(crate) notify: Notify,
+}
+
+impl SubState {
+    pub(crate) fn new() -> SubState {
+        SubState {
+            slow_consumer: AtomicBool::new(false),
+            lagged: AtomicU64::new(0),
+            bytes: AtomicUsize::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    pub(crate) fn flag_slow_consumer(&self) {
+        self.slow_consumer.store(true, Ordering::Release);
+        self.notify.notify_one();
     }
 }

@@ -1,7 +1,7 @@
 //! One subscription: a task draining async-nats' subscriber into a bounded
 //! buffer, and the stream that reports each gap at its place in the stream.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_nats::{Statistics, Subscriber};
@@ -11,41 +11,9 @@ use futures::{FutureExt, StreamExt};
 use hydratecache_core::transport::decode_frame;
 use hydratecache_core::{Event, Gap, GapReason, Result};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
-use crate::shared::Registration;
-use crate::transport::Inner;
-
-/// Loss signals for one subscription, set by the pump and the event callback.
-#[derive(Debug)]
-pub(crate) struct SubState {
-    /// async-nats reported it dropped messages for this subscription.
-    slow_consumer: AtomicBool,
-    /// Messages the pump dropped (buffer full) and has not yet attached to a
-    /// later frame.
-    lagged: AtomicU64,
-    /// Payload bytes in the buffer: added by the pump before it queues a
-    /// frame, taken off by the stream when it takes one.
-    bytes: AtomicUsize,
-    /// Wakes the stream when one of the above is set.
-    notify: Notify,
-}
-
-impl SubState {
-    pub(crate) fn new() -> SubState {
-        SubState {
-            slow_consumer: AtomicBool::new(false),
-            lagged: AtomicU64::new(0),
-            bytes: AtomicUsize::new(0),
-            notify: Notify::new(),
-        }
-    }
-
-    pub(crate) fn flag_slow_consumer(&self) {
-        self.slow_consumer.store(true, Ordering::Release);
-        self.notify.notify_one();
-    }
-}
+use crate::shared::{Registration, Shared, SubState};
 
 /// A received message as buffered for the stream.
 #[derive(Debug)]
@@ -139,7 +107,8 @@ pub(crate) async fn pump(
 
 /// The consumer side of one subscription.
 pub(crate) struct SubStream {
-    _inner: Arc<Inner>,
+    /// Keeps the transport (and its client) alive while the stream is.
+    _transport: Arc<dyn std::any::Any + Send + Sync>,
     topic: String,
     _registration: Registration,
     state: Arc<SubState>,
@@ -154,17 +123,18 @@ pub(crate) struct SubStream {
 
 impl SubStream {
     pub(crate) fn new(
-        inner: Arc<Inner>,
+        transport: Arc<dyn std::any::Any + Send + Sync>,
+        shared: &Shared,
         topic: String,
         registration: Registration,
         state: Arc<SubState>,
         rx: mpsc::Receiver<Frame>,
         generation: u64,
     ) -> SubStream {
-        let confirmed = inner.shared.confirmed.subscribe();
-        let closed = inner.shared.closed.subscribe();
+        let confirmed = shared.confirmed.subscribe();
+        let closed = shared.closed.subscribe();
         SubStream {
-            _inner: inner,
+            _transport: transport,
             topic,
             _registration: registration,
             state,

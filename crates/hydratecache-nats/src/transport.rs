@@ -15,9 +15,9 @@ use hydratecache_core::{
 use tokio::sync::mpsc;
 
 use crate::builder::{checked_addrs, Config, NatsBuilder, EVENT_RECONNECT_CHECK};
-use crate::shared::Shared;
+use crate::shared::{Shared, SubState};
 use crate::subject::subject_for;
-use crate::subscription::{pump, subscriber_sid, SubState, SubStream};
+use crate::subscription::{pump, subscriber_sid, SubStream};
 use crate::BACKEND;
 
 /// How often a waiting publish looks at the connection state.
@@ -360,7 +360,8 @@ impl NatsTransport {
         ));
         tracing::debug!(topic, subject, "nats subscription confirmed");
         let stream = SubStream::new(
-            Arc::clone(inner),
+            Arc::clone(inner) as Arc<dyn std::any::Any + Send + Sync>,
+            &inner.shared,
             topic.to_owned(),
             guard,
             state,

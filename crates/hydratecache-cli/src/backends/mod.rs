@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use futures::future::BoxFuture;
 use hydratecache_core::{Envelope, Transport};
 
-use crate::diagnose::Problem;
+use crate::diagnose::{Problem, CONNECT_CONTEXT};
 
 #[cfg(feature = "kafka")]
 mod kafka;
@@ -331,9 +331,6 @@ async fn probe(url: &BackendUrl) -> Probe {
         Probe::Failed(text)
     }
 }
-
-/// How the context of a connection failure starts.
-pub(crate) const CONNECT_CONTEXT: &str = "cannot connect to ";
 
 async fn connect_inner(url: &BackendUrl, options: &ConnectOptions) -> Result<Box<dyn Adapter>> {
     let adapter: Box<dyn Adapter> = match url.scheme {
