@@ -12,23 +12,9 @@ use hydratecache_core::{
     PublishOptions, RepairPolicy, Result, SubscribeOptions, Subscription, Transport,
 };
 
-const WAIT: Duration = Duration::from_secs(5);
+mod common;
 
-/// Polls `check` until it holds or `WAIT` passes.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn value(cache: &LocalCache<String>, key: &str) -> Option<String> {
-    cache.get(key).map(|v| v.as_ref().clone())
-}
+use common::{eventually, value, WAIT};
 
 async fn cache_on(bus: &Arc<dyn Transport>, topic: &str) -> LocalCache<String> {
     LocalCache::builder(Channel::new(bus.clone(), topic))

@@ -14,23 +14,9 @@ use hydratecache_core::{
     RepairPolicy, Result, SubscribeOptions, Subscription, Transport,
 };
 
-const WAIT: Duration = Duration::from_secs(5);
+mod common;
 
-/// Polls `check` until it holds or `WAIT` passes.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn value(cache: &LocalCache<String>, key: &str) -> Option<String> {
-    cache.get(key).map(|v| v.as_ref().clone())
-}
+use common::{eventually, value, WAIT};
 
 fn loaded(v: &str) -> Result<Option<Loaded<String>>, hydratecache_core::BoxError> {
     Ok(Some(Loaded::new(v.to_string())))
