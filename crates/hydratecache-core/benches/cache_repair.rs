@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hydratecache_core::{Channel, Loaded, LocalCache, MemoryTransport, RepairPolicy};
+use hydratecache_core::{Channel, Loaded, LocalCache, MemoryTransport, RepairPolicy, Transport};
 
 const ENTRIES: usize = 1_000_000;
 const RUNS: usize = 3;

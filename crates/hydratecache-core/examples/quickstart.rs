@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use hydratecache_core::{Channel, ChannelEvent, MemoryTransport, PublishOptions};
+use hydratecache_core::{Channel, ChannelEvent, MemoryTransport, PublishOptions, Transport};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]

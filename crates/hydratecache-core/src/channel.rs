@@ -12,9 +12,11 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::adapter;
 use crate::codec::{CborCodec, Codec, FnCodec};
 use crate::envelope::{Envelope, Kind, PublisherId, Ttl};
 use crate::error::{BoxError, Error, Result};
+use crate::publish_options::PublishOptions;
 use crate::transport::{Event, Gap, SubscribeOptions, Subscription, Transport};
 
 /// A typed topic: publish values of `T` under string keys, subscribe to the
@@ -25,7 +27,7 @@ use crate::transport::{Event, Gap, SubscribeOptions, Subscription, Transport};
 /// another). Cheap to clone.
 ///
 /// ```
-/// use hydratecache_core::{Channel, ChannelEvent, MemoryTransport};
+/// use hydratecache_core::{Channel, ChannelEvent, MemoryTransport, Transport};
 /// use futures::StreamExt;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), hydratecache_core::Error> {
@@ -71,35 +73,6 @@ impl<T> fmt::Debug for Channel<T> {
             .field("topic", &self.inner.topic)
             .field("publisher", &self.inner.publisher)
             .finish_non_exhaustive()
-    }
-}
-
-/// Options of one publish: TTL and version.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PublishOptions {
-    /// Time to live, starting at the publish.
-    pub ttl: Option<Duration>,
-    /// Version of the value at the source of truth.
-    pub version: Option<u64>,
-}
-
-impl PublishOptions {
-    /// No TTL, no version.
-    pub fn new() -> PublishOptions {
-        PublishOptions::default()
-    }
-
-    /// With a time to live starting now.
-    pub fn ttl(mut self, ttl: Duration) -> PublishOptions {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// With a version.
-    pub fn version(mut self, version: u64) -> PublishOptions {
-        self.version = Some(version);
-        self
     }
 }
 
@@ -449,29 +422,18 @@ impl<T: Send + Sync + 'static> Channel<T> {
         payload: bytes::Bytes,
         options: PublishOptions,
     ) -> Result<Receipt> {
-        let now = SystemTime::now();
-        let mut envelope = Envelope {
+        let mut envelope = adapter::envelope_for(
             kind,
-            key: key.to_owned(),
+            key,
             payload,
-            ttl: match kind {
-                Kind::Update => options.ttl.map(|duration| Ttl {
-                    start: now,
-                    duration,
-                }),
-                _ => None,
-            },
-            version: options.version,
-            publisher: self.inner.publisher,
-            sequence: 0,
-            published_at: now,
-        };
+            options,
+            self.inner.publisher,
+            SystemTime::now(),
+        );
         // Refuse oversize messages before a sequence number is spent on them,
         // so that a refused publish does not look like a lost message.
-        self.inner
-            .transport
-            .capabilities()
-            .check_envelope(self.inner.transport.backend(), &envelope)?;
+        let transport = &self.inner.transport;
+        adapter::check_envelope(transport.backend(), &transport.capabilities(), &envelope)?;
         let result = self
             .publish_in_order(&mut envelope, || {
                 self.inner.sequence.fetch_add(1, Ordering::AcqRel) + 1
@@ -522,7 +484,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
     /// `oneshot::Receiver`, `tokio::signal::ctrl_c()`...
     ///
     /// ```
-    /// use hydratecache_core::{Channel, ChannelEvent, MemoryTransport};
+    /// use hydratecache_core::{Channel, ChannelEvent, MemoryTransport, Transport};
     /// use std::time::Duration;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), hydratecache_core::Error> {
@@ -558,10 +520,8 @@ impl<T: Send + Sync + 'static> Channel<T> {
 }
 
 fn micros_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(1)
+    // Never 0, which means "never sent".
+    crate::adapter::micros(SystemTime::now()).max(1)
 }
 
 /// The typed stream of a [`Channel`]: updates, deletes, heartbeats and gaps;

@@ -71,9 +71,9 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for CborCodec {
 }
 
 /// Encoder function of a [`FnCodec`].
-pub type EncodeFn<T> = dyn Fn(&T) -> Result<Vec<u8>, BoxError> + Send + Sync;
+pub(crate) type EncodeFn<T> = dyn Fn(&T) -> Result<Vec<u8>, BoxError> + Send + Sync;
 /// Decoder function of a [`FnCodec`].
-pub type DecodeFn<T> = dyn Fn(&[u8]) -> Result<T, BoxError> + Send + Sync;
+pub(crate) type DecodeFn<T> = dyn Fn(&[u8]) -> Result<T, BoxError> + Send + Sync;
 
 /// A codec made of two plain functions.
 ///

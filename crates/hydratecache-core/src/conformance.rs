@@ -968,7 +968,7 @@ impl MemoryHarness {
 
 impl Harness for MemoryHarness {
     fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Transport>, BoxError>> {
-        async move { Ok(self.bus.clone().into_arc()) }.boxed()
+        async move { Ok(Arc::new(self.bus.clone()) as Arc<dyn Transport>) }.boxed()
     }
 
     fn publish_raw<'a>(

@@ -268,14 +268,18 @@ pub enum EnvelopeError {
     },
 }
 
-fn to_micros(t: SystemTime) -> u64 {
+/// Microseconds since the Unix epoch (0 before it, saturating far after),
+/// as the wire carries times.
+pub fn micros(t: SystemTime) -> u64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
         Err(_) => 0,
     }
 }
 
-fn from_micros(us: u64) -> SystemTime {
+/// The time `us` microseconds after the Unix epoch; past what every
+/// platform represents, 10,000 years after it.
+pub fn from_micros(us: u64) -> SystemTime {
     // u64::MAX µs (585,000 years) is past Windows' SystemTime: never panic
     // on a time from the wire.
     UNIX_EPOCH
@@ -289,7 +293,8 @@ fn far_future() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(10_000 * 365 * 86_400)
 }
 
-fn duration_micros(d: Duration) -> u64 {
+/// A duration in whole microseconds, saturating.
+pub fn duration_micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -357,11 +362,11 @@ impl Envelope {
         out.extend_from_slice(&[MAGIC, FORMAT_VERSION, self.kind.to_byte(), flags]);
         out.extend_from_slice(&self.publisher.0.to_be_bytes());
         out.extend_from_slice(&self.sequence.to_be_bytes());
-        out.extend_from_slice(&to_micros(self.published_at).to_be_bytes());
+        out.extend_from_slice(&micros(self.published_at).to_be_bytes());
         out.extend_from_slice(&key_len.to_be_bytes());
         out.extend_from_slice(self.key.as_bytes());
         if let Some(ttl) = &self.ttl {
-            out.extend_from_slice(&to_micros(ttl.start).to_be_bytes());
+            out.extend_from_slice(&micros(ttl.start).to_be_bytes());
             out.extend_from_slice(&duration_micros(ttl.duration).to_be_bytes());
         }
         if let Some(version) = self.version {

@@ -1,22 +1,24 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod channel;
-pub mod codec;
+pub mod adapter;
+mod channel;
+mod codec;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
-pub mod envelope;
-pub mod error;
+mod envelope;
+mod error;
 #[cfg(feature = "local-cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "local-cache")))]
 pub mod local_cache;
-pub mod memory;
-pub mod transport;
+mod memory;
+mod publish_options;
+mod transport;
 
 pub use channel::{
     Channel, ChannelBuilder, ChannelEvent, ChannelSubscription, Deletion, Heartbeat, Message,
-    PublishOptions, Receipt,
+    Receipt,
 };
 pub use codec::{CborCodec, Codec, FnCodec};
 pub use envelope::{Envelope, EnvelopeError, Kind, PublisherId, Ttl};
@@ -24,6 +26,7 @@ pub use error::{BoxError, Error, Result};
 #[cfg(feature = "local-cache")]
 pub use local_cache::{CacheStats, Loaded, Loader, LocalCache, LocalCacheBuilder, RepairPolicy};
 pub use memory::MemoryTransport;
+pub use publish_options::PublishOptions;
 pub use transport::{
     Capabilities, Event, Gap, GapReason, StartFrom, SubscribeOptions, Subscription, Transport,
 };

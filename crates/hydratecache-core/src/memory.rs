@@ -1,27 +1,21 @@
 //! An in-process transport: for tests, examples and single-process use.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::broadcast;
 
+use crate::adapter::{self, ClosedFlag};
 use crate::envelope::Envelope;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::transport::{
-    decode_frame, Capabilities, Event, Gap, GapReason, StartFrom, SubscribeOptions, Subscription,
-    Transport,
+    Capabilities, Event, Gap, GapReason, SubscribeOptions, Subscription, Transport,
 };
 
 const BACKEND: &str = "memory";
-
-/// Default number of messages a subscriber may fall behind before it gets a gap.
-pub const DEFAULT_CAPACITY: usize = 65_536;
-/// Default message size limit, as for a typical broker (1 MiB).
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 
 /// An in-process broadcast bus that honours the [`Transport`] contract.
 ///
@@ -51,13 +45,12 @@ struct Bus {
     topics: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
     capacity: usize,
     max_message_size: Option<usize>,
-    closed: AtomicBool,
+    closed: ClosedFlag,
 }
 
 impl Bus {
     fn topics(&self) -> MutexGuard<'_, HashMap<String, broadcast::Sender<Bytes>>> {
-        // No code path panics while holding the lock; recover if one ever did.
-        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+        adapter::lock(&self.topics)
     }
 }
 
@@ -68,9 +61,14 @@ impl Default for MemoryTransport {
 }
 
 impl MemoryTransport {
+    /// Default number of messages a subscriber may fall behind before it gets a gap.
+    pub const DEFAULT_CAPACITY: usize = 65_536;
+    /// Default message size limit, as for a typical broker (1 MiB).
+    pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+
     /// A new bus with the default capacity and message size limit.
     pub fn new() -> MemoryTransport {
-        MemoryTransport::with_limits(DEFAULT_CAPACITY, Some(DEFAULT_MAX_MESSAGE_SIZE))
+        MemoryTransport::with_limits(Self::DEFAULT_CAPACITY, Some(Self::DEFAULT_MAX_MESSAGE_SIZE))
     }
 
     /// A new bus with `capacity` messages of buffer per subscriber (at least
@@ -81,14 +79,9 @@ impl MemoryTransport {
                 topics: Mutex::new(HashMap::new()),
                 capacity: capacity.max(1),
                 max_message_size,
-                closed: AtomicBool::new(false),
+                closed: ClosedFlag::new(),
             }),
         }
-    }
-
-    /// This transport as an `Arc<dyn Transport>`.
-    pub fn into_arc(self) -> Arc<dyn Transport> {
-        Arc::new(self)
     }
 
     /// Puts raw bytes on `topic`, as a foreign client could: for testing how
@@ -108,10 +101,7 @@ impl MemoryTransport {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.bus.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed { backend: BACKEND });
-        }
-        Ok(())
+        self.bus.closed.check(BACKEND)
     }
 
     fn send(&self, topic: &str, frame: Bytes) -> usize {
@@ -157,7 +147,7 @@ impl Transport for MemoryTransport {
     fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>> {
         async move {
             self.check_open()?;
-            self.capabilities().check_envelope(BACKEND, envelope)?;
+            adapter::check_envelope(BACKEND, &self.capabilities(), envelope)?;
             let frame = Bytes::from(envelope.encode()?);
             self.send(topic, frame);
             Ok(())
@@ -172,12 +162,7 @@ impl Transport for MemoryTransport {
     ) -> BoxFuture<'a, Result<Subscription>> {
         async move {
             self.check_open()?;
-            if options.start == StartFrom::Earliest {
-                return Err(Error::Unsupported {
-                    backend: BACKEND,
-                    what: "replay from the earliest message",
-                });
-            }
+            adapter::refuse_replay(BACKEND, &options, "replay from the earliest message")?;
             let rx = self
                 .bus
                 .topics()
@@ -193,7 +178,7 @@ impl Transport for MemoryTransport {
                 let topic = topic_name.clone();
                 async move {
                     let item = match rx.recv().await {
-                        Ok(frame) => decode_frame(&topic, &frame),
+                        Ok(frame) => adapter::decode_frame(&topic, &frame),
                         Err(broadcast::error::RecvError::Lagged(missed)) => Ok(Event::Gap(Gap {
                             reason: GapReason::Lagged,
                             missed: Some(missed),
@@ -210,7 +195,7 @@ impl Transport for MemoryTransport {
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         async move {
-            self.bus.closed.store(true, Ordering::Release);
+            self.bus.closed.close();
             // Dropping the senders ends every subscription stream.
             self.bus.topics().clear();
             Ok(())

@@ -2,19 +2,16 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, Stream};
 
 use crate::envelope::{Envelope, FIXED_HEADER_LEN, OPTIONAL_FIELDS_LEN};
-use crate::error::{Error, Result};
-
-/// The longest timeout or interval an adapter honours: longer settings are
-/// capped to it (a century), because clients add them to `Instant::now()`,
-/// which panics past the clock's range.
-pub const LONGEST_DURATION: std::time::Duration =
-    std::time::Duration::from_secs(100 * 365 * 24 * 60 * 60);
+#[cfg(doc)]
+use crate::error::Error;
+use crate::error::Result;
 
 /// Moves [`Envelope`]s over one messaging backend, by topic name.
 ///
@@ -54,7 +51,54 @@ pub trait Transport: Send + Sync + 'static {
     /// Flushes what is pending and releases connections. Later publishes fail
     /// with [`Error::Closed`]; open subscriptions end.
     fn close(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// This transport as the shared, type-erased handle `Channel` and
+    /// `LocalCache` take.
+    fn into_arc(self) -> Arc<dyn Transport>
+    where
+        Self: Sized,
+    {
+        Arc::new(self)
+    }
 }
+
+// A shared or boxed transport is a transport, so code generic over
+// `T: Transport` takes `Arc<dyn Transport>` and `Box<dyn Transport>` too.
+macro_rules! forward_transport {
+    ($($pointer:ident),*) => {$(
+        impl<T: Transport + ?Sized> Transport for $pointer<T> {
+            fn backend(&self) -> &'static str {
+                (**self).backend()
+            }
+
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+
+            fn publish<'a>(
+                &'a self,
+                topic: &'a str,
+                envelope: &'a Envelope,
+            ) -> BoxFuture<'a, Result<()>> {
+                (**self).publish(topic, envelope)
+            }
+
+            fn subscribe<'a>(
+                &'a self,
+                topic: &'a str,
+                options: SubscribeOptions,
+            ) -> BoxFuture<'a, Result<Subscription>> {
+                (**self).subscribe(topic, options)
+            }
+
+            fn close(&self) -> BoxFuture<'_, Result<()>> {
+                (**self).close()
+            }
+        }
+    )*};
+}
+
+forward_transport!(Arc, Box);
 
 /// What a backend promises, so callers and the conformance suite know what to
 /// expect.
@@ -108,42 +152,6 @@ impl Capabilities {
     pub fn max_payload(&self, key: &str) -> Option<usize> {
         self.max_message_size
             .map(|limit| limit.saturating_sub(FIXED_HEADER_LEN + OPTIONAL_FIELDS_LEN + key.len()))
-    }
-
-    /// Checks `size` (the message as the backend sees it) against the limit.
-    ///
-    /// `size` is usually [`Envelope::encoded_len`]; adapters that transform the
-    /// envelope (Postgres encodes it as text) pass the transformed size and
-    /// their own `limit`.
-    pub fn check_size(
-        backend: &'static str,
-        envelope: &Envelope,
-        size: usize,
-        limit: Option<usize>,
-        max_payload: impl FnOnce() -> usize,
-    ) -> Result<()> {
-        match limit {
-            Some(limit) if size > limit => Err(Error::PayloadTooLarge {
-                backend,
-                size,
-                limit,
-                max_payload: max_payload(),
-            })
-            .inspect_err(|e| tracing::debug!(key = %envelope.key, error = e as &dyn std::error::Error, "publish refused")),
-            _ => Ok(()),
-        }
-    }
-
-    /// [`check_size`](Self::check_size) for adapters that send
-    /// [`Envelope::encode`] as is.
-    pub fn check_envelope(&self, backend: &'static str, envelope: &Envelope) -> Result<()> {
-        Self::check_size(
-            backend,
-            envelope,
-            envelope.encoded_len(),
-            self.max_message_size,
-            || self.max_payload(&envelope.key).unwrap_or(usize::MAX),
-        )
     }
 }
 
@@ -272,20 +280,4 @@ impl Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
     }
-}
-
-/// Decodes a wire frame into an event, or a per-message error naming `topic`.
-///
-/// For adapters that carry [`Envelope::encode`]d bytes.
-pub fn decode_frame(topic: &str, frame: &bytes::Bytes) -> Result<Event> {
-    Envelope::decode_bytes(frame)
-        .map(Event::Message)
-        .map_err(|source| {
-            tracing::warn!(topic, error = %source, len = frame.len(), "malformed message");
-            Error::Malformed {
-                topic: topic.to_owned(),
-                key: None,
-                source,
-            }
-        })
 }

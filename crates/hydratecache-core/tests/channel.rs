@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hydratecache_core::{
-    CborCodec, Channel, ChannelEvent, Error, GapReason, MemoryTransport, PublishOptions,
+    CborCodec, Channel, ChannelEvent, Error, GapReason, MemoryTransport, PublishOptions, Transport,
 };
 use serde::{Deserialize, Serialize};
 

@@ -4,8 +4,8 @@
 
 use std::error::Error as StdError;
 
-use hydratecache_core::transport::decode_frame;
-use hydratecache_core::{Channel, EnvelopeError, Error, MemoryTransport};
+use hydratecache_core::adapter::decode_frame;
+use hydratecache_core::{Channel, EnvelopeError, Error, MemoryTransport, Transport};
 
 /// Every message of `e`'s chain, outermost first.
 fn chain(e: &(dyn StdError + 'static)) -> Vec<String> {

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use hydratecache_core::conformance::extreme_durations;
-use hydratecache_core::{Channel, LocalCache, MemoryTransport, PublishOptions, RepairPolicy};
+use hydratecache_core::{
+    Channel, LocalCache, MemoryTransport, PublishOptions, RepairPolicy, Transport,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extreme_cache_durations_never_panic() {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hydratecache_core::{Channel, LocalCache, MemoryTransport};
+use hydratecache_core::{Channel, LocalCache, MemoryTransport, Transport};
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString,
     Unit,

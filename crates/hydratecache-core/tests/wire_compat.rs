@@ -10,7 +10,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use hydratecache_core::envelope::FORMAT_VERSION;
+use hydratecache_core::adapter::FORMAT_VERSION;
 use hydratecache_core::{Envelope, EnvelopeError, Kind, PublisherId, Ttl};
 
 const WIRE_FORMAT: &str = include_str!("../../../docs/wire-format.md");

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use hydratecache_core::transport::LONGEST_DURATION;
+use hydratecache_core::adapter::LONGEST_DURATION;
 use hydratecache_core::Error;
 
 use crate::BACKEND;

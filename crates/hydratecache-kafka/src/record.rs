@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use hydratecache_core::envelope::{FIXED_HEADER_LEN, OPTIONAL_FIELDS_LEN};
+use hydratecache_core::adapter::{FIXED_HEADER_LEN, OPTIONAL_FIELDS_LEN};
 use hydratecache_core::{Envelope, EnvelopeError, Kind, PublisherId, Ttl};
 use rskafka::chrono::{DateTime, Utc};
 use rskafka::record::Record;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use hydratecache_core::envelope::MAX_KEY_LEN;
+use hydratecache_core::adapter::MAX_KEY_LEN;
 use hydratecache_core::{
     Capabilities, Envelope, EnvelopeError, Error, Result, StartFrom, SubscribeOptions,
     Subscription, Transport,
@@ -252,7 +252,7 @@ impl KafkaTransport {
                 envelope.key.len(),
             )));
         }
-        self.capabilities().check_envelope(BACKEND, envelope)?;
+        hydratecache_core::adapter::check_envelope(BACKEND, &self.capabilities(), envelope)?;
         let record = to_record(envelope);
         let size = record_size_bound(&record);
         let partitions = self.partitions(topic).await?;

@@ -8,7 +8,7 @@ use async_nats::{Statistics, Subscriber};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use hydratecache_core::transport::decode_frame;
+use hydratecache_core::adapter::decode_frame;
 use hydratecache_core::{Event, Gap, GapReason, Result};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, watch};

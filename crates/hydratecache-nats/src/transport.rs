@@ -458,7 +458,7 @@ impl Transport for NatsTransport {
         async move {
             self.check_open()?;
             let subject = self.publish_subject(topic)?;
-            self.capabilities().check_envelope(BACKEND, envelope)?;
+            hydratecache_core::adapter::check_envelope(BACKEND, &self.capabilities(), envelope)?;
             let frame = Bytes::from(envelope.encode()?);
             self.publish_frame(subject, frame).await
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use hydratecache_core::transport::LONGEST_DURATION;
+use hydratecache_core::adapter::LONGEST_DURATION;
 use hydratecache_core::{
     Capabilities, Codec, Envelope, Error, Kind, PublishOptions, PublisherId, Result, StartFrom,
     SubscribeOptions, Subscription, Transport, Ttl,

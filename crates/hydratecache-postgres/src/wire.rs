@@ -60,7 +60,7 @@ pub fn validate_topic(topic: &str) -> Result<()> {
 pub(crate) fn encode(envelope: &Envelope) -> Result<String> {
     let encoded_len = envelope.encoded_len();
     let text_len = base64_len(encoded_len);
-    Capabilities::check_size(
+    hydratecache_core::adapter::check_size(
         BACKEND,
         envelope,
         text_len,

@@ -495,7 +495,7 @@ impl Transport for RedisTransport {
         async move {
             self.check_open()?;
             check_topic(topic)?;
-            self.capabilities().check_envelope(BACKEND, envelope)?;
+            hydratecache_core::adapter::check_envelope(BACKEND, &self.capabilities(), envelope)?;
             let frame = Bytes::from(envelope.encode()?);
             let inner = &self.inner;
             publish(

@@ -491,7 +491,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::local_cache::LocalCache;
-    use crate::{Channel, MemoryTransport};
+    use crate::{Channel, MemoryTransport, Transport};
 
     async fn cache(topic: &str) -> LocalCache<String> {
         LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), topic))

@@ -23,8 +23,9 @@ use tokio::task::JoinHandle;
 
 use self::clock::Nanos;
 use self::entry::Table;
-use crate::channel::{Channel, PublishOptions, Receipt};
+use crate::channel::{Channel, Receipt};
 use crate::error::{BoxError, Error, Result};
+use crate::publish_options::PublishOptions;
 use crate::transport::{StartFrom, SubscribeOptions};
 
 pub use stats::CacheStats;
@@ -210,7 +211,7 @@ fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
 /// a running reload.
 ///
 /// ```
-/// use hydratecache_core::{Channel, LocalCache, MemoryTransport};
+/// use hydratecache_core::{Channel, LocalCache, MemoryTransport, Transport};
 /// use std::time::Duration;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), hydratecache_core::Error> {

@@ -164,7 +164,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::local_cache::{lock, Loaded, LocalCache, RepairPolicy};
-    use crate::{Channel, MemoryTransport};
+    use crate::{Channel, MemoryTransport, Transport};
 
     /// The hydration task may still be running on another worker when the
     /// cache is dropped: a repair it makes then must not start a reload.
