@@ -15,6 +15,7 @@ mod release;
 mod workspace;
 
 use common::{cargo, selected, step};
+use workspace::Workspace;
 
 const HELP: &str = "\
 cargo xtask <task>
@@ -131,11 +132,23 @@ fn ci() -> Result<()> {
         "doc tests",
         cargo(&["test", "--workspace", "--all-features", "--doc"]),
     )?;
-    // Benchmarks are not run in CI (too slow), but they must build.
-    step(
-        "build benchmarks",
-        cargo(&["bench", "-p", "hydratecache-core", "--no-run"]),
-    )?;
+    // Benchmarks are not run in CI (too slow), but they must build: every
+    // member with a bench target, read from the workspace metadata.
+    let ws = Workspace::load()?;
+    let benched: Vec<&str> = ws
+        .members
+        .iter()
+        .filter(|m| m.has_benches)
+        .map(|m| m.name.as_str())
+        .collect();
+    if !benched.is_empty() {
+        let mut args = vec!["bench"];
+        for name in &benched {
+            args.extend(["-p", name]);
+        }
+        args.push("--no-run");
+        step("build benchmarks", cargo(&args))?;
+    }
     step(
         "build end-to-end benchmarks",
         cargo(&["build", "-p", "hydratecache-bench"]),

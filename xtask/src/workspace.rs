@@ -37,6 +37,8 @@ pub(crate) struct Member {
     /// Whether it has a library target (a binary-only crate's interface is
     /// its command line, which cargo-semver-checks does not see).
     pub(crate) has_lib: bool,
+    /// Whether it has a bench target (`benches/`), which CI builds.
+    pub(crate) has_benches: bool,
     pub(crate) rust_version: Option<String>,
     pub(crate) features: BTreeMap<String, Vec<String>>,
     /// Dependencies on other workspace members.
@@ -139,6 +141,7 @@ impl Workspace {
                 dir,
                 publish,
                 has_lib: has_target(p, &["lib", "rlib"]),
+                has_benches: has_target(p, &["bench"]),
                 rust_version: p["rust_version"].as_str().map(String::from),
                 features,
                 deps,

@@ -57,6 +57,7 @@ pub(crate) fn check() -> Result<()> {
 /// manifests: fails with every missing piece at once.
 fn check_metadata(crates: &[&Member]) -> Result<()> {
     let mut problems = Vec::new();
+    let root = std::fs::read_to_string("Cargo.toml").context("read Cargo.toml")?;
     for m in crates {
         let manifest = std::fs::read_to_string(m.manifest())
             .with_context(|| format!("read {}", m.manifest().display()))?;
@@ -103,19 +104,58 @@ fn check_metadata(crates: &[&Member]) -> Result<()> {
                 l.trim_start().starts_with(&format!("{d} "))
                     || l.trim_start().starts_with(&format!("{d}."))
             });
-            if let Some(line) = line {
-                if line.contains("path") && !line.contains("version") {
-                    problems.push(format!(
-                        "{}: dependency {d} has a path but no version",
-                        m.name
-                    ));
-                }
+            let Some(line) = line else { continue };
+            if line.contains("path") && !line.contains("version") {
+                problems.push(format!(
+                    "{}: dependency {d} has a path but no version",
+                    m.name
+                ));
+            }
+            // Inherited: the requirement is the workspace table's.
+            let inherited = line.contains("workspace") && !line.contains("path");
+            let entry = inherited.then(|| workspace_dependency(&root, d)).flatten();
+            if entry.is_some_and(|e| e.contains("path") && !e.contains("version")) {
+                problems.push(format!(
+                    "{}: dependency {d} comes from [workspace.dependencies], where it has a \
+                     path but no version",
+                    m.name
+                ));
             }
         }
     }
     if !problems.is_empty() {
         bail!("release metadata incomplete:\n  {}", problems.join("\n  "));
     }
-    println!("==> metadata: description, readme, license, repository, rust-version, docs.rs metadata, README.md, CHANGELOG.md and both license texts present");
+    println!("==> metadata: description, readme, license, repository, rust-version, docs.rs metadata, README.md, CHANGELOG.md, both license texts and version requirements present");
     Ok(())
+}
+
+/// The line of `[workspace.dependencies]` declaring `name`, if any.
+fn workspace_dependency<'a>(root_manifest: &'a str, name: &str) -> Option<&'a str> {
+    let mut in_table = false;
+    for line in root_manifest.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_table = t == "[workspace.dependencies]";
+        } else if in_table
+            && t.strip_prefix(name)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        {
+            return Some(line);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workspace_dependency;
+
+    #[test]
+    fn finds_workspace_dependencies() {
+        let root = "[workspace]\nmembers = []\n\n[workspace.dependencies]\na-core = { path = \"crates/a-core\", version = \"0.1.0\" }\na = { path = \"crates/a\" }\n\n[profile.release]\nb = 1\n";
+        assert!(workspace_dependency(root, "a-core").is_some_and(|l| l.contains("0.1.0")));
+        assert!(workspace_dependency(root, "a").is_some_and(|l| !l.contains("version")));
+        assert_eq!(workspace_dependency(root, "b"), None);
+    }
 }

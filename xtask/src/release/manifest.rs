@@ -100,7 +100,7 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert!(out.contains("version = \"0.2.0\", default-features = false"));
         assert!(out.contains("hydratecache-core-x = { version = \"9\" }"));
-        let path_only = "[dev-dependencies]\nhydratecache-core = { workspace = true, features = [\"conformance\"] }\n";
+        let path_only = "[dev-dependencies]\nhydratecache-core = { workspace = true, features = [\"some-feature\"] }\n";
         assert!(set_requirement(
             path_only,
             "hydratecache-core",

@@ -18,6 +18,13 @@ use crate::workspace::{Member, Workspace};
 /// Overrides the semver baseline (a git revision) for every crate.
 const BASELINE_ENV: &str = "HYDRATECACHE_SEMVER_BASELINE";
 
+/// Publishable crates whose API is not held to semver, each with the reason
+/// printed when it is skipped (docs/releasing.md).
+const SEMVER_EXEMPT: &[(&str, &str)] = &[(
+    "hydratecache-conformance",
+    "exempt from semver: a test suite for transport authors (docs/releasing.md)",
+)];
+
 fn git(args: &[&str]) -> Result<Option<String>> {
     let out = Command::new("git")
         .args(args)
@@ -92,6 +99,10 @@ pub(super) fn semver(ws: &Workspace, crates: &[&Member], summary: &mut Summary) 
     let mut groups: BTreeMap<(String, Option<&str>), Vec<&str>> = BTreeMap::new();
     let mut notes = Vec::new();
     for m in crates {
+        if let Some((_, why)) = SEMVER_EXEMPT.iter().find(|(name, _)| *name == m.name) {
+            summary.skipped(format!("semver {}: {why}", m.name));
+            continue;
+        }
         if !m.has_lib {
             summary.skipped(format!(
                 "semver {}: binary only; its interface is the command line, which \
