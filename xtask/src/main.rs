@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod chaos;
 mod common;
+mod loc;
 mod provision;
 mod release;
 mod workspace;
@@ -35,6 +36,10 @@ Tasks:
   release <crate> <version> [--execute]
                            bump a crate, move its changelog, run release-check and print
                            the publish order; a dry run without --execute; never publishes
+  loc [--cycles] [--json]  per workspace member: files and lines of src/ (code, doc and
+                           comments, blank, test modules) and its largest file, as a
+                           markdown table; --cycles: the import cycles between the files
+                           of each crate instead, failing if there is one; --json: as JSON
   help                     this text
 
 Servers: a suite uses HYDRATECACHE_<BACKEND>_URL when set for the tests that do not
@@ -66,6 +71,7 @@ fn run() -> Result<()> {
         ["chaos", rest @ ..] => chaos::run(rest),
         ["release-check"] => release::check(),
         ["release", krate, version, rest @ ..] => release::release(krate, version, rest),
+        ["loc", rest @ ..] => loc::run(rest),
         ["provision", backend] => {
             for b in selected(backend)? {
                 provision::ensure(b)?;
