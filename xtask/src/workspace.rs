@@ -37,8 +37,10 @@ pub(crate) struct Member {
     /// Whether it has a library target (a binary-only crate's interface is
     /// its command line, which cargo-semver-checks does not see).
     pub(crate) has_lib: bool,
-    /// Whether it has a bench target (`benches/`), which CI builds.
-    pub(crate) has_benches: bool,
+    /// Its bench targets (`benches/`), which CI builds.
+    pub(crate) benches: Vec<String>,
+    /// Whether it has integration tests (`tests/`).
+    pub(crate) has_tests: bool,
     pub(crate) rust_version: Option<String>,
     pub(crate) features: BTreeMap<String, Vec<String>>,
     /// Dependencies on other workspace members.
@@ -140,8 +142,9 @@ impl Workspace {
                 version: str_field(p, "version")?.to_string(),
                 dir,
                 publish,
-                has_lib: has_target(p, &["lib", "rlib"]),
-                has_benches: has_target(p, &["bench"]),
+                has_lib: !targets(p, "lib").is_empty() || !targets(p, "rlib").is_empty(),
+                benches: targets(p, "bench"),
+                has_tests: !targets(p, "test").is_empty(),
                 rust_version: p["rust_version"].as_str().map(String::from),
                 features,
                 deps,
@@ -202,15 +205,19 @@ impl Workspace {
     }
 }
 
-/// Whether the package has a target of one of these kinds.
-fn has_target(p: &Value, kinds: &[&str]) -> bool {
-    p["targets"].as_array().is_some_and(|t| {
-        t.iter().any(|t| {
+/// The names of the package's targets of this kind.
+fn targets(p: &Value, kind: &str) -> Vec<String> {
+    p["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| {
             t["kind"]
                 .as_array()
-                .is_some_and(|k| k.iter().any(|k| kinds.iter().any(|want| k == want)))
+                .is_some_and(|k| k.iter().any(|k| k == kind))
         })
-    })
+        .filter_map(|t| t["name"].as_str().map(String::from))
+        .collect()
 }
 
 fn str_field<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
