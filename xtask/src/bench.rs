@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::common::cargo;
 use crate::provision;
+use crate::workspace::Workspace;
 
 const OUT: &str = "target/bench";
 const E2E: &[&str] = &["redis", "nats", "postgres", "kafka"];
@@ -31,9 +33,7 @@ pub(crate) fn bench(what: &str, seconds: Option<&str>) -> Result<()> {
         format!("`cargo xtask {}` on {}", args.join(" "), today()),
     )?;
     if targets.iter().any(|t| E2E.contains(t) || *t == "cache") {
-        let status = Command::new(cargo())
-            .args(["build", "--release", "-p", "hydratecache-bench"])
-            .status()?;
+        let status = cargo(&["build", "--release", "-p", "hydratecache-bench"]).status()?;
         if !status.success() {
             bail!("building hydratecache-bench failed");
         }
@@ -59,12 +59,8 @@ pub(crate) fn bench(what: &str, seconds: Option<&str>) -> Result<()> {
     summarise()
 }
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
-
 fn run_bench_binary(name: &str, seconds: Option<&str>) -> Result<()> {
-    let mut cmd = Command::new(crate::built_binary("release", "hydratecache-bench"));
+    let mut cmd = Command::new(crate::common::built_binary("release", "hydratecache-bench"));
     cmd.args([name, "--out", OUT]);
     if let Some(s) = seconds {
         cmd.args(["--seconds", s]);
@@ -85,19 +81,27 @@ type Timings = Vec<(String, f64)>;
 type WireSizes = Vec<(String, u64)>;
 
 fn criterion(bench: &str) -> Result<(Timings, WireSizes)> {
+    // The member whose benches/ holds it, so a bench can move between crates.
+    let ws = Workspace::load()?;
+    let Some(owner) = ws
+        .members
+        .iter()
+        .find(|m| m.benches.iter().any(|b| b == bench))
+    else {
+        bail!("no workspace member has a bench target {bench:?}");
+    };
     println!("==> criterion {bench}");
-    let out = Command::new(cargo())
-        .args([
-            "bench",
-            "-p",
-            "hydratecache-core",
-            "--bench",
-            bench,
-            "--",
-            "--noplot",
-        ])
-        .stderr(Stdio::inherit())
-        .output()?;
+    let out = cargo(&[
+        "bench",
+        "-p",
+        &owner.name,
+        "--bench",
+        bench,
+        "--",
+        "--noplot",
+    ])
+    .stderr(Stdio::inherit())
+    .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     print!("{text}");
     if !out.status.success() {

