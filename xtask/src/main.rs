@@ -100,6 +100,8 @@ fn ci() -> Result<()> {
     let started = Instant::now();
     let mut tally = Tally::default();
     step("format", cargo(&["fmt", "--all", "--", "--check"]))?;
+    eprintln!("== import cycles between files");
+    loc::run(&["--cycles"])?;
     step(
         "clippy",
         cargo(&[
