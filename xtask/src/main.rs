@@ -36,10 +36,12 @@ Tasks:
   release <crate> <version> [--execute]
                            bump a crate, move its changelog, run release-check and print
                            the publish order; a dry run without --execute; never publishes
-  loc [--cycles] [--json]  per workspace member: files and lines of src/ (code, doc and
+  loc [--cycles] [--json] [--at REV]
+                           per workspace member: files and lines of src/ (code, doc and
                            comments, blank, test modules) and its largest file, as a
                            markdown table; --cycles: the import cycles between the files
-                           of each crate instead, failing if there is one; --json: as JSON
+                           of each crate instead, failing if there is one; --json: as JSON;
+                           --at REV: of that commit's tree (unpacked under target/loc/)
   help                     this text
 
 Servers: a suite uses HYDRATECACHE_<BACKEND>_URL when set for the tests that do not

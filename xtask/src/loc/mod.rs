@@ -72,12 +72,23 @@ struct File {
 pub(crate) fn run(args: &[&str]) -> Result<()> {
     let mut cycles_mode = false;
     let mut json_mode = false;
-    for a in args {
+    let mut at = None;
+    let mut args = args.iter();
+    while let Some(a) = args.next() {
         match *a {
             "--cycles" => cycles_mode = true,
             "--json" => json_mode = true,
-            other => bail!("unexpected argument {other:?}: expected `loc [--cycles] [--json]`"),
+            "--at" => at = Some(*args.next().context("--at needs a git revision")?),
+            other => {
+                bail!(
+                    "unexpected argument {other:?}: expected `loc [--cycles] [--json] [--at REV]`"
+                )
+            }
         }
+    }
+    if let Some(rev) = at {
+        // Another commit's tree, to compare: its files, read as they are there.
+        std::env::set_current_dir(checkout(rev)?)?;
     }
     let ws = Workspace::load()?;
     let mut members: Vec<(String, PathBuf)> = ws
@@ -97,6 +108,39 @@ pub(crate) fn run(args: &[&str]) -> Result<()> {
         report_counts(&read, json_mode);
         Ok(())
     }
+}
+
+/// `rev`'s tree, unpacked under `target/loc/` (`git archive`).
+fn checkout(rev: &str) -> Result<PathBuf> {
+    let dir = std::env::current_dir()?
+        .join("target/loc")
+        .join(rev.replace('/', "_"));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let archive = std::process::Command::new("git")
+        .args(["archive", "--format=tar", rev])
+        .output()
+        .context("run git archive")?;
+    if !archive.status.success() {
+        bail!(
+            "git archive {rev} failed: {}",
+            String::from_utf8_lossy(&archive.stderr).trim()
+        );
+    }
+    let mut tar = std::process::Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(&dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("run tar")?;
+    std::io::Write::write_all(tar.stdin.as_mut().context("tar's stdin")?, &archive.stdout)?;
+    drop(tar.stdin.take());
+    if !tar.wait()?.success() {
+        bail!("unpacking {rev} failed");
+    }
+    Ok(dir)
 }
 
 /// Every `.rs` file under `dir/src`, read, test files marked.
