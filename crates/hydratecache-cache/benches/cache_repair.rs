@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hydratecache_core::{Channel, Loaded, LocalCache, MemoryTransport, RepairPolicy};
+use hydratecache_cache::{Loaded, LocalCache, RepairPolicy};
+use hydratecache_core::{Channel, MemoryTransport};
 
 const ENTRIES: usize = 1_000_000;
 const RUNS: usize = 3;
