@@ -84,18 +84,10 @@ type Timings = Vec<(String, f64)>;
 /// `(name, bytes)` per `wire-bytes` line.
 type WireSizes = Vec<(String, u64)>;
 
-fn criterion(bench: &str) -> Result<(Timings, WireSizes)> {
+fn criterion(package: &str, bench: &str) -> Result<(Timings, WireSizes)> {
     println!("==> criterion {bench}");
     let out = Command::new(cargo())
-        .args([
-            "bench",
-            "-p",
-            "hydratecache-core",
-            "--bench",
-            bench,
-            "--",
-            "--noplot",
-        ])
+        .args(["bench", "-p", package, "--bench", bench, "--", "--noplot"])
         .stderr(Stdio::inherit())
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -152,7 +144,7 @@ fn criterion(bench: &str) -> Result<(Timings, WireSizes)> {
 }
 
 fn codec() -> Result<()> {
-    let (results, wire) = criterion("codec")?;
+    let (results, wire) = criterion("hydratecache-core", "codec")?;
     let rows: Vec<Value> = results
         .iter()
         .map(|(id, ns)| {
@@ -179,7 +171,7 @@ fn codec() -> Result<()> {
 }
 
 fn cache() -> Result<()> {
-    let (results, _) = criterion("cache_get")?;
+    let (results, _) = criterion("hydratecache-cache", "cache_get")?;
     provision::ensure("redis")?;
     run_bench_binary("cache-redis", None)?;
     let redis: Vec<Value> =

@@ -119,7 +119,7 @@ fn ci() -> Result<()> {
     let mut doc = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     step("rustdoc", doc)?;
-    // Unit tests, examples and core's own tests; adapters' tests/ run in itest.
+    // Unit tests, examples, and core's and the cache's own tests; adapters' tests/ run in itest.
     tally.run(
         "unit tests",
         cargo(&[
@@ -142,13 +142,30 @@ fn ci() -> Result<()> {
         ]),
     )?;
     tally.run(
+        "cache tests",
+        cargo(&[
+            "test",
+            "-p",
+            "hydratecache-cache",
+            "--all-features",
+            "--tests",
+        ]),
+    )?;
+    tally.run(
         "doc tests",
         cargo(&["test", "--workspace", "--all-features", "--doc"]),
     )?;
     // Benchmarks are not run in CI (too slow), but they must build.
     step(
         "build benchmarks",
-        cargo(&["bench", "-p", "hydratecache-core", "--no-run"]),
+        cargo(&[
+            "bench",
+            "-p",
+            "hydratecache-core",
+            "-p",
+            "hydratecache-cache",
+            "--no-run",
+        ]),
     )?;
     step(
         "build end-to-end benchmarks",

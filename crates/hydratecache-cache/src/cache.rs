@@ -45,7 +45,7 @@ use crate::stats::CacheStats;
 ///   that may be ours (an envelope of a newer release during a rolling
 ///   upgrade: where the transport names its key, as Kafka does, only that key
 ///   is forgotten), and on every possible loss that sequence numbers reveal,
-///   the cache repairs by its [`RepairPolicy`].
+///   the cache repairs by its [`RepairPolicy`](crate::RepairPolicy).
 /// - **Sequence tracking** (on a transport that keeps each publisher's order,
 ///   [`Capabilities::ordered`](hydratecache_core::Capabilities::ordered)) sees: a jump in a
 ///   known publisher's sequence (a heartbeat reveals a lost last message); a

@@ -32,6 +32,6 @@ pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 /// Default time a loader call may take before its waiters get an error.
 pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default number of loads a `Reload` repair runs at once.
-pub const DEFAULT_RELOAD_CONCURRENCY: usize = 8;
+pub(crate) const DEFAULT_RELOAD_CONCURRENCY: usize = 8;
 /// Default maximum random delay before each load of a `Reload` repair.
-pub const DEFAULT_RELOAD_JITTER: Duration = Duration::from_millis(250);
+pub(crate) const DEFAULT_RELOAD_JITTER: Duration = Duration::from_millis(250);

@@ -4,10 +4,10 @@
 //! **Supervision.** The cache must never serve from a table nobody updates
 //! any more. Two layers keep that promise:
 //! - user code that runs on the task (the codec and the weigher on each
-//!   message, the warm-up stream) runs under `catch_unwind` (the codec's
-//!   in the subscription, which yields its panic as a decode error): a panic there
-//!   concerns one message (its key is forgotten, as for an undecodable value)
-//!   or ends the warm-up; hydration goes on. Catching per message keeps the
+//!   message, the warm-up stream) runs under `catch_unwind` (the codec's, in
+//!   the subscription, which yields the panic as that message's decode
+//!   error): a panic there concerns one message (its key is forgotten, as
+//!   for an undecodable value) or ends the warm-up; hydration goes on. Catching per message keeps the
 //!   subscription, so nothing is missed and no repair is needed.
 //! - the task's whole loop runs under `catch_unwind` too, in the task itself
 //!   rather than behind its `JoinHandle`, so it reacts at the moment of the

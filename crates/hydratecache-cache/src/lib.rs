@@ -24,7 +24,7 @@ pub use builder::LocalCacheBuilder;
 pub use cache::LocalCache;
 pub use config::{
     RepairPolicy, Weigher, DEFAULT_CAPACITY, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LOAD_TIMEOUT,
-    DEFAULT_RELOAD_CONCURRENCY, DEFAULT_RELOAD_JITTER, DEFAULT_TOMBSTONE_TTL,
+    DEFAULT_TOMBSTONE_TTL,
 };
 pub use error::{Error, Result};
 pub use loader::{Loaded, Loader};
