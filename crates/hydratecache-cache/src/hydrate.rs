@@ -7,8 +7,9 @@
 //!   message, the warm-up stream) runs under `catch_unwind` (the codec's, in
 //!   the subscription, which yields the panic as that message's decode
 //!   error): a panic there concerns one message (its key is forgotten, as
-//!   for an undecodable value) or ends the warm-up; hydration goes on. Catching per message keeps the
-//!   subscription, so nothing is missed and no repair is needed.
+//!   for an undecodable value) or ends the warm-up; hydration goes on.
+//!   Catching per message keeps the subscription, so nothing is missed and
+//!   no repair is needed.
 //! - the task's whole loop runs under `catch_unwind` too, in the task itself
 //!   rather than behind its `JoinHandle`, so it reacts at the moment of the
 //!   panic (a transport's stream that panics, a bug of ours): the cache stops
@@ -29,12 +30,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::OptionFuture;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::oneshot;
-
 use hydratecache_core::{
     ChannelEvent, ChannelSubscription, CodecPanicked, EnvelopeError, Error as CoreError,
     PublisherId, StartFrom, SubscribeOptions,
 };
+use tokio::sync::oneshot;
 
 use crate::clock::Nanos;
 use crate::inner::{Inner, Origin};

@@ -85,9 +85,9 @@ pub enum ChannelEvent<T> {
     ReplayDone,
 }
 
-/// The typed stream of a [`Channel`](crate::Channel): updates, deletes, heartbeats and gaps;
-/// `Err` items for messages that could not be decoded (the stream goes on).
-/// Dropping it unsubscribes.
+/// The typed stream of a [`Channel`](crate::Channel): updates, deletes,
+/// heartbeats and gaps; `Err` items for messages that could not be decoded
+/// (the stream goes on). Dropping it unsubscribes.
 pub struct ChannelSubscription<T> {
     inner: Subscription,
     codec: Arc<dyn Codec<T>>,
@@ -124,9 +124,11 @@ impl<T: 'static> ChannelSubscription<T> {
     }
 
     /// Skips every message (update, delete, heartbeat) that the channel
-    /// which subscribed published itself (its [`PublisherId`], shared by its
-    /// clones, not by [`Channel::with_new_publisher`](crate::Channel::with_new_publisher)): such echoes are
-    /// neither decoded nor yielded, and each is counted in `skipped`.
+    /// which subscribed published itself, under its [`PublisherId`] (shared
+    /// by its clones, not by
+    /// [`Channel::with_new_publisher`](crate::Channel::with_new_publisher)):
+    /// such echoes are neither decoded nor yielded, and each is counted in
+    /// `skipped`.
     ///
     /// For a subscriber that already applied its own writes, such as a
     /// cache, and must not apply an echo that arrives after another
@@ -137,9 +139,9 @@ impl<T: 'static> ChannelSubscription<T> {
     }
 
     /// Catches a panic of the codec's `decode`: the message is yielded as
-    /// an [`Error::Decode`] whose source is a [`CodecPanicked`](crate::CodecPanicked),
-    /// and the stream goes on. Without it, the panic unwinds through the
-    /// poll of this stream.
+    /// an [`Error::Decode`] whose source is a [`CodecPanicked`], and the
+    /// stream goes on. Without it, the panic unwinds through the poll of
+    /// this stream.
     pub fn catch_codec_panics(mut self) -> Self {
         self.catch_codec_panics = true;
         self
