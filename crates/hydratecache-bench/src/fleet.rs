@@ -39,17 +39,15 @@
 //! (cold misses) and reloads of a key already loaded once (expiry, repair,
 //! eviction).
 //!
-//! [`LocalCacheBuilder::warm_from`]: hydratecache_core::LocalCacheBuilder::warm_from
+//! [`LocalCacheBuilder::warm_from`]: hydratecache_cache::LocalCacheBuilder::warm_from
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hydratecache_core::{
-    BoxError, CacheStats, CborCodec, Channel, Loaded, LocalCache, MemoryTransport, PublishOptions,
-    Transport,
-};
+use hydratecache_cache::{CacheStats, Loaded, LocalCache};
+use hydratecache_core::{BoxError, CborCodec, Channel, MemoryTransport, PublishOptions, Transport};
 use hydratecache_postgres::PostgresTransport;
 use hydratecache_redis::RedisTransport;
 use serde::{Deserialize, Serialize};

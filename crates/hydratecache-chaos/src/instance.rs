@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hydratecache_core::{BoxError, Channel, Loaded, LocalCache, RepairPolicy};
+use hydratecache_cache::{Loaded, LocalCache, RepairPolicy};
+use hydratecache_core::{BoxError, Channel};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row as _};
 

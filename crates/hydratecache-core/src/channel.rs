@@ -2,22 +2,21 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::adapter;
+use crate::channel_subscription::{ChannelEvent, ChannelSubscription};
 use crate::codec::{CborCodec, Codec, FnCodec};
-use crate::envelope::{Envelope, Kind, PublisherId, Ttl};
+use crate::envelope::{Envelope, Kind, PublisherId};
 use crate::error::{BoxError, Error, Result};
 use crate::publish_options::PublishOptions;
-use crate::transport::{Event, Gap, SubscribeOptions, Subscription, Transport};
+use crate::transport::{SubscribeOptions, Transport};
 
 /// A typed topic: publish values of `T` under string keys, subscribe to the
 /// updates and deletes of every publisher.
@@ -84,76 +83,6 @@ pub struct Receipt {
     pub sequence: u64,
     /// Size of the encoded envelope.
     pub encoded_len: usize,
-}
-
-/// A received update.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct Message<T> {
-    /// The key.
-    pub key: String,
-    /// The decoded value.
-    pub value: T,
-    /// Time to live, if the publisher set one.
-    pub ttl: Option<Ttl>,
-    /// Version at the source of truth, if the publisher set one.
-    pub version: Option<u64>,
-    /// Who published it.
-    pub publisher: PublisherId,
-    /// The publisher's sequence number.
-    pub sequence: u64,
-    /// When it was published.
-    pub published_at: SystemTime,
-}
-
-impl<T> Message<T> {
-    /// Time left to live, `None` without a TTL (zero once expired).
-    pub fn remaining(&self) -> Option<Duration> {
-        self.ttl.map(|ttl| ttl.remaining())
-    }
-}
-
-/// A received delete (or invalidation) of a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Deletion {
-    /// The key.
-    pub key: String,
-    /// Version of the delete, if the publisher set one.
-    pub version: Option<u64>,
-    /// Who published it.
-    pub publisher: PublisherId,
-    /// The publisher's sequence number.
-    pub sequence: u64,
-    /// When it was published.
-    pub published_at: SystemTime,
-}
-
-/// A publisher's "I am idle, my last sequence was N".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Heartbeat {
-    /// Who sent it.
-    pub publisher: PublisherId,
-    /// The publisher's latest sequence number.
-    pub sequence: u64,
-}
-
-/// One item of a [`ChannelSubscription`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum ChannelEvent<T> {
-    /// A key was set.
-    Update(Message<T>),
-    /// A key was deleted.
-    Delete(Deletion),
-    /// A publisher's heartbeat.
-    Heartbeat(Heartbeat),
-    /// Messages may have been missed here: repair what depends on them.
-    Gap(Gap),
-    /// A replay from the earliest message has caught up with the log as it
-    /// was at subscribe time (see [`Event::ReplayDone`]).
-    ReplayDone,
 }
 
 /// Builds a [`Channel`] with a custom codec.
@@ -410,11 +339,6 @@ impl<T: Send + Sync + 'static> Channel<T> {
         }
     }
 
-    #[cfg(feature = "local-cache")]
-    pub(crate) fn codec(&self) -> &Arc<dyn Codec<T>> {
-        &self.inner.codec
-    }
-
     async fn send(
         &self,
         kind: Kind,
@@ -471,10 +395,11 @@ impl<T: Send + Sync + 'static> Channel<T> {
             .transport
             .subscribe(&self.inner.topic, options)
             .await?;
-        Ok(ChannelSubscription {
+        Ok(ChannelSubscription::new(
             inner,
-            codec: Arc::clone(&self.inner.codec),
-        })
+            Arc::clone(&self.inner.codec),
+            self.inner.publisher,
+        ))
     }
 
     /// Runs `handler` on every event until `shutdown` resolves or the
@@ -522,82 +447,4 @@ impl<T: Send + Sync + 'static> Channel<T> {
 fn micros_now() -> u64 {
     // Never 0, which means "never sent".
     crate::adapter::micros(SystemTime::now()).max(1)
-}
-
-/// The typed stream of a [`Channel`]: updates, deletes, heartbeats and gaps;
-/// `Err` items for messages that could not be decoded (the stream goes on).
-/// Dropping it unsubscribes.
-pub struct ChannelSubscription<T> {
-    inner: Subscription,
-    codec: Arc<dyn Codec<T>>,
-}
-
-impl<T> fmt::Debug for ChannelSubscription<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChannelSubscription")
-            .field("topic", &self.inner.topic())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T: 'static> ChannelSubscription<T> {
-    fn typed(&self, event: Event) -> Result<ChannelEvent<T>> {
-        let envelope = match event {
-            Event::Gap(gap) => {
-                tracing::warn!(topic = self.inner.topic(), reason = %gap.reason, missed = ?gap.missed, "gap");
-                return Ok(ChannelEvent::Gap(gap));
-            }
-            Event::ReplayDone => return Ok(ChannelEvent::ReplayDone),
-            Event::Message(envelope) => envelope,
-        };
-        Ok(match envelope.kind {
-            Kind::Update => {
-                let value = self.codec.decode(&envelope.payload).map_err(|source| {
-                    tracing::warn!(topic = self.inner.topic(), key = %envelope.key, error = %source, "cannot decode value");
-                    Error::Decode {
-                        key: envelope.key.clone(),
-                        source,
-                    }
-                })?;
-                ChannelEvent::Update(Message {
-                    key: envelope.key,
-                    value,
-                    ttl: envelope.ttl,
-                    version: envelope.version,
-                    publisher: envelope.publisher,
-                    sequence: envelope.sequence,
-                    published_at: envelope.published_at,
-                })
-            }
-            Kind::Delete => ChannelEvent::Delete(Deletion {
-                key: envelope.key,
-                version: envelope.version,
-                publisher: envelope.publisher,
-                sequence: envelope.sequence,
-                published_at: envelope.published_at,
-            }),
-            Kind::Heartbeat => ChannelEvent::Heartbeat(Heartbeat {
-                publisher: envelope.publisher,
-                sequence: envelope.sequence,
-            }),
-        })
-    }
-
-    /// The underlying raw subscription's topic.
-    pub fn topic(&self) -> &str {
-        self.inner.topic()
-    }
-}
-
-impl<T: 'static> Stream for ChannelSubscription<T> {
-    type Item = Result<ChannelEvent<T>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(event))) => Poll::Ready(Some(self.typed(event))),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
 }

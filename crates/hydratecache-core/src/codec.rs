@@ -19,6 +19,18 @@ pub trait Codec<T>: Send + Sync + 'static {
     fn decode(&self, bytes: &[u8]) -> Result<T, BoxError>;
 }
 
+/// A codec's `decode` panicked on a message's payload: the source of the
+/// [`Error::Decode`](crate::Error::Decode) that a subscription which
+/// [catches codec panics](crate::ChannelSubscription::catch_codec_panics)
+/// yields instead of unwinding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the codec panicked: {message}")]
+#[non_exhaustive]
+pub struct CodecPanicked {
+    /// The panic's message (`"(not a string)"` when it carried something else).
+    pub message: String,
+}
+
 /// CBOR through `serde_cbor` (the default codec).
 ///
 /// [`CborCodec::packed`] writes struct fields as integer keys (their

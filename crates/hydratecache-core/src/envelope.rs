@@ -103,8 +103,7 @@ impl PublisherId {
     /// The start time [`random`](Self::random) put in this id, in
     /// milliseconds since the Unix epoch. Any value for an id made otherwise
     /// (by an older release, or by hand): callers check it is plausible.
-    #[cfg(any(feature = "local-cache", test))]
-    pub(crate) fn start_millis(self) -> u64 {
+    pub fn start_millis(self) -> u64 {
         (self.0 as u64) & START_MASK
     }
 }

@@ -1,6 +1,6 @@
 //! The one error type of hydratecache.
 
-use crate::envelope::EnvelopeError;
+use crate::envelope::{EnvelopeError, PublisherId};
 
 /// A boxed error from a backend client or codec, kept as the `source`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -70,6 +70,11 @@ pub enum Error {
     Decode {
         /// The message's key.
         key: String,
+        /// Who published it.
+        publisher: PublisherId,
+        /// The publisher's sequence number of the message: a subscriber that
+        /// tracks sequences counts it as received.
+        sequence: u64,
         /// The codec's error.
         #[source]
         source: BoxError,

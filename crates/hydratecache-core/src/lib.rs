@@ -3,35 +3,24 @@
 
 pub mod adapter;
 mod channel;
+mod channel_subscription;
 mod codec;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 mod envelope;
 mod error;
-#[cfg(feature = "local-cache")]
-#[cfg_attr(docsrs, doc(cfg(feature = "local-cache")))]
-pub mod local_cache;
 mod memory;
 mod publish_options;
 mod transport;
 
-pub use channel::{
-    Channel, ChannelBuilder, ChannelEvent, ChannelSubscription, Deletion, Heartbeat, Message,
-    Receipt,
-};
-pub use codec::{CborCodec, Codec, FnCodec};
+pub use channel::{Channel, ChannelBuilder, Receipt};
+pub use channel_subscription::{ChannelEvent, ChannelSubscription, Deletion, Heartbeat, Message};
+pub use codec::{CborCodec, Codec, CodecPanicked, FnCodec};
 pub use envelope::{Envelope, EnvelopeError, Kind, PublisherId, Ttl};
 pub use error::{BoxError, Error, Result};
-#[cfg(feature = "local-cache")]
-pub use local_cache::{CacheStats, Loaded, Loader, LocalCache, LocalCacheBuilder, RepairPolicy};
 pub use memory::MemoryTransport;
 pub use publish_options::PublishOptions;
 pub use transport::{
     Capabilities, Event, Gap, GapReason, StartFrom, SubscribeOptions, Subscription, Transport,
 };
-
-// The workspace README's code blocks, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct WorkspaceReadme;

@@ -1,10 +1,13 @@
 //! Channel<T> over the in-memory transport: codecs, errors, gaps, shutdown.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use hydratecache_core::{
-    CborCodec, Channel, ChannelEvent, Error, GapReason, MemoryTransport, PublishOptions, Transport,
+    CborCodec, Channel, ChannelEvent, CodecPanicked, Error, GapReason, MemoryTransport,
+    PublishOptions, Transport,
 };
 use serde::{Deserialize, Serialize};
 
@@ -87,13 +90,76 @@ async fn undecodable_value_is_an_error_item_and_the_stream_goes_on() -> anyhow::
         .await?;
     prices.publish("right", &price(5)).await?;
     match next(&mut sub).await {
-        Err(Error::Decode { key, .. }) => assert_eq!(key, "wrong-type"),
+        Err(Error::Decode {
+            key,
+            publisher,
+            sequence,
+            ..
+        }) => assert_eq!(
+            (key.as_str(), publisher, sequence),
+            ("wrong-type", strings.publisher(), 1)
+        ),
         other => panic!("expected a decode error, got {other:?}"),
     }
     let ChannelEvent::Update(m) = next(&mut sub).await? else {
         panic!("update expected")
     };
     assert_eq!(m.value, price(5));
+    Ok(())
+}
+
+#[tokio::test]
+async fn skip_own_skips_and_counts_the_subscribing_channels_messages() -> anyhow::Result<()> {
+    let bus = MemoryTransport::new().into_arc();
+    let own: Channel<Price> = Channel::new(bus.clone(), "echo");
+    let other = own.with_new_publisher();
+    let skipped = Arc::new(AtomicU64::new(0));
+    let mut sub = own.subscribe().await?.skip_own(Arc::clone(&skipped));
+    own.publish("mine", &price(1)).await?;
+    own.clone().delete("mine").await?;
+    own.heartbeat().await?;
+    other.publish("theirs", &price(2)).await?;
+    let ChannelEvent::Update(m) = next(&mut sub).await? else {
+        panic!("update expected")
+    };
+    assert_eq!((m.key.as_str(), m.publisher), ("theirs", other.publisher()));
+    assert_eq!(
+        skipped.load(Ordering::Relaxed),
+        3,
+        "update, delete, heartbeat"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_codec_panic_is_a_decode_error_when_caught() -> anyhow::Result<()> {
+    let bus = MemoryTransport::new().into_arc();
+    let panicky: Channel<String> = Channel::builder(bus, "panics")
+        .encoder_decoder(
+            |v: &String| Ok(v.as_bytes().to_vec()),
+            |bytes: &[u8]| {
+                assert_ne!(bytes, b"boom", "the codec panics");
+                Ok(String::from_utf8(bytes.to_vec())?)
+            },
+        )
+        .build();
+    let mut sub = panicky.subscribe().await?.catch_codec_panics();
+    panicky.publish("k", &"boom".to_string()).await?;
+    panicky.publish("j", &"fine".to_string()).await?;
+    match next(&mut sub).await {
+        Err(Error::Decode { key, source, .. }) => {
+            assert_eq!(key, "k");
+            let panic = source
+                .downcast_ref::<CodecPanicked>()
+                .expect("a CodecPanicked source");
+            assert!(panic.message.contains("the codec panics"), "{panic:?}");
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    let ChannelEvent::Update(m) = next(&mut sub).await? else {
+        panic!("update expected")
+    };
+    assert_eq!(m.value, "fine");
     Ok(())
 }
 

@@ -69,6 +69,8 @@ fn backend_errors_name_their_cause_once() {
 fn codec_and_envelope_errors_name_their_cause_once() {
     assert_each_cause_once(Error::Decode {
         key: "k".into(),
+        publisher: hydratecache_core::PublisherId(7),
+        sequence: 1,
         source: "invalid type: integer, expected a string".into(),
     });
     assert_each_cause_once(Error::Encode {

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use hydratecache_cache::LocalCache;
 use hydratecache_core::conformance::unique_topic;
-use hydratecache_core::{Channel, LocalCache, StartFrom, SubscribeOptions};
+use hydratecache_core::{Channel, StartFrom, SubscribeOptions};
 use hydratecache_kafka::{KafkaConfig, KafkaTransport, TopicSettings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

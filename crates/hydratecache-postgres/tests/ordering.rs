@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
+use hydratecache_cache::LocalCache;
 use hydratecache_core::conformance::{next_message, unique_topic};
-use hydratecache_core::{Channel, LocalCache, PublisherId, Transport};
+use hydratecache_core::{Channel, PublisherId, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_from_one_channel_give_no_sequence_gap() {

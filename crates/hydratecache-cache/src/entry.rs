@@ -1,4 +1,4 @@
-//! The tables a [`LocalCache`](super::LocalCache) keeps: values, tombstones
+//! The tables a [`LocalCache`](crate::LocalCache) keeps: values, tombstones
 //! (apart, so deletes of keys never held cannot evict values), the instant of
 //! the last repair (entries stored before it are invalid) and the per-key-hash
 //! marks of changes that left the tables.
@@ -8,21 +8,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::clock::{self, Nanos};
+use crate::clock::{self, Nanos};
 use crate::error::{Error, Result};
 
 /// One cached key: a value, or a tombstone left by a delete.
 ///
 /// Kept small (48 bytes): every hit copies it out of the cache.
-pub(super) struct Entry<T> {
+pub(crate) struct Entry<T> {
     /// `None` for a tombstone.
-    pub(super) value: Option<Arc<T>>,
-    pub(super) version: Option<u64>,
+    pub(crate) value: Option<Arc<T>>,
+    pub(crate) version: Option<u64>,
     /// [`clock::NEVER`] without a TTL.
-    pub(super) expires_at: Nanos,
+    pub(crate) expires_at: Nanos,
     /// When it was stored: a load that started earlier must not replace it,
     /// and a repair at or after it invalidates it.
-    pub(super) stored_at: Nanos,
+    pub(crate) stored_at: Nanos,
     /// Saturated at `u32::MAX`.
     weight: u32,
 }
@@ -39,7 +39,7 @@ impl<T> Clone for Entry<T> {
 }
 
 impl<T> Entry<T> {
-    pub(super) fn new(
+    pub(crate) fn new(
         value: Option<Arc<T>>,
         version: Option<u64>,
         now: Nanos,
@@ -56,13 +56,13 @@ impl<T> Entry<T> {
     }
 
     #[inline]
-    pub(super) fn is_expired(&self, now: Nanos) -> bool {
+    pub(crate) fn is_expired(&self, now: Nanos) -> bool {
         now >= self.expires_at
     }
 }
 
 #[derive(Clone)]
-pub(super) struct EntryWeigher;
+pub(crate) struct EntryWeigher;
 
 impl<T> quick_cache::Weighter<String, Entry<T>> for EntryWeigher {
     fn weight(&self, _key: &String, entry: &Entry<T>) -> u64 {
@@ -78,7 +78,7 @@ const MARK_SLOTS: usize = 4096;
 /// The latest `stored_at` of the changes that left the tables (evicted,
 /// removed), per slot of key hashes: the guard of a load whose newer change
 /// is no longer in the table.
-pub(super) struct Marks {
+pub(crate) struct Marks {
     slots: Box<[AtomicU64]>,
     hasher: quick_cache::DefaultHashBuilder,
 }
@@ -97,12 +97,12 @@ impl Marks {
     }
 
     /// Records that a change of `key` stored at `stored_at` left the tables.
-    pub(super) fn mark(&self, key: &str, stored_at: Nanos) {
+    pub(crate) fn mark(&self, key: &str, stored_at: Nanos) {
         self.slot(key).fetch_max(stored_at, Ordering::AcqRel);
     }
 
     /// The latest change of `key`'s slot that left the tables.
-    pub(super) fn of(&self, key: &str) -> Nanos {
+    pub(crate) fn of(&self, key: &str) -> Nanos {
         self.slot(key).load(Ordering::Acquire)
     }
 }
@@ -110,7 +110,7 @@ impl Marks {
 /// Marks every evicted entry; drops it outside the shard lock, as
 /// quick_cache's default lifecycle does.
 #[derive(Clone)]
-pub(super) struct MarkEvicted(Arc<Marks>);
+pub(crate) struct MarkEvicted(Arc<Marks>);
 
 impl<T> quick_cache::Lifecycle<String, Entry<T>> for MarkEvicted {
     type RequestState = [Option<(String, Entry<T>)>; 2];
@@ -123,7 +123,7 @@ impl<T> quick_cache::Lifecycle<String, Entry<T>> for MarkEvicted {
     }
 }
 
-pub(super) type Entries<T> = quick_cache::sync::Cache<
+pub(crate) type Entries<T> = quick_cache::sync::Cache<
     String,
     Entry<T>,
     EntryWeigher,
@@ -132,20 +132,20 @@ pub(super) type Entries<T> = quick_cache::sync::Cache<
 >;
 
 /// Values, tombstones, the last repair and the marks of departed changes.
-pub(super) struct Table<T> {
-    pub(super) values: Entries<T>,
+pub(crate) struct Table<T> {
+    pub(crate) values: Entries<T>,
     /// Bounded apart from the values: a flood of deletes of keys never held
     /// must not push live values out.
-    pub(super) tombstones: Entries<T>,
+    pub(crate) tombstones: Entries<T>,
     /// Values stored at or before this instant are invalid: a repair is
     /// this one store, and reads treat older values as misses.
-    pub(super) repaired_at: AtomicU64,
-    pub(super) marks: Arc<Marks>,
+    pub(crate) repaired_at: AtomicU64,
+    pub(crate) marks: Arc<Marks>,
 }
 
 impl<T> Table<T> {
     /// Tables for `capacity` values (`by_entries`) or bytes of values.
-    pub(super) fn new(capacity: u64, by_entries: bool) -> Result<Table<T>> {
+    pub(crate) fn new(capacity: u64, by_entries: bool) -> Result<Table<T>> {
         let marks = Arc::new(Marks::new());
         Ok(Table {
             values: entry_table(capacity, by_entries, &marks)?,
@@ -157,23 +157,23 @@ impl<T> Table<T> {
 
     /// A valid (not repaired away) value, expired or not.
     #[inline]
-    pub(super) fn get(&self, key: &str) -> Option<Entry<T>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Entry<T>> {
         let entry = self.values.get(key)?;
         self.is_valid(&entry).then_some(entry)
     }
 
     #[inline]
-    pub(super) fn is_valid(&self, entry: &Entry<T>) -> bool {
+    pub(crate) fn is_valid(&self, entry: &Entry<T>) -> bool {
         entry.stored_at > self.repaired_at.load(Ordering::Acquire)
     }
 
     /// Entries held: values (including those a repair invalidated, until
     /// overwritten or evicted) and tombstones.
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.values.len() + self.tombstones.len()
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.values.is_empty() && self.tombstones.is_empty()
     }
 }
@@ -236,7 +236,9 @@ fn entry_table<T>(capacity: u64, by_entries: bool, marks: &Arc<Marks>) -> Result
         .weight_capacity(capacity)
         .shards(shards)
         .build()
-        .map_err(|e| Error::backend("local-cache", "size the cache", format!("{e:?}")))?;
+        .map_err(|e| Error::Capacity {
+            source: format!("{e:?}").into(),
+        })?;
     Ok(quick_cache::sync::Cache::with_options(
         options,
         EntryWeigher,

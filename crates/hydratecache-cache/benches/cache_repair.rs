@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hydratecache_core::{Channel, Loaded, LocalCache, MemoryTransport, RepairPolicy, Transport};
+use hydratecache_cache::{Loaded, LocalCache, RepairPolicy};
+use hydratecache_core::{Channel, MemoryTransport, Transport};
 
 const ENTRIES: usize = 1_000_000;
 const RUNS: usize = 3;

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use hydratecache_core::{Channel, Loaded, LocalCache, MemoryTransport, PublishOptions, Transport};
+use hydratecache_cache::{Loaded, LocalCache};
+use hydratecache_core::{Channel, MemoryTransport, PublishOptions, Transport};
 
 const KEYS: usize = 10_000;
 

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hydratecache_core::{Channel, LocalCache, MemoryTransport, Transport};
+use hydratecache_cache::LocalCache;
+use hydratecache_core::{Channel, MemoryTransport, Transport};
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString,
     Unit,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hydratecache_core::LocalCache;
+use hydratecache_cache::LocalCache;
 
 /// How long a test waits for something to happen.
 pub const WAIT: Duration = Duration::from_secs(5);

@@ -1,9 +1,9 @@
-//! Counters of a [`LocalCache`](super::LocalCache) and their snapshot.
+//! Counters of a [`LocalCache`](crate::LocalCache) and their snapshot.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Slots of a [`Counter`]: threads increment different cache lines, so the
@@ -57,7 +57,8 @@ pub(crate) struct Counters {
     pub(crate) deletes_applied: Counter,
     pub(crate) stale_rejected: Counter,
     pub(crate) expired_on_arrival: Counter,
-    pub(crate) own_echoes_skipped: Counter,
+    /// Counted by the subscription, which skips them.
+    pub(crate) own_echoes_skipped: Arc<AtomicU64>,
     pub(crate) decode_errors: Counter,
     pub(crate) malformed: Counter,
     pub(crate) gaps: Counter,
@@ -114,7 +115,7 @@ impl Counters {
             deletes_applied: self.deletes_applied.get(),
             stale_rejected: self.stale_rejected.get(),
             expired_on_arrival: self.expired_on_arrival.get(),
-            own_echoes_skipped: self.own_echoes_skipped.get(),
+            own_echoes_skipped: self.own_echoes_skipped.load(Ordering::Relaxed),
             decode_errors: self.decode_errors.get(),
             malformed: self.malformed.get(),
             gaps: self.gaps.get(),
@@ -132,7 +133,7 @@ impl Counters {
     }
 }
 
-/// A snapshot of a [`LocalCache`](super::LocalCache)'s counters.
+/// A snapshot of a [`LocalCache`](crate::LocalCache)'s counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {

@@ -9,13 +9,18 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use super::{clock, lock, Inner, Loader, RepairPolicy};
+use hydratecache_core::PublisherId;
+
+use crate::clock;
+use crate::config::RepairPolicy;
+use crate::inner::{lock, Inner};
+use crate::loader::Loader;
 
 /// Keys visited between two yields while a reload lists the keys it reloads.
 const LIST_BATCH: usize = 1024;
 
 impl<T: Send + Sync + 'static> Inner<T> {
-    pub(super) fn repair(self: &Arc<Self>, why: &str) {
+    pub(crate) fn repair(self: &Arc<Self>, why: &str) {
         let stats = &self.counters;
         match self.policy {
             RepairPolicy::Ignore => {
@@ -48,7 +53,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
     /// restarted, or its transport reported dropping messages): every value
     /// is invalidated whatever the policy, and reloaded under `Reload`.
     /// `Ignore` tolerates gaps, not a cache that stopped hydrating.
-    pub(super) fn repair_outage(self: &Arc<Self>, why: &str) {
+    pub(crate) fn repair_outage(self: &Arc<Self>, why: &str) {
         self.invalidate_values();
         if self.policy == RepairPolicy::Reload {
             self.counters.repairs_reload.incr();
@@ -62,7 +67,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
 
     /// The cache will never serve again (its subscription ended): its values
     /// are invalidated and a running reload is stopped, none started.
-    pub(super) fn retire(&self) {
+    pub(crate) fn retire(&self) {
         self.invalidate_values();
         self.stop_reload();
     }
@@ -106,7 +111,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
     }
 
     /// Cancels the running reload, if any.
-    pub(super) fn stop_reload(&self) -> Option<tokio::task::JoinHandle<()>> {
+    pub(crate) fn stop_reload(&self) -> Option<tokio::task::JoinHandle<()>> {
         let running = lock(&self.reload_task).take();
         if let Some(running) = &running {
             running.abort();
@@ -133,7 +138,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
         let keys = self.invalid_keys().await;
         tracing::debug!(topic = self.channel.topic(), keys = keys.len(), "reloading");
         let jitter = self.reload_jitter;
-        let seed = crate::envelope::PublisherId::random().0;
+        let seed = PublisherId::random().0;
         futures::stream::iter(keys.into_iter().enumerate())
             .for_each_concurrent(self.reload_concurrency, |(i, key)| {
                 let inner = Arc::clone(&self);
@@ -154,46 +159,5 @@ impl<T: Send + Sync + 'static> Inner<T> {
                 }
             })
             .await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use crate::local_cache::{lock, Loaded, LocalCache, RepairPolicy};
-    use crate::{Channel, MemoryTransport, Transport};
-
-    /// The hydration task may still be running on another worker when the
-    /// cache is dropped: a repair it makes then must not start a reload.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_repair_after_drop_starts_no_reload() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = Arc::clone(&calls);
-        let cache: LocalCache<String> =
-            LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), "late"))
-                .heartbeat_interval(None)
-                .repair(RepairPolicy::Reload)
-                .reload_limits(1, Duration::ZERO)
-                .loader(move |key: String| {
-                    c.fetch_add(1, Ordering::AcqRel);
-                    async move { Ok(Some(Loaded::new(key))) }
-                })
-                .build()
-                .await
-                .expect("cache");
-        cache.fetch("k").await.expect("fetch");
-        let inner = Arc::clone(&cache.inner);
-        drop(cache);
-        // What a hydration task that outlived the drop by a moment does.
-        inner.repair("a gap seen just after the drop");
-        assert!(
-            lock(&inner.reload_task).is_none(),
-            "a reload started after the cache was dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(calls.load(Ordering::Acquire), 1);
     }
 }

@@ -6,12 +6,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::clock::{self, Nanos};
-use super::entry::Entry;
-use super::{lock, Inner, Origin};
+use crate::clock::{self, Nanos};
+use crate::entry::Entry;
+use crate::inner::{lock, Inner, Origin};
 
 /// A caught panic's payload.
-pub(super) type Panic = Box<dyn Any + Send>;
+pub(crate) type Panic = Box<dyn Any + Send>;
 
 impl<T: Send + Sync + 'static> Inner<T> {
     /// The time to stamp a change with: after the last repair, so a change
@@ -41,7 +41,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
     /// Whether `key` changed at or after `started` or the cache was repaired
     /// since `generation`: a load started then is outdated. Independent of
     /// eviction and expiry: a change that left the tables left its mark.
-    pub(super) fn changed_since(&self, key: &str, started: Nanos, generation: u64) -> bool {
+    pub(crate) fn changed_since(&self, key: &str, started: Nanos, generation: u64) -> bool {
         let _guard = lock(&self.store_lock);
         self.changed_since_locked(key, started, generation)
     }
@@ -61,7 +61,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
     }
 
     /// The instant and generation a load starting now is checked against.
-    pub(super) fn load_mark(&self) -> (Nanos, u64) {
+    pub(crate) fn load_mark(&self) -> (Nanos, u64) {
         let _guard = lock(&self.store_lock);
         (
             clock::now(),
@@ -85,7 +85,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
     /// Fails only when the weigher panics (before `store_lock` is taken):
     /// nothing is stored, and for a change (not a load) the key's older
     /// value is forgotten, as the key changed to something we cannot hold.
-    pub(super) fn store_update(
+    pub(crate) fn store_update(
         &self,
         key: &str,
         value: Arc<T>,
@@ -163,7 +163,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
         true
     }
 
-    pub(super) fn store_delete(&self, key: &str, version: Option<u64>, origin: Origin) -> bool {
+    pub(crate) fn store_delete(&self, key: &str, version: Option<u64>, origin: Origin) -> bool {
         let _guard = lock(&self.store_lock);
         let now = self.stamp();
         let (current, _) = self.current(key);
@@ -188,7 +188,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
     }
 
     /// Forgets `key`'s value (its message could not be decoded).
-    pub(super) fn forget(&self, key: &str) {
+    pub(crate) fn forget(&self, key: &str) {
         let _guard = lock(&self.store_lock);
         let now = self.stamp();
         self.entries.values.remove(key);
@@ -197,7 +197,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
 
     /// Drops `key`'s value if a repair invalidated it (the store no longer
     /// has the key).
-    pub(super) fn drop_invalid(&self, key: &str) {
+    pub(crate) fn drop_invalid(&self, key: &str) {
         let _guard = lock(&self.store_lock);
         self.entries
             .values

@@ -7,7 +7,6 @@
 //! that started before it. A loader that panics or overruns the load timeout
 //! fails its waiters and leaves nothing behind.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -15,25 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
+use hydratecache_core::BoxError;
 
-use super::clock::Nanos;
-use super::{lock, Inner, Loaded, Origin};
-use crate::error::{BoxError, Error, Result};
-
-type LoadResult<T> = Result<Option<Arc<T>>, Arc<BoxError>>;
-
-/// One load under way.
-pub(super) struct Flight<T> {
-    id: u64,
-    /// When it started and the generation then: callers arriving after a
-    /// change of the key or a repair start a fresh load.
-    started: Nanos,
-    generation: u64,
-    waiters: usize,
-    shared: Shared<BoxFuture<'static, LoadResult<T>>>,
-}
-
-pub(super) type Flights<T> = HashMap<String, Flight<T>>;
+use crate::error::{Error, Result};
+use crate::inner::{lock, Flight, Inner, LoadResult, Origin};
+use crate::loader::Loaded;
 
 /// A caller waiting for a [`Flight`]; the last one to leave before it ends
 /// drops it.
@@ -94,14 +79,15 @@ type StartLoad<'a, T> =
 
 impl<T: Send + Sync + 'static> Inner<T> {
     /// Single-flight load of `key`, storing the result if nothing newer came.
-    pub(super) async fn load(
+    pub(crate) async fn load(
         this: &Arc<Self>,
         key: &str,
         start: impl FnOnce(String) -> BoxFuture<'static, Result<Option<Loaded<T>>, BoxError>>,
     ) -> Result<Option<Arc<T>>> {
         let (shared, _waiter) = Self::join_or_start(this, key, Box::new(start));
-        shared.await.map_err(|source| {
-            Error::backend("local-cache", format!("loading {key:?}"), ArcError(source))
+        shared.await.map_err(|source| Error::Load {
+            key: key.to_owned(),
+            source: Box::new(ArcError(source)),
         })
     }
 

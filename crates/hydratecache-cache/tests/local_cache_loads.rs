@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use hydratecache_cache::{Loaded, LocalCache, RepairPolicy};
 use hydratecache_core::{
-    Capabilities, Channel, Envelope, Loaded, LocalCache, MemoryTransport, PublishOptions,
-    RepairPolicy, Result, SubscribeOptions, Subscription, Transport,
+    Capabilities, Channel, Envelope, MemoryTransport, PublishOptions, Result, SubscribeOptions,
+    Subscription, Transport,
 };
 
 mod common;

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use hydratecache_cache::{Loaded, LocalCache, RepairPolicy};
 use hydratecache_core::{
-    Capabilities, CborCodec, Channel, Codec, Envelope, Kind, Loaded, LocalCache, MemoryTransport,
-    PublishOptions, RepairPolicy, Result, SubscribeOptions, Subscription, Transport,
+    Capabilities, CborCodec, Channel, Codec, Envelope, Kind, MemoryTransport, PublishOptions,
+    Result, SubscribeOptions, Subscription, Transport,
 };
 
 mod common;

@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use hydratecache_cache::{Loaded, LocalCache, RepairPolicy};
 use hydratecache_core::{
     Capabilities, CborCodec, Channel, Codec, Envelope, EnvelopeError, Error, Event, Gap, GapReason,
-    Kind, Loaded, LocalCache, MemoryTransport, PublisherId, RepairPolicy, Result, SubscribeOptions,
-    Subscription, Transport, Ttl,
+    Kind, MemoryTransport, PublisherId, Result, SubscribeOptions, Subscription, Transport, Ttl,
 };
 use tokio::sync::mpsc;
 

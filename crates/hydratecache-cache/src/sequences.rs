@@ -1,14 +1,14 @@
 //! Per-publisher sequence tracking: which messages a cache may have missed.
 //!
 //! What it can see, on a transport that keeps one publisher's order
-//! ([`Capabilities::ordered`](crate::Capabilities::ordered)):
+//! ([`Capabilities::ordered`](hydratecache_core::Capabilities::ordered)):
 //! - a jump in a known publisher's sequence (a heartbeat reveals a lost last
 //!   message);
 //! - a sequence far below a known publisher's mark (more than [`MAX_BACKWARD`]):
 //!   a forged or restarted sequence; the mark is set again from it;
 //! - the lost first messages of a publisher that started after the
 //!   subscription (its id carries its start, see
-//!   [`PublisherId`](crate::PublisherId)), more than [`CLOCK_SKEW_MARGIN`]
+//!   [`PublisherId`](hydratecache_core::PublisherId)), more than [`CLOCK_SKEW_MARGIN`]
 //!   after it on the publisher's clock;
 //! - a publisher it may have forgotten (dropped for the count bound or after
 //!   [`FORGET_AFTER`] of silence) coming back: a gap, as its messages in
@@ -26,30 +26,30 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::envelope::PublisherId;
+use hydratecache_core::PublisherId;
 
 /// Publishers not heard from for this long are forgotten (they heartbeat
 /// while alive, so only departed or idle ones go).
-pub(super) const FORGET_AFTER: Duration = Duration::from_secs(600);
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// How often the table is swept for silent publishers.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Publishers tracked at most. Past it, those heard from only once go first
 /// (one message per publisher is the pattern of transactional publishes and
 /// of forged ids), then the least recently heard from.
-pub(super) const MAX_PUBLISHERS: usize = 16_384;
+pub(crate) const MAX_PUBLISHERS: usize = 16_384;
 /// How far our clock and a publisher's may disagree about its start.
-pub(super) const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(1);
+pub(crate) const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(1);
 /// A message this far below its publisher's mark is not a late one: the
 /// mark is set again from it (a gap).
-pub(super) const MAX_BACKWARD: u64 = 1 << 16;
+pub(crate) const MAX_BACKWARD: u64 = 1 << 16;
 
 /// A possible loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Loss {
+pub(crate) struct Loss {
     /// Messages missed, when known.
-    pub(super) missed: Option<u64>,
+    pub(crate) missed: Option<u64>,
     /// Why, for the log.
-    pub(super) why: &'static str,
+    pub(crate) why: &'static str,
 }
 
 struct Seen {
@@ -60,7 +60,7 @@ struct Seen {
 }
 
 /// The last sequence seen per publisher, bounded in count and age.
-pub(super) struct Sequences {
+pub(crate) struct Sequences {
     publishers: HashMap<PublisherId, Seen>,
     /// When the subscription started, in ms since the epoch (our clock).
     subscribed_ms: u64,
@@ -79,7 +79,7 @@ fn margin_ms() -> u64 {
 
 impl Sequences {
     /// A table for a subscription that started at `subscribed_ms`.
-    pub(super) fn new(subscribed_ms: u64, now: Instant) -> Sequences {
+    pub(crate) fn new(subscribed_ms: u64, now: Instant) -> Sequences {
         Sequences::with_capacity(subscribed_ms, now, MAX_PUBLISHERS)
     }
 
@@ -103,7 +103,7 @@ impl Sequences {
     /// Records `sequence` from `publisher` (a heartbeat repeats its latest
     /// sequence), received at `now` / `now_ms` (ms since the epoch); returns
     /// the possible loss it reveals.
-    pub(super) fn observe(
+    pub(crate) fn observe(
         &mut self,
         publisher: PublisherId,
         sequence: u64,

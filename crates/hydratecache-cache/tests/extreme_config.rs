@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
+use hydratecache_cache::{LocalCache, RepairPolicy};
 use hydratecache_core::conformance::extreme_durations;
-use hydratecache_core::{
-    Channel, LocalCache, MemoryTransport, PublishOptions, RepairPolicy, Transport,
-};
+use hydratecache_core::{Channel, MemoryTransport, PublishOptions, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extreme_cache_durations_never_panic() {
@@ -19,7 +18,9 @@ async fn extreme_cache_durations_never_panic() {
                 .heartbeat_interval(Some(d))
                 .reload_limits(2, d)
                 .loader(|key: String| async move {
-                    Ok(Some(hydratecache_core::Loaded::new(key).ttl(Duration::MAX)))
+                    Ok(Some(
+                        hydratecache_cache::Loaded::new(key).ttl(Duration::MAX),
+                    ))
                 })
                 .repair(RepairPolicy::Reload)
                 .build()

@@ -4,10 +4,12 @@
 //! **Supervision.** The cache must never serve from a table nobody updates
 //! any more. Two layers keep that promise:
 //! - user code that runs on the task (the codec and the weigher on each
-//!   message, the warm-up stream) runs under `catch_unwind`: a panic there
-//!   concerns one message (its key is forgotten, as for an undecodable value)
-//!   or ends the warm-up; hydration goes on. Catching per message keeps the
-//!   subscription, so nothing is missed and no repair is needed.
+//!   message, the warm-up stream) runs under `catch_unwind` (the codec's, in
+//!   the subscription, which yields the panic as that message's decode
+//!   error): a panic there concerns one message (its key is forgotten, as
+//!   for an undecodable value) or ends the warm-up; hydration goes on.
+//!   Catching per message keeps the subscription, so nothing is missed and
+//!   no repair is needed.
 //! - the task's whole loop runs under `catch_unwind` too, in the task itself
 //!   rather than behind its `JoinHandle`, so it reacts at the moment of the
 //!   panic (a transport's stream that panics, a bug of ours): the cache stops
@@ -21,20 +23,23 @@
 //! (Built with `panic = "abort"`, nothing is caught: the process ends.)
 
 use std::any::Any;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::OptionFuture;
 use futures::{FutureExt, StreamExt};
+use hydratecache_core::{
+    ChannelEvent, ChannelSubscription, CodecPanicked, EnvelopeError, Error as CoreError,
+    PublisherId, StartFrom, SubscribeOptions,
+};
 use tokio::sync::oneshot;
 
-use super::sequences::Sequences;
-use super::{Inner, Nanos, Origin, WarmStream};
-use crate::envelope::{Envelope, EnvelopeError, Kind};
-use crate::error::Error;
-use crate::transport::{Event, StartFrom, SubscribeOptions, Subscription};
+use crate::clock::Nanos;
+use crate::inner::{Inner, Origin};
+use crate::loader::WarmStream;
+use crate::sequences::Sequences;
 
 /// First wait before resubscribing after a failure; doubles up to the max.
 const RESTART_MIN: Duration = Duration::from_millis(100);
@@ -51,25 +56,40 @@ enum Outcome {
 }
 
 /// What the task needs to (re)start hydration.
-pub(super) struct Hydration<T> {
-    pub(super) inner: Arc<Inner<T>>,
-    pub(super) subscription: Subscription,
+pub(crate) struct Hydration<T> {
+    pub(crate) inner: Arc<Inner<T>>,
+    pub(crate) subscription: ChannelSubscription<T>,
     /// When `subscription` was confirmed, in ms since the epoch.
-    pub(super) subscribed_ms: u64,
-    pub(super) warm: Option<(WarmStream<T>, Nanos)>,
-    pub(super) heartbeat_interval: Option<Duration>,
-    pub(super) options: SubscribeOptions,
+    pub(crate) subscribed_ms: u64,
+    pub(crate) warm: Option<(WarmStream<T>, Nanos)>,
+    pub(crate) heartbeat_interval: Option<Duration>,
+    pub(crate) options: SubscribeOptions,
+}
+
+/// Subscribes through the cache's own channel: its echoes are skipped
+/// (and counted) before they are decoded, and a codec panic on one message
+/// is that message's decode error.
+pub(crate) async fn subscribe<T: Send + Sync + 'static>(
+    inner: &Inner<T>,
+    options: SubscribeOptions,
+) -> Result<ChannelSubscription<T>, CoreError> {
+    Ok(inner
+        .channel
+        .subscribe_with(options)
+        .await?
+        .skip_own(Arc::clone(&inner.counters.own_echoes_skipped))
+        .catch_codec_panics())
 }
 
 /// Milliseconds since the Unix epoch, on this machine's clock.
-pub(super) fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Runs hydration until stopped, restarting it after a panic.
-pub(super) async fn supervise<T: Send + Sync + 'static>(
+pub(crate) async fn supervise<T: Send + Sync + 'static>(
     hydration: Hydration<T>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -150,17 +170,16 @@ async fn resubscribe<T: Send + Sync + 'static>(
     options: &SubscribeOptions,
     stop: &mut oneshot::Receiver<()>,
     backoff: &mut Duration,
-) -> Option<(Subscription, u64)> {
+) -> Option<(ChannelSubscription<T>, u64)> {
     loop {
         tokio::select! {
             _ = &mut *stop => return None,
             _ = tokio::time::sleep(*backoff) => {}
         }
         *backoff = backoff.saturating_mul(2).min(RESTART_MAX);
-        let transport = Arc::clone(inner.channel.transport());
         let subscribe = AssertUnwindSafe(tokio::time::timeout(
             SUBSCRIBE_TIMEOUT,
-            transport.subscribe(inner.channel.topic(), options.clone()),
+            subscribe(inner, options.clone()),
         ))
         .catch_unwind();
         let attempt = tokio::select! {
@@ -223,7 +242,7 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
 
 async fn run<T: Send + Sync + 'static>(
     inner: Arc<Inner<T>>,
-    mut subscription: Subscription,
+    mut subscription: ChannelSubscription<T>,
     subscribed_ms: u64,
     warm: Option<(WarmStream<T>, Nanos)>,
     heartbeat_interval: Option<Duration>,
@@ -264,7 +283,7 @@ async fn run<T: Send + Sync + 'static>(
             }
             item = subscription.next() => match item {
                 Some(Ok(event)) => apply(&inner, &mut sequences, event),
-                Some(Err(e)) => unreadable(&inner, &e),
+                Some(Err(e)) => unreadable(&inner, &mut sequences, &e),
                 None => {
                     // Without a subscription the cache can no longer know
                     // what changed: stop serving rather than serve stale values.
@@ -341,8 +360,36 @@ async fn warm_up<T: Send + Sync + 'static>(
 /// during a rolling upgrade, or damaged), so a possible lost update: with its
 /// key (Kafka's record key, the unit of change and of compaction there) that
 /// key is forgotten; without, it is a gap, repaired by policy.
-fn unreadable<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, error: &Error) {
+///
+/// A value the codec could not decode (or panicked on) is a message
+/// received: its sequence counts, and its key is forgotten.
+fn unreadable<T: Send + Sync + 'static>(
+    inner: &Arc<Inner<T>>,
+    sequences: &mut Sequences,
+    error: &CoreError,
+) {
     let topic = inner.channel.topic();
+    if let CoreError::Decode {
+        key,
+        publisher,
+        sequence,
+        source,
+        ..
+    } = error
+    {
+        observe(inner, sequences, *publisher, *sequence, false);
+        match source.downcast_ref::<CodecPanicked>() {
+            Some(panic) => user_code_panicked(inner, key, &panic.message),
+            None => {
+                // The key changed to something we cannot read: forget it
+                // rather than keep serving the old value.
+                inner.counters.decode_errors.incr();
+                inner.forget(key);
+                tracing::warn!(topic, key, error = %source, "cannot decode value: key invalidated");
+            }
+        }
+        return;
+    }
     if !error.is_per_message() {
         if !inner.pending_gap.swap(true, Ordering::AcqRel) {
             inner.counters.hydration_failures.incr();
@@ -355,7 +402,7 @@ fn unreadable<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, error: &Error) {
         );
         return;
     }
-    let Error::Malformed { key, source, .. } = error else {
+    let CoreError::Malformed { key, source, .. } = error else {
         tracing::warn!(
             topic,
             error = error as &dyn std::error::Error,
@@ -389,9 +436,13 @@ fn unreadable<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, error: &Error) {
     }
 }
 
-fn apply<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, sequences: &mut Sequences, event: Event) {
-    let envelope = match event {
-        Event::Gap(gap) => {
+fn apply<T: Send + Sync + 'static>(
+    inner: &Arc<Inner<T>>,
+    sequences: &mut Sequences,
+    event: ChannelEvent<T>,
+) {
+    match event {
+        ChannelEvent::Gap(gap) => {
             inner.counters.gaps.incr();
             let why = format!("transport gap ({}, missed {:?})", gap.reason, gap.missed);
             if inner.pending_gap.swap(false, Ordering::AcqRel) {
@@ -402,128 +453,74 @@ fn apply<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, sequences: &mut Sequen
             } else {
                 inner.repair(&why);
             }
-            return;
         }
-        Event::ReplayDone => {
-            inner.replay_done();
-            return;
+        ChannelEvent::ReplayDone => inner.replay_done(),
+        // The subscription skipped this cache's own writes (its channel
+        // publishes under an id of its own; other clones of the user's
+        // channel are other publishers).
+        ChannelEvent::Update(msg) => {
+            observe(inner, sequences, msg.publisher, msg.sequence, false);
+            // A weigher panic is caught there: the key is forgotten.
+            let _ = inner.store_update(
+                &msg.key,
+                Arc::new(msg.value),
+                msg.version,
+                msg.ttl.map(|ttl| ttl.remaining()),
+                Some(msg.published_at),
+                Origin::Remote,
+            );
         }
-        Event::Message(envelope) => envelope,
-    };
-    // Only this cache's own writes: its channel publishes under an id of
-    // its own (other clones of the user's channel are other publishers).
-    if envelope.publisher == inner.channel.publisher() {
-        inner.counters.own_echoes_skipped.incr();
+        ChannelEvent::Delete(delete) => {
+            observe(inner, sequences, delete.publisher, delete.sequence, false);
+            inner.store_delete(&delete.key, delete.version, Origin::Remote);
+        }
+        ChannelEvent::Heartbeat(heartbeat) => {
+            observe(
+                inner,
+                sequences,
+                heartbeat.publisher,
+                heartbeat.sequence,
+                true,
+            );
+        }
+        // An event of a newer core release: nothing for the cache to apply.
+        _ => {}
+    }
+}
+
+/// Records a message's sequence, repairing on the loss it reveals.
+///
+/// Sequence numbers reveal a loss only where one publisher's messages
+/// arrive in order; elsewhere the transport's gap events are the signal.
+fn observe<T: Send + Sync + 'static>(
+    inner: &Arc<Inner<T>>,
+    sequences: &mut Sequences,
+    publisher: PublisherId,
+    sequence: u64,
+    heartbeat: bool,
+) {
+    if !inner.ordered {
         return;
     }
-    // Sequence numbers reveal a loss only where one publisher's messages
-    // arrive in order; elsewhere the transport's gap events are the signal.
-    if inner.ordered {
-        let loss = sequences.observe(
-            envelope.publisher,
-            envelope.sequence,
-            envelope.kind == Kind::Heartbeat,
-            Instant::now(),
-            now_ms(),
-        );
-        if let Some(loss) = loss {
-            inner.counters.sequence_gaps.incr();
-            inner.repair(&format!(
-                "publisher {}: {} (missed {:?}, at sequence {})",
-                envelope.publisher, loss.why, loss.missed, envelope.sequence
-            ));
-        }
-    }
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| apply_message(inner, &envelope))) {
-        user_code_panicked(inner, &envelope.key, &*panic);
+    let loss = sequences.observe(publisher, sequence, heartbeat, Instant::now(), now_ms());
+    if let Some(loss) = loss {
+        inner.counters.sequence_gaps.incr();
+        inner.repair(&format!(
+            "publisher {publisher}: {} (missed {:?}, at sequence {sequence})",
+            loss.why, loss.missed
+        ));
     }
 }
 
 /// The codec panicked on `key`'s value: the key is forgotten, as for a value
 /// that cannot be decoded.
-fn user_code_panicked<T: Send + Sync + 'static>(
-    inner: &Inner<T>,
-    key: &str,
-    panic: &(dyn Any + Send),
-) {
+fn user_code_panicked<T: Send + Sync + 'static>(inner: &Inner<T>, key: &str, panic: &str) {
     inner.counters.hydration_panics.incr();
     inner.forget(key);
     tracing::error!(
         topic = inner.channel.topic(),
         key,
-        panic = panic_message(panic),
+        panic,
         "codec panicked: key invalidated"
     );
-}
-
-fn apply_message<T: Send + Sync + 'static>(inner: &Arc<Inner<T>>, envelope: &Envelope) {
-    match envelope.kind {
-        Kind::Heartbeat => {}
-        Kind::Delete => {
-            inner.store_delete(&envelope.key, envelope.version, Origin::Remote);
-        }
-        Kind::Update => match inner.channel.codec().decode(&envelope.payload) {
-            Ok(value) => {
-                // A weigher panic is caught there: the key is forgotten.
-                let _ = inner.store_update(
-                    &envelope.key,
-                    Arc::new(value),
-                    envelope.version,
-                    envelope.ttl.map(|ttl| ttl.remaining()),
-                    Some(envelope.published_at),
-                    Origin::Remote,
-                );
-            }
-            Err(error) => {
-                // The key changed to something we cannot read: forget it
-                // rather than keep serving the old value.
-                inner.counters.decode_errors.incr();
-                inner.forget(&envelope.key);
-                tracing::warn!(topic = inner.channel.topic(), key = %envelope.key, %error, "cannot decode value: key invalidated");
-            }
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use crate::local_cache::LocalCache;
-    use crate::{Channel, MemoryTransport, Transport};
-
-    async fn cache(topic: &str) -> LocalCache<String> {
-        LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), topic))
-            .heartbeat_interval(None)
-            .build()
-            .await
-            .expect("cache")
-    }
-
-    /// Waits until the hydration task let go of `inner`.
-    async fn task_gone<T>(inner: &Arc<T>) {
-        for _ in 0..2_500 {
-            if Arc::strong_count(inner) == 1 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        panic!("the hydration task still holds the cache");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn dropping_or_closing_the_cache_is_no_hydration_failure() {
-        let dropped = cache("drop").await;
-        let inner = Arc::clone(&dropped.inner);
-        drop(dropped);
-        task_gone(&inner).await;
-        assert_eq!(inner.counters.hydration_failures.get(), 0, "after drop");
-
-        let closed = cache("close").await;
-        let inner = Arc::clone(&closed.inner);
-        closed.close().await.expect("close");
-        task_gone(&inner).await;
-        assert_eq!(inner.counters.hydration_failures.get(), 0, "after close");
-    }
 }
