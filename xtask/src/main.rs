@@ -119,7 +119,8 @@ fn ci() -> Result<()> {
     let mut doc = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     step("rustdoc", doc)?;
-    // Unit tests, examples and core's own tests; adapters' tests/ run in itest.
+    // Unit tests, examples, core's own tests and the conformance suite on the
+    // in-memory transport; adapters' tests/ run in itest.
     tally.run(
         "unit tests",
         cargo(&[
@@ -132,11 +133,13 @@ fn ci() -> Result<()> {
         ]),
     )?;
     tally.run(
-        "core tests",
+        "core and conformance tests",
         cargo(&[
             "test",
             "-p",
             "hydratecache-core",
+            "-p",
+            "hydratecache-conformance",
             "--all-features",
             "--tests",
         ]),

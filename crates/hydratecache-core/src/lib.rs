@@ -3,9 +3,6 @@
 
 pub mod channel;
 pub mod codec;
-#[cfg(feature = "conformance")]
-#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
-pub mod conformance;
 pub mod envelope;
 pub mod error;
 #[cfg(feature = "local-cache")]

@@ -1,10 +1,10 @@
 //! Configuration never panics: LocalCache and Channel settings from zero to
 //! `Duration::MAX` (issue 18, item 18). Each adapter runs the transport side
-//! (`conformance::extreme_durations_never_panic`) in its own tests.
+//! (`hydratecache_conformance::extreme_durations_never_panic`) in its own tests.
 
 use std::time::Duration;
 
-use hydratecache_core::conformance::extreme_durations;
+use hydratecache_conformance::extreme_durations;
 use hydratecache_core::{Channel, LocalCache, MemoryTransport, PublishOptions, RepairPolicy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_core::{Channel, LocalCache, StartFrom, SubscribeOptions};
 use hydratecache_kafka::{KafkaConfig, KafkaTransport, TopicSettings};
 

@@ -1,11 +1,11 @@
-//! The core conformance suite against a real PostgreSQL
+//! The conformance suite against a real PostgreSQL
 //! (`HYDRATECACHE_POSTGRES_URL`, or a private cluster).
 
 use std::sync::{Arc, Mutex, Weak};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use hydratecache_core::conformance::{self, run_all, Harness};
+use hydratecache_conformance::{local_cache_never_serves_pre_gap_values, run_all, Harness, CASES};
 use hydratecache_core::{BoxError, Transport};
 use hydratecache_postgres::{sqlx, PostgresTransport};
 use hydratecache_testkit::postgres;
@@ -110,7 +110,7 @@ async fn postgres_transport_passes_the_conformance_suite() {
     let report = run_all(&harness).await;
     println!("{report}");
     // Only replay may be skipped: NOTIFY keeps no history.
-    assert_eq!(report.ran.len(), conformance::CASES.len() - 1, "{report}");
+    assert_eq!(report.ran.len(), CASES.len() - 1, "{report}");
     assert_eq!(report.skipped.len(), 1, "{report}");
     assert_eq!(report.skipped[0].0, "replay_from_earliest");
 }
@@ -145,8 +145,7 @@ async fn local_cache_never_serves_pre_gap_values_after_pg_terminate_backend() {
             }
             Ok::<(), BoxError>(())
         };
-        let report =
-            conformance::local_cache_never_serves_pre_gap_values(&harness, policy, cut).await;
+        let report = local_cache_never_serves_pre_gap_values(&harness, policy, cut).await;
         println!("{policy:?}: {report:?}");
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use hydratecache_core::conformance::{next_message, unique_topic};
+use hydratecache_conformance::{next_message, unique_topic};
 use hydratecache_core::{Channel, LocalCache, PublisherId, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

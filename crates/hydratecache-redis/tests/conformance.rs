@@ -1,9 +1,9 @@
-//! The core conformance suite against a real Redis (`HYDRATECACHE_REDIS_URL`
+//! The conformance suite against a real Redis (`HYDRATECACHE_REDIS_URL`
 //! when set, else a private `redis-server`).
 
 mod common;
 
-use hydratecache_core::conformance::{self, run_all};
+use hydratecache_conformance::{run_all, CASES};
 use hydratecache_testkit::redis::shared_or_private;
 
 use common::RedisHarness;
@@ -20,7 +20,7 @@ async fn run(sharded: bool) {
     let report = run_all(&harness).await;
     println!("redis (sharded: {sharded}) {report}");
     // Only replay may be skipped: Redis Pub/Sub keeps no history.
-    assert_eq!(report.ran.len(), conformance::CASES.len() - 1, "{report}");
+    assert_eq!(report.ran.len(), CASES.len() - 1, "{report}");
     assert_eq!(report.skipped.len(), 1, "{report}");
     assert_eq!(report.skipped[0].0, "replay_from_earliest", "{report}");
 }
@@ -56,7 +56,7 @@ async fn local_cache_never_serves_pre_gap_values_after_client_kill() -> anyhow::
             }
             Ok::<(), hydratecache_core::BoxError>(())
         };
-        let report = hydratecache_core::conformance::local_cache_never_serves_pre_gap_values(
+        let report = hydratecache_conformance::local_cache_never_serves_pre_gap_values(
             &harness, policy, cut,
         )
         .await;
@@ -79,7 +79,7 @@ async fn with_repair_ignored_the_cut_check_fails() -> anyhow::Result<()> {
             hydratecache_testkit::redis::kill_pubsub_clients(&url)?;
             Ok::<(), hydratecache_core::BoxError>(())
         };
-        hydratecache_core::conformance::local_cache_never_serves_pre_gap_values(
+        hydratecache_conformance::local_cache_never_serves_pre_gap_values(
             &harness,
             hydratecache_core::RepairPolicy::Ignore,
             cut,
