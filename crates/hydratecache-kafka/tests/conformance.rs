@@ -155,7 +155,7 @@ async fn max_payload_boundary_with_a_small_broker_limit() {
 ///
 /// No companion with `RepairPolicy::Ignore` here, unlike Redis: after the
 /// reset B reads the new log from its start, so it receives every write A
-/// made after the restart and the ignored gap leaves nothing stale.
+/// made after the restart, and with the gap ignored the check still passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cache_never_serves_pre_gap_values_after_a_broker_restart() {
     let mut server = match TansuServer::start() {
