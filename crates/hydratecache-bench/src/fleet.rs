@@ -690,7 +690,7 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
 
 async fn run_mode(mode: Mode, env: &Env) -> Result<ModeResult> {
     reset_table(env).await.context("reset the table")?;
-    let topic = hydratecache_core::conformance::unique_topic(&format!("fleet{}", mode.name()));
+    let topic = hydratecache_conformance::unique_topic(&format!("fleet{}", mode.name()));
     let mut instances = Vec::with_capacity(INSTANCES);
     for _ in 0..INSTANCES {
         instances.push(Instance::start(mode, env, &topic).await?);
@@ -910,7 +910,7 @@ pub(crate) async fn run(seconds_per_mode: f64) -> Result<Vec<serde_json::Value>>
         .connect(&pg_url)
         .await
         .context("connect to PostgreSQL")?;
-    let table = hydratecache_core::conformance::unique_topic("fleetkv");
+    let table = hydratecache_conformance::unique_topic("fleetkv");
     sqlx::query(&format!(
         "CREATE TABLE {table} (key text PRIMARY KEY, version bigint NOT NULL, value bytea NOT NULL)"
     ))

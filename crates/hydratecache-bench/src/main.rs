@@ -231,7 +231,7 @@ async fn redis_get_baseline() -> Result<Vec<Row>> {
     let server = hydratecache_testkit::redis::shared_or_private()?;
     let client = fred::types::Builder::from_config(Config::from_url(&server.url())?).build()?;
     client.init().await?;
-    let prefix = hydratecache_core::conformance::unique_topic("get");
+    let prefix = hydratecache_conformance::unique_topic("get");
     for i in 0..10_000 {
         let _: () = client
             .set(
@@ -296,7 +296,7 @@ where
 }
 
 fn topic(backend: &str, what: &str, size: usize, who: &str) -> String {
-    hydratecache_core::conformance::unique_topic(&format!("b{backend}{what}{size}{who}"))
+    hydratecache_conformance::unique_topic(&format!("b{backend}{what}{size}{who}"))
 }
 
 fn flow_notes(lib: &Flow, raw: &Flow) -> String {

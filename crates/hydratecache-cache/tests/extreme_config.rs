@@ -1,11 +1,11 @@
 //! Configuration never panics: LocalCache and Channel settings from zero to
 //! `Duration::MAX` (issue 18, item 18). Each adapter runs the transport side
-//! (`conformance::extreme_durations_never_panic`) in its own tests.
+//! (`hydratecache_conformance::extreme_durations_never_panic`) in its own tests.
 
 use std::time::Duration;
 
 use hydratecache_cache::{LocalCache, RepairPolicy};
-use hydratecache_core::conformance::extreme_durations;
+use hydratecache_conformance::extreme_durations;
 use hydratecache_core::{Channel, MemoryTransport, PublishOptions, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{publish, Tail};
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_testkit::kafka::TansuServer;
 
 fn server() -> TansuServer {

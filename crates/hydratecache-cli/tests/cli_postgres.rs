@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_testkit::postgres::{psql, PostgresServer};
 
 fn server() -> PostgresServer {

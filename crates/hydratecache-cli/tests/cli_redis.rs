@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{field, publish, run, run_ok, Tail};
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_testkit::redis::{self, RedisServer};
 
 fn server() -> RedisServer {

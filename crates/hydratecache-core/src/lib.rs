@@ -5,9 +5,6 @@ pub mod adapter;
 mod channel;
 mod channel_subscription;
 mod codec;
-#[cfg(feature = "conformance")]
-#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
-pub mod conformance;
 mod envelope;
 mod error;
 mod memory;

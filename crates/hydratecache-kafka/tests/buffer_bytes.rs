@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{next_item, plain_client};
-use hydratecache_core::conformance::{expect_silence, next_message, unique_topic};
+use hydratecache_conformance::{expect_silence, next_message, unique_topic};
 use hydratecache_core::{
     Envelope, Event, GapReason, PublisherId, SubscribeOptions, Subscription, Transport,
 };

@@ -1,16 +1,21 @@
-//! The core conformance suite against a Kafka broker (a private tansu, or
+//! The conformance suite against a Kafka broker (a private tansu, or
 //! the one at `HYDRATECACHE_KAFKA_URL`).
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use hydratecache_core::conformance::{self, run_all, unique_topic, Harness};
+use hydratecache_cache::RepairPolicy;
+use hydratecache_conformance::{
+    local_cache_never_serves_pre_gap_values, max_payload_boundary, run_all, unique_topic, Harness,
+    Outcome, CASES,
+};
 use hydratecache_core::{BoxError, Transport};
 use hydratecache_kafka::{KafkaConfig, KafkaTransport};
-use hydratecache_testkit::kafka;
+use hydratecache_testkit::kafka::{self, TansuServer};
 use rskafka::client::Client;
 
 struct KafkaHarness {
@@ -18,19 +23,33 @@ struct KafkaHarness {
     admin: Client,
     /// Broker limit on a batch, when not the default.
     max_batch_bytes: Option<usize>,
+    /// Every topic made, to make them again after a broker restart.
+    topics: Mutex<Vec<String>>,
 }
 
 impl KafkaHarness {
     async fn new(server: &kafka::Kafka, max_batch_bytes: Option<usize>) -> KafkaHarness {
-        let admin = match common::plain_client(&server.bootstrap()).await {
+        KafkaHarness::at(&server.url(), &server.bootstrap(), max_batch_bytes).await
+    }
+
+    async fn at(url: &str, bootstrap: &str, max_batch_bytes: Option<usize>) -> KafkaHarness {
+        let admin = match common::plain_client(bootstrap).await {
             Ok(c) => c,
-            Err(e) => panic!("plain client for {}: {e:#}", server.url()),
+            Err(e) => panic!("plain client for {url}: {e:#}"),
         };
         KafkaHarness {
-            url: server.url(),
+            url: url.to_owned(),
             admin,
             max_batch_bytes,
+            topics: Mutex::new(Vec::new()),
         }
+    }
+
+    fn topics(&self) -> Vec<String> {
+        self.topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -73,6 +92,10 @@ impl Harness for KafkaHarness {
             let topic = unique_topic(case);
             // One partition: the suite checks one publisher's order across keys.
             common::create_topic(&self.admin, &topic, 1).await?;
+            self.topics
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(topic.clone());
             Ok(topic)
         }
         .boxed()
@@ -104,7 +127,7 @@ async fn kafka_passes_the_conformance_suite() {
         ],
         "{report}"
     );
-    assert_eq!(report.ran.len(), conformance::CASES.len() - 2, "{report}");
+    assert_eq!(report.ran.len(), CASES.len() - 2, "{report}");
 }
 
 /// The size boundary is exact for another broker limit too.
@@ -119,7 +142,43 @@ async fn max_payload_boundary_with_a_small_broker_limit() {
         Some(10_000 - 143 - 62 - 7)
     );
     assert!(matches!(
-        conformance::max_payload_boundary(&harness).await,
-        conformance::Outcome::Passed
+        max_payload_boundary(&harness).await,
+        Outcome::Passed
     ));
+}
+
+/// LocalCache over Kafka: the private tansu is killed (-9) and started again
+/// empty (memory storage) while A rewrites every key, so B's position points
+/// past the end of a new log; B must signal the reset as a gap and never
+/// serve a pre-cut value once it has (Clear and Reload). A broken connection
+/// alone is no cut on Kafka: the reader resumes from its offset and misses
+/// nothing.
+///
+/// No companion with `RepairPolicy::Ignore` here, unlike Redis: after the
+/// reset B reads the new log from its start, so it receives every write A
+/// made after the restart, and with the gap ignored the check still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cache_never_serves_pre_gap_values_after_a_broker_restart() {
+    let mut server = match TansuServer::start() {
+        Ok(s) => s,
+        Err(e) => panic!("cannot start tansu: {e:#}"),
+    };
+    let harness = KafkaHarness::at(&server.url(), &server.bootstrap(), None).await;
+    for policy in [RepairPolicy::Clear, RepairPolicy::Reload] {
+        let (server, harness) = (&mut server, &harness);
+        let cut = move || async move {
+            server.kill9();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            server.start_again()?;
+            // As the harness made it (a reconnecting client may already
+            // have made it again, with the broker's default partitions).
+            let admin = common::plain_client(&server.bootstrap()).await?;
+            for topic in harness.topics() {
+                common::recreate_topic(&admin, &topic, 1).await?;
+            }
+            Ok::<(), BoxError>(())
+        };
+        let report = local_cache_never_serves_pre_gap_values(harness, policy, cut).await;
+        println!("{policy:?}: {report:?}");
+    }
 }

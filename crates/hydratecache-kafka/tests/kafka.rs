@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use common::{next_item, plain_client};
 use futures::FutureExt;
-use hydratecache_core::conformance::{expect_silence, next_message, unique_topic};
+use hydratecache_conformance::{expect_silence, next_message, unique_topic};
 use hydratecache_core::{
     Envelope, Error, Event, GapReason, Kind, PublisherId, StartFrom, SubscribeOptions, Transport,
     Ttl,
@@ -887,7 +887,7 @@ async fn concurrent_publishing_clients_lose_nothing() {
         check_replay(next_message(&mut replay, &format!("replayed message {n}")).await);
     }
     // The replay has caught up with the log as it was at subscribe time.
-    match hydratecache_core::conformance::next_event(&mut replay, "the end of the replay").await {
+    match hydratecache_conformance::next_event(&mut replay, "the end of the replay").await {
         Ok(Event::ReplayDone) => {}
         other => panic!("expected ReplayDone, got {other:?}"),
     }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use hydratecache_cache::LocalCache;
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_core::{Channel, StartFrom, SubscribeOptions};
 use hydratecache_kafka::{KafkaConfig, KafkaTransport, TopicSettings};
 

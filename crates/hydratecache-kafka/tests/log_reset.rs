@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{next_item, plain_client};
-use hydratecache_core::conformance::{expect_silence, next_message, unique_topic};
+use hydratecache_conformance::{expect_silence, next_message, unique_topic};
 use hydratecache_core::{Envelope, Event, PublisherId, SubscribeOptions, Transport};
 use hydratecache_kafka::record;
 use hydratecache_kafka::{KafkaConfig, KafkaTransport};

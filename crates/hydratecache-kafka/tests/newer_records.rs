@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use hydratecache_cache::LocalCache;
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_core::{CborCodec, Channel, Codec, Envelope, PublisherId};
 use hydratecache_kafka::record::to_record;
 use hydratecache_kafka::{KafkaConfig, KafkaTransport, TopicSettings};

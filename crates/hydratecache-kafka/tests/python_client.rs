@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use hydratecache_core::conformance::{next_message, unique_topic};
+use hydratecache_conformance::{next_message, unique_topic};
 use hydratecache_core::{Envelope, PublisherId, StartFrom, SubscribeOptions, Transport, Ttl};
 use hydratecache_kafka::record::{partition_for, to_record};
 use hydratecache_kafka::{KafkaConfig, KafkaTransport};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hydratecache_core::conformance::{next_message, unique_topic};
+use hydratecache_conformance::{next_message, unique_topic};
 use hydratecache_core::{Envelope, PublisherId, SubscribeOptions, Transport};
 use hydratecache_kafka::{KafkaConfig, KafkaTransport, TopicSettings};
 use hydratecache_testkit::kafka::TansuServer;

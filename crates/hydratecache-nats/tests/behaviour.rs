@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use common::{eventually, next_item, raw_subscribe, server_subscriptions, Mode, NatsHarness};
 use futures::StreamExt;
-use hydratecache_core::conformance::{
-    max_payload_boundary, unique_topic, Outcome, RECEIVE_TIMEOUT,
-};
+use hydratecache_conformance::{max_payload_boundary, unique_topic, Outcome, RECEIVE_TIMEOUT};
 use hydratecache_core::{
     Envelope, Error, Event, GapReason, PublisherId, SubscribeOptions, Subscription, Transport,
 };

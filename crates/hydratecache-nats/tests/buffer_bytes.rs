@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::next_item;
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_core::{
     Envelope, Event, GapReason, PublisherId, SubscribeOptions, Subscription, Transport,
 };

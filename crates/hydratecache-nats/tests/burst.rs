@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hydratecache_core::conformance::{unique_topic, RECEIVE_TIMEOUT};
+use hydratecache_conformance::{unique_topic, RECEIVE_TIMEOUT};
 use hydratecache_core::{Envelope, Event, GapReason, PublisherId, SubscribeOptions, Transport};
 use hydratecache_nats::NatsTransport;
 use hydratecache_testkit::nats::shared_or_private;

@@ -2,7 +2,7 @@
 //! (issue 18, item 18).
 
 use futures::FutureExt;
-use hydratecache_core::conformance::extreme_durations_never_panic;
+use hydratecache_conformance::extreme_durations_never_panic;
 use hydratecache_nats::NatsTransport;
 use hydratecache_testkit::nats::shared_or_private;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{eventually, next_item};
 use futures::StreamExt;
-use hydratecache_core::conformance::{unique_topic, RECEIVE_TIMEOUT};
+use hydratecache_conformance::{unique_topic, RECEIVE_TIMEOUT};
 use hydratecache_core::{
     Envelope, Event, GapReason, PublisherId, SubscribeOptions, Subscription, Transport,
 };

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::next_item;
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_core::{Envelope, Event, GapReason, PublisherId, SubscribeOptions, Transport};
 use hydratecache_nats::async_nats::ConnectOptions;
 use hydratecache_nats::NatsTransport;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
-use hydratecache_core::conformance::{next_event, next_message, unique_topic};
+use hydratecache_conformance::{next_event, next_message, unique_topic};
 use hydratecache_core::{Envelope, Error, Event, GapReason, PublisherId, Transport};
 use hydratecache_postgres::PostgresTransport;
 

@@ -1,11 +1,11 @@
-//! The core conformance suite against a real PostgreSQL
+//! The conformance suite against a real PostgreSQL
 //! (`HYDRATECACHE_POSTGRES_URL`, or a private cluster).
 
 use std::sync::{Arc, Mutex, Weak};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use hydratecache_core::conformance::{self, run_all, Harness};
+use hydratecache_conformance::{local_cache_never_serves_pre_gap_values, run_all, Harness, CASES};
 use hydratecache_core::{BoxError, Transport};
 use hydratecache_postgres::{sqlx, PostgresTransport};
 use hydratecache_testkit::postgres;
@@ -110,7 +110,42 @@ async fn postgres_transport_passes_the_conformance_suite() {
     let report = run_all(&harness).await;
     println!("{report}");
     // Only replay may be skipped: NOTIFY keeps no history.
-    assert_eq!(report.ran.len(), conformance::CASES.len() - 1, "{report}");
+    assert_eq!(report.ran.len(), CASES.len() - 1, "{report}");
     assert_eq!(report.skipped.len(), 1, "{report}");
     assert_eq!(report.skipped[0].0, "replay_from_earliest");
+}
+
+/// LocalCache over PostgreSQL: B's listener connection is killed with
+/// `pg_terminate_backend` while A rewrites every key; B must never serve a
+/// pre-cut value once it has signalled the gap (Clear and Reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cache_never_serves_pre_gap_values_after_pg_terminate_backend() {
+    let (_server, harness) = harness().await;
+    for policy in [
+        hydratecache_cache::RepairPolicy::Clear,
+        hydratecache_cache::RepairPolicy::Reload,
+    ] {
+        let cut = || async {
+            let clients: Vec<Arc<PostgresTransport>> = {
+                let clients = harness.clients.lock().map_err(|e| e.to_string())?;
+                clients.iter().filter_map(Weak::upgrade).collect()
+            };
+            let mut killed = 0;
+            for client in clients {
+                if let Some(pid) = client.listener_info().await?.backend_pid {
+                    sqlx::query("SELECT pg_terminate_backend($1)")
+                        .bind(pid)
+                        .execute(&harness.raw)
+                        .await?;
+                    killed += 1;
+                }
+            }
+            if killed == 0 {
+                return Err("no listener connection to kill".into());
+            }
+            Ok::<(), BoxError>(())
+        };
+        let report = local_cache_never_serves_pre_gap_values(&harness, policy, cut).await;
+        println!("{policy:?}: {report:?}");
+    }
 }

@@ -2,7 +2,7 @@
 //! `Duration::MAX` (issue 18, item 18).
 
 use futures::FutureExt;
-use hydratecache_core::conformance::extreme_durations_never_panic;
+use hydratecache_conformance::extreme_durations_never_panic;
 use hydratecache_postgres::PostgresTransport;
 use hydratecache_testkit::postgres::shared_or_private;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hydratecache_cache::LocalCache;
-use hydratecache_core::conformance::{next_message, unique_topic};
+use hydratecache_conformance::{next_message, unique_topic};
 use hydratecache_core::{Channel, PublisherId, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

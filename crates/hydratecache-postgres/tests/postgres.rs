@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hydratecache_core::conformance::{expect_silence, next_event, next_message, unique_topic};
+use hydratecache_conformance::{expect_silence, next_event, next_message, unique_topic};
 use hydratecache_core::{
     CborCodec, Channel, ChannelEvent, Envelope, Error, Event, Gap, GapReason, Kind, PublishOptions,
     PublisherId, SubscribeOptions, Subscription, Transport,

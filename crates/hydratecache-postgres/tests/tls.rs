@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use hydratecache_core::conformance::{next_message, unique_topic};
+use hydratecache_conformance::{next_message, unique_topic};
 use hydratecache_core::PublisherId;
 use hydratecache_postgres::{sqlx, PostgresTransport};
 use hydratecache_testkit::postgres::PostgresServer;

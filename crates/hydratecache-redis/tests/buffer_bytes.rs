@@ -5,7 +5,7 @@
 mod common;
 
 use futures::StreamExt;
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_core::{
     Envelope, Event, GapReason, PublisherId, SubscribeOptions, Subscription, Transport,
 };

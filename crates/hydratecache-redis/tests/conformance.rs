@@ -1,9 +1,9 @@
-//! The core conformance suite against a real Redis (`HYDRATECACHE_REDIS_URL`
+//! The conformance suite against a real Redis (`HYDRATECACHE_REDIS_URL`
 //! when set, else a private `redis-server`).
 
 mod common;
 
-use hydratecache_core::conformance::{self, run_all};
+use hydratecache_conformance::{run_all, CASES};
 use hydratecache_testkit::redis::shared_or_private;
 
 use common::RedisHarness;
@@ -20,7 +20,7 @@ async fn run(sharded: bool) {
     let report = run_all(&harness).await;
     println!("redis (sharded: {sharded}) {report}");
     // Only replay may be skipped: Redis Pub/Sub keeps no history.
-    assert_eq!(report.ran.len(), conformance::CASES.len() - 1, "{report}");
+    assert_eq!(report.ran.len(), CASES.len() - 1, "{report}");
     assert_eq!(report.skipped.len(), 1, "{report}");
     assert_eq!(report.skipped[0].0, "replay_from_earliest", "{report}");
 }
@@ -34,4 +34,71 @@ async fn redis_passes_the_conformance_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sharded_pubsub_passes_the_conformance_suite() {
     run(true).await;
+}
+
+/// LocalCache over Redis: `CLIENT KILL TYPE pubsub` cuts B's subscriber
+/// connection while A rewrites every key; B must never serve a pre-cut value
+/// once it has signalled the gap (Clear and Reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cache_never_serves_pre_gap_values_after_client_kill() -> anyhow::Result<()> {
+    let server = hydratecache_testkit::redis::shared_or_private()?;
+    let url = server.url();
+    let harness = common::RedisHarness::new(&url, false).await?;
+    for policy in [
+        hydratecache_cache::RepairPolicy::Clear,
+        hydratecache_cache::RepairPolicy::Reload,
+    ] {
+        let url = url.clone();
+        let cut = || async move {
+            let killed = hydratecache_testkit::redis::kill_pubsub_clients(&url)?;
+            if killed == 0 {
+                return Err("CLIENT KILL found no pub/sub connection".into());
+            }
+            Ok::<(), hydratecache_core::BoxError>(())
+        };
+        let report = hydratecache_conformance::local_cache_never_serves_pre_gap_values(
+            &harness, policy, cut,
+        )
+        .await;
+        println!("{policy:?}: {report:?}");
+    }
+    Ok(())
+}
+
+/// The same cut with `RepairPolicy::Ignore` does serve stale values: the
+/// check above can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_repair_ignored_the_cut_check_fails() -> anyhow::Result<()> {
+    let server = hydratecache_testkit::redis::shared_or_private()?;
+    let url = server.url();
+    let scenario = tokio::spawn(async move {
+        let harness = common::RedisHarness::new(&url, false)
+            .await
+            .expect("harness");
+        let cut = || async move {
+            hydratecache_testkit::redis::kill_pubsub_clients(&url)?;
+            Ok::<(), hydratecache_core::BoxError>(())
+        };
+        hydratecache_conformance::local_cache_never_serves_pre_gap_values(
+            &harness,
+            hydratecache_cache::RepairPolicy::Ignore,
+            cut,
+        )
+        .await
+    });
+    let outcome = scenario.await;
+    let err = outcome.expect_err("Ignore passed the stale-read check");
+    assert!(err.is_panic(), "{err}");
+    // Failed for the right reason: stale reads, not a timeout.
+    let panic = err.into_panic();
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    assert!(
+        message.contains("B served pre-cut values after the gap"),
+        "{message}"
+    );
+    Ok(())
 }

@@ -2,7 +2,7 @@
 //! (issue 18, item 18).
 
 use futures::FutureExt;
-use hydratecache_core::conformance::extreme_durations_never_panic;
+use hydratecache_conformance::extreme_durations_never_panic;
 use hydratecache_redis::RedisTransport;
 use hydratecache_testkit::redis::shared_or_private;
 

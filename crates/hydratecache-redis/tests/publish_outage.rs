@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_core::{Envelope, Error, PublisherId, Transport};
 use hydratecache_redis::RedisTransport;
 use hydratecache_testkit::redis::RedisServer;

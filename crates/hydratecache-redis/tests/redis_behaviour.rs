@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_core::{
     Envelope, Error, Event, Gap, GapReason, PublisherId, SubscribeOptions, Subscription, Transport,
 };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_core::{
     Envelope, Error, Event, GapReason, PublisherId, SubscribeOptions, Subscription, Transport,
 };

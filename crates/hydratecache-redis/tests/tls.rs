@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hydratecache_core::conformance::unique_topic;
+use hydratecache_conformance::unique_topic;
 use hydratecache_core::{Envelope, Error, Event, PublisherId, SubscribeOptions, Transport};
 use hydratecache_redis::fred::types::config::{Config, TlsConfig, TlsConnector};
 use hydratecache_redis::RedisTransport;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use hydratecache_core::conformance::RECEIVE_TIMEOUT;
+use hydratecache_conformance::RECEIVE_TIMEOUT;
 use hydratecache_core::{Event, Subscription};
 use rskafka::chrono::{DateTime, Utc};
 use rskafka::client::partition::{Compression, UnknownTopicHandling};

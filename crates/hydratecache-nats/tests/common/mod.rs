@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use hydratecache_core::conformance::{Harness, RECEIVE_TIMEOUT};
+use hydratecache_conformance::{Harness, RECEIVE_TIMEOUT};
 use hydratecache_core::{BoxError, Event, Subscription, Transport};
 use hydratecache_nats::{async_nats, NatsTransport};
-use hydratecache_testkit::nats::{monitor_get, Nats};
+use hydratecache_testkit::nats::{monitor_get, Nats, NatsServer};
 use tokio::sync::OnceCell;
 
 /// How the harness builds its transports.
@@ -34,6 +34,16 @@ impl NatsHarness {
         NatsHarness {
             url: nats.url(),
             monitor_url: nats.monitor_url(),
+            mode,
+            raw: OnceCell::new(),
+        }
+    }
+
+    /// A harness on a private server the test stops and starts itself.
+    pub fn on_server(server: &NatsServer, mode: Mode) -> NatsHarness {
+        NatsHarness {
+            url: server.url(),
+            monitor_url: Some(server.monitor_url()),
             mode,
             raw: OnceCell::new(),
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use hydratecache_core::conformance::Harness;
+use hydratecache_conformance::Harness;
 use hydratecache_core::{BoxError, Transport};
 use hydratecache_redis::fred::clients::Client;
 use hydratecache_redis::fred::interfaces::{ClientLike, PubsubInterface};

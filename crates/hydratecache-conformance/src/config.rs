@@ -8,9 +8,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 
-use crate::envelope::Envelope;
-use crate::error::BoxError;
-use crate::transport::{SubscribeOptions, Transport};
+use hydratecache_core::{BoxError, Envelope, SubscribeOptions, Transport};
+
+use crate::harness::unique_topic;
 
 /// A hang guard for one use of a transport, far above every default bound.
 const ROUND: Duration = Duration::from_secs(30);
@@ -79,7 +79,7 @@ where
                         return false;
                     }
                 };
-                let topic = super::unique_topic("extreme");
+                let topic = unique_topic("extreme");
                 let sub = t.subscribe(&topic, SubscribeOptions::default()).await;
                 let _ = t.publish(&topic, &Envelope::update("k", &b"v"[..])).await;
                 if let Ok(mut sub) = sub {

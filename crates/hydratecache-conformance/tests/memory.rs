@@ -1,6 +1,6 @@
-//! The conformance suite against the in-memory transport.
+//! The suite against the in-memory transport.
 
-use hydratecache_core::conformance::{self, run_all, MemoryHarness};
+use hydratecache_conformance::{run_all, MemoryHarness, CASES};
 use hydratecache_core::MemoryTransport;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -8,7 +8,7 @@ async fn memory_transport_passes_the_conformance_suite() {
     let report = run_all(&MemoryHarness::default()).await;
     println!("{report}");
     // Only replay may be skipped: the bus keeps no history.
-    assert_eq!(report.ran.len(), conformance::CASES.len() - 1, "{report}");
+    assert_eq!(report.ran.len(), CASES.len() - 1, "{report}");
     assert_eq!(report.skipped.len(), 1, "{report}");
     assert_eq!(report.skipped[0].0, "replay_from_earliest");
 }

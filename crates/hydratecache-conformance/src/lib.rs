@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+
+mod cases;
+mod config;
+mod cut;
+mod harness;
+mod memory;
+
+pub use cases::{
+    all_byte_values, concurrent_publishers_all_arrive, delete_round_trip,
+    dropping_subscription_unsubscribes, every_subscriber_gets_every_message,
+    garbage_yields_error_and_stream_continues, max_payload_boundary,
+    one_channels_concurrent_publishes_keep_sequence_order, per_publisher_order,
+    publish_without_subscribers, published_before_drop_arrives, replay_from_earliest, round_trip,
+    run_all, topics_are_isolated, unicode_keys, CASES,
+};
+pub use config::{extreme_durations, extreme_durations_never_panic};
+pub use cut::{local_cache_never_serves_pre_gap_values, CutReport};
+pub use harness::{
+    expect_silence, next_event, next_message, unique_topic, Harness, Outcome, Report,
+    RECEIVE_TIMEOUT,
+};
+pub use memory::MemoryHarness;
