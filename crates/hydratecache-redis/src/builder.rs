@@ -108,12 +108,12 @@ impl RedisBuilder {
         crate::tls::check_url(url)?;
         let config =
             Config::from_url(url).map_err(|e| Error::backend(BACKEND, "parse the Redis URL", e))?;
-        self.connect_config(config).await
+        self.connect_with(config).await
     }
 
     /// Connects with a fred [`Config`] (TLS, credentials, cluster or
     /// sentinel servers, RESP version...).
-    pub async fn connect_config(self, config: Config) -> Result<RedisTransport> {
+    pub async fn connect_with(self, config: Config) -> Result<RedisTransport> {
         let mut builder = Builder::from_config(config);
         let capacity = self.settings.broadcast_capacity;
         builder.with_performance_config(|perf| perf.broadcast_channel_capacity = capacity);

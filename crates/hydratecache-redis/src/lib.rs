@@ -17,7 +17,7 @@ pub use settings::{
 pub use transport::RedisTransport;
 
 /// The fred version this crate is built on, for building clients and configs
-/// ([`RedisBuilder::connect_config`], [`RedisBuilder::from_clients`]).
+/// ([`RedisBuilder::connect_with`], [`RedisBuilder::from_clients`]).
 pub use fred;
 
 /// Backend name in errors and logs.
