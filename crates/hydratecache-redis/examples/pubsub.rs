@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use hydratecache_core::{Channel, ChannelEvent, PublishOptions};
+use hydratecache_core::{Channel, ChannelEvent, PublishOptions, Transport};
 use hydratecache_redis::RedisTransport;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -1,20 +1,23 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 mod publisher;
-mod queue;
+mod settings;
 mod subscriber;
 mod tls;
 mod transport;
 
-pub use transport::{
-    default_reconnect_policy, RedisBuilder, RedisTransport, DEFAULT_BROADCAST_CAPACITY,
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_SUBSCRIPTION_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER_BYTES, MAX_BULK_LEN,
+pub use builder::{default_reconnect_policy, RedisBuilder};
+pub use settings::{
+    DEFAULT_BROADCAST_CAPACITY, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SUBSCRIPTION_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
+    MAX_BULK_LEN,
 };
+pub use transport::RedisTransport;
 
 /// The fred version this crate is built on, for building clients and configs
-/// ([`RedisBuilder::connect_config`], [`RedisBuilder::from_clients`]).
+/// ([`RedisBuilder::connect_with`], [`RedisBuilder::from_clients`]).
 pub use fred;
 
 /// Backend name in errors and logs.

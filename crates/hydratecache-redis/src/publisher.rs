@@ -2,7 +2,7 @@
 //! that a publish during an outage fails at once and says why, instead of
 //! waiting for the command timeout with fred's "Request timed out".
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use fred::error::{Error as FredError, ErrorKind};
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::config::{Options, Server, ServerConfig};
 use fred::types::ClientState;
+use hydratecache_core::adapter::lock;
 use hydratecache_core::{Error, Result};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, Notify};
@@ -74,8 +75,7 @@ impl Health {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while holding the lock; recover if it ever did.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// The connection was lost (`unreachable` false) or an attempt to

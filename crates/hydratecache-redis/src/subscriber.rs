@@ -3,10 +3,8 @@
 //! everything that can lose messages.
 
 use std::collections::HashMap;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,46 +12,52 @@ use fred::clients::{Pipeline, SubscriberClient};
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::config::{Options, Server};
 use fred::types::{ClusterHash, Message, MessageKind, Value};
-use futures::Stream;
-use hydratecache_core::{Envelope, Error, Event, Gap, GapReason, Result};
+use hydratecache_core::adapter::{Backoff, ClosedFlag, Fanout, FanoutStream};
+use hydratecache_core::{Envelope, Error, Gap, GapReason, Result};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::queue::Queue;
 use crate::BACKEND;
+
+/// The back-off between attempts of a failing re-subscribe.
+const RESUBSCRIBE_FIRST: Duration = Duration::from_millis(100);
+const RESUBSCRIBE_MAX: Duration = Duration::from_millis(3_200);
 
 /// Work for the control task.
 #[derive(Debug)]
 pub(crate) enum Control {
     /// The last local subscription of this channel is gone.
     Unsubscribe(String),
-    /// The connection was re-established: subscribe again (`attempt` counts
-    /// failed tries, for the back-off).
-    Resubscribe { attempt: u32 },
+    /// The connection was re-established: subscribe again (`backoff` counts
+    /// the failed tries since).
+    Resubscribe { backoff: Backoff },
 }
 
-/// Local subscriptions by channel: (id, queue) each.
-type Topics = HashMap<String, Vec<(u64, Arc<Queue>)>>;
+impl Control {
+    /// A re-subscribe after a new connection, its first attempt.
+    fn resubscribe() -> Control {
+        Control::Resubscribe {
+            backoff: Backoff::new(RESUBSCRIBE_FIRST, RESUBSCRIBE_MAX),
+        }
+    }
+}
 
 /// State shared by the transport, its tasks and its subscriptions.
 pub(crate) struct Shared {
     pub(crate) subscriber: SubscriberClient,
     pub(crate) sharded: bool,
     pub(crate) command_timeout: Duration,
-    pub(crate) buffer: usize,
-    pub(crate) buffer_bytes: usize,
     /// Local subscriptions by channel.
-    topics: Mutex<Topics>,
+    fanout: Arc<Fanout>,
     /// Channels subscribed on the server (or maybe: a SUBSCRIBE was sent),
     /// with the connection epoch in which that was confirmed (`None`: not
     /// confirmed). Held across SUBSCRIBE/UNSUBSCRIBE so they never interleave.
     server: tokio::sync::Mutex<HashMap<String, Option<u64>>>,
     /// Incremented on every reconnect of the subscriber connection.
     epoch: AtomicU64,
-    next_id: AtomicU64,
     /// Makes each confirming PING's message unique.
     next_ping: AtomicU64,
-    pub(crate) closed: AtomicBool,
+    pub(crate) closed: ClosedFlag,
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -80,28 +84,14 @@ impl Shared {
             subscriber,
             sharded,
             command_timeout,
-            buffer,
-            buffer_bytes,
-            topics: Mutex::new(HashMap::new()),
+            fanout: Fanout::new(buffer, buffer_bytes),
             server: tokio::sync::Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
-            next_id: AtomicU64::new(0),
             next_ping: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
+            closed: ClosedFlag::new(),
             control,
         });
         (shared, rx)
-    }
-
-    fn topics(&self) -> MutexGuard<'_, Topics> {
-        // Nothing panics while holding the lock; recover if it ever did.
-        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn has_local(&self, topic: &str) -> bool {
-        self.topics()
-            .get(topic)
-            .is_some_and(|subs| !subs.is_empty())
     }
 
     fn options(&self) -> Options {
@@ -111,8 +101,8 @@ impl Shared {
         };
         if self.subscriber.is_clustered() && !self.sharded {
             // fred sends SUBSCRIBE to the node chosen by the client id's hash
-            // slot (commands::pubsub::cluster_hash_legacy_command); the PING
-            // that confirms it must take the same connection.
+            // slot (its commands::impls::pubsub::cluster_hash_legacy_command);
+            // the PING that confirms it must take the same connection.
             let slot = fred::util::redis_keyslot(self.subscriber.id().as_bytes());
             options.cluster_hash = Some(ClusterHash::Custom(slot));
         }
@@ -121,26 +111,21 @@ impl Shared {
 
     /// Registers a local subscription and makes sure the server has the
     /// channel subscribed; resolves once the server confirmed it.
-    pub(crate) async fn subscribe(self: &Arc<Self>, topic: &str) -> Result<SubscriptionStream> {
-        let queue = Arc::new(Queue::new(self.buffer, self.buffer_bytes));
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.topics()
-            .entry(topic.to_owned())
-            .or_default()
-            .push((id, Arc::clone(&queue)));
-        // From here on, dropping (also on cancellation) unregisters it.
-        let stream = SubscriptionStream {
-            queue,
-            _guard: Guard {
-                shared: Arc::clone(self),
-                topic: topic.to_owned(),
-                id,
-            },
-        };
+    pub(crate) async fn subscribe(self: &Arc<Self>, topic: &str) -> Result<FanoutStream> {
+        let shared = Arc::clone(self);
+        // From here on, dropping (also on cancellation) unregisters it; the
+        // last one of its channel has the control task unsubscribe.
+        let registered = self.fanout.register(
+            topic,
+            Box::new(move |topic| {
+                if !shared.closed.is_closed() {
+                    // The control task is gone only once the transport is closed.
+                    let _ = shared.control.send(Control::Unsubscribe(topic.to_owned()));
+                }
+            }),
+        );
         let mut server = self.server.lock().await;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed { backend: BACKEND });
-        }
+        self.closed.check(BACKEND)?;
         let epoch = self.epoch.load(Ordering::Acquire);
         let topic = [topic.to_owned()];
         if server.get(&topic[0]) != Some(&Some(epoch)) {
@@ -152,8 +137,8 @@ impl Shared {
         }
         // A reconnect between registering and taking the lock held a gap in
         // this (and any other) subscription of the channel: it is confirmed.
-        self.release(&topic, epoch);
-        Ok(stream)
+        self.fanout.release(&topic, epoch);
+        Ok(registered.stream)
     }
 
     /// SUBSCRIBE (or SSUBSCRIBE) and wait for the server's confirmation.
@@ -217,21 +202,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Delivers the gaps held in the subscriptions of `topics` since a
-    /// reconnect up to `epoch`: the server confirmed them on that connection.
-    fn release(&self, topics: &[String], epoch: u64) {
-        let subs = self.topics();
-        for topic in topics {
-            for (_, queue) in subs.get(topic).into_iter().flatten() {
-                queue.release(epoch);
-            }
-        }
-    }
-
     /// UNSUBSCRIBE `topic` if no local subscription wants it any more.
     async fn unsubscribe_if_unused(&self, topic: &str) {
         let mut server = self.server.lock().await;
-        if self.has_local(topic) || server.remove(topic).is_none() {
+        if self.fanout.has_subscribers(topic) || server.remove(topic).is_none() {
             return;
         }
         self.unsubscribe_now(topic).await;
@@ -255,20 +229,17 @@ impl Shared {
 
     /// Subscribes again to every channel with a local subscription, after a
     /// reconnect.
-    async fn resubscribe(self: &Arc<Self>, attempt: u32) {
+    async fn resubscribe(self: &Arc<Self>, mut backoff: Backoff) {
         let mut server = self.server.lock().await;
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.is_closed() {
             return;
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        let wanted: Vec<String> = {
-            let topics = self.topics();
-            server.retain(|t, _| topics.get(t).is_some_and(|s| !s.is_empty()));
-            server.keys().cloned().collect()
-        };
+        server.retain(|t, _| self.fanout.has_subscribers(t));
+        let wanted: Vec<String> = server.keys().cloned().collect();
         if server.values().all(|c| *c == Some(epoch)) {
             // A retry or a second reconnect notice for what is done already.
-            self.release(&wanted, epoch);
+            self.fanout.release(&wanted, epoch);
             return;
         }
         for confirmed in server.values_mut() {
@@ -281,11 +252,11 @@ impl Shared {
                 }
                 // Only now is every message published from here on delivered:
                 // the moment for the reconnect gap.
-                self.release(&wanted, epoch);
+                self.fanout.release(&wanted, epoch);
                 tracing::info!(channels = wanted.len(), "resubscribed after reconnect");
             }
             Err(e) => {
-                let delay = Duration::from_millis(100 << attempt.min(5));
+                let delay = backoff.next_delay();
                 tracing::error!(error = %e, retry_in = ?delay, "resubscribe after reconnect failed");
                 // Messages are being lost and nothing is repaired yet: say so
                 // on every affected subscription; the gap follows once a
@@ -299,67 +270,45 @@ impl Shared {
                     format!(
                         "re-subscribe after a reconnect failed (attempt {}, retrying in {delay:?}); \
                          messages on this channel are lost until it succeeds",
-                        attempt.saturating_add(1)
+                        backoff.failures()
                     ),
                     cause,
                 );
-                self.notify_error(&wanted, &error);
+                self.fanout.error(&wanted, || copy_error(&error));
                 let shared = Arc::clone(self);
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let _ = shared.control.send(Control::Resubscribe {
-                        attempt: attempt.saturating_add(1),
-                    });
+                    let _ = shared.control.send(Control::Resubscribe { backoff });
                 });
-            }
-        }
-    }
-
-    /// Each subscription of `topics` gets `error` as an item.
-    fn notify_error(&self, topics: &[String], error: &Error) {
-        let subs = self.topics();
-        for topic in topics {
-            for (_, queue) in subs.get(topic).into_iter().flatten() {
-                queue.push_error(copy_error(error));
             }
         }
     }
 
     fn on_reconnect(&self, server: Option<&Server>) {
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel).saturating_add(1);
-        let topics = self.topics();
         tracing::warn!(
             ?server,
-            subscribed_channels = topics.len(),
+            subscribed_channels = self.fanout.topics_subscribed().len(),
             "redis subscriber connection re-established: messages may have been missed"
         );
         // Delivered once the re-subscribe on this connection is confirmed.
-        for subs in topics.values() {
-            for (_, queue) in subs {
-                queue.hold(Gap::new(GapReason::Reconnected), epoch);
-            }
-        }
-        drop(topics);
-        let _ = self.control.send(Control::Resubscribe { attempt: 0 });
+        self.fanout
+            .hold_all(Gap::new(GapReason::Reconnected), epoch);
+        let _ = self.control.send(Control::resubscribe());
     }
 
     fn on_lagged(&self, missed: u64) {
-        let topics = self.topics();
+        let channels = self.fanout.topics_subscribed().len();
         tracing::warn!(
             missed,
             "the redis client's message buffer overflowed (raise broadcast_capacity)"
         );
         // The count is exact for a subscription only when it is the only
         // channel this connection receives.
-        let missed = (topics.len() == 1).then_some(missed);
-        for subs in topics.values() {
-            for (_, queue) in subs {
-                queue.push_gap(Gap {
-                    reason: GapReason::Lagged,
-                    missed,
-                });
-            }
-        }
+        self.fanout.gap_all(Gap {
+            reason: GapReason::Lagged,
+            missed: (channels == 1).then_some(missed),
+        });
     }
 
     fn route(&self, message: Message) {
@@ -371,73 +320,19 @@ impl Shared {
         if message.kind != expected {
             return;
         }
-        let topics = self.topics();
-        let Some(subs) = topics.get(&*message.channel) else {
-            return;
-        };
         let frame = value_bytes(message.value);
-        let size = frame.len();
-        match Envelope::decode_bytes(&frame) {
-            Ok(envelope) => {
-                for (_, queue) in subs {
-                    queue.push(Ok(Event::Message(envelope.clone())), size);
-                }
-            }
-            Err(source) => {
-                tracing::warn!(
-                    topic = &*message.channel,
-                    error = %source,
-                    len = frame.len(),
-                    "malformed message"
-                );
-                for (_, queue) in subs {
-                    queue.push(
-                        Err(Error::Malformed {
-                            topic: message.channel.to_string(),
-                            key: None,
-                            source: source.clone(),
-                        }),
-                        size,
-                    );
-                }
-            }
-        }
+        let decoded = Envelope::decode_bytes(&frame);
+        self.fanout.deliver(&message.channel, decoded, frame.len());
     }
 
     /// Ends every subscription stream and forgets them.
     pub(crate) fn end_all(&self) {
-        for (_, subs) in self.topics().drain() {
-            for (_, queue) in subs {
-                queue.close();
-            }
-        }
+        self.fanout.close_all();
     }
 
     /// Channels that may be subscribed on the server, forgotten.
     pub(crate) async fn take_server_channels(&self) -> Vec<String> {
         self.server.lock().await.drain().map(|(t, _)| t).collect()
-    }
-
-    fn remove(&self, topic: &str, id: u64) {
-        let now_unused = {
-            let mut topics = self.topics();
-            match topics.get_mut(topic) {
-                Some(subs) => {
-                    subs.retain(|(i, _)| *i != id);
-                    if subs.is_empty() {
-                        topics.remove(topic);
-                        true
-                    } else {
-                        false
-                    }
-                }
-                None => false,
-            }
-        };
-        if now_unused && !self.closed.load(Ordering::Acquire) {
-            // The control task is gone only once the transport is closed.
-            let _ = self.control.send(Control::Unsubscribe(topic.to_owned()));
-        }
     }
 }
 
@@ -508,36 +403,7 @@ pub(crate) async fn control(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver
     while let Some(work) = rx.recv().await {
         match work {
             Control::Unsubscribe(topic) => shared.unsubscribe_if_unused(&topic).await,
-            Control::Resubscribe { attempt } => shared.resubscribe(attempt).await,
+            Control::Resubscribe { backoff } => shared.resubscribe(backoff).await,
         }
-    }
-}
-
-/// Unregisters one subscription when dropped.
-#[derive(Debug)]
-struct Guard {
-    shared: Arc<Shared>,
-    topic: String,
-    id: u64,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.shared.remove(&self.topic, self.id);
-    }
-}
-
-/// The stream behind a [`Subscription`](hydratecache_core::Subscription).
-#[derive(Debug)]
-pub(crate) struct SubscriptionStream {
-    queue: Arc<Queue>,
-    _guard: Guard,
-}
-
-impl Stream for SubscriptionStream {
-    type Item = Result<Event>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.queue.poll_next(cx)
     }
 }

@@ -3,6 +3,7 @@
 
 use futures::FutureExt;
 use hydratecache_conformance::extreme_durations_never_panic;
+use hydratecache_core::Transport;
 use hydratecache_redis::RedisTransport;
 use hydratecache_testkit::redis::shared_or_private;
 

@@ -29,7 +29,7 @@ fn tls_server() -> RedisServer {
 async fn round_trip(config: Config) {
     let t = match RedisTransport::builder()
         .connect_timeout(Duration::from_secs(10))
-        .connect_config(config)
+        .connect_with(config)
         .await
     {
         Ok(t) => t,

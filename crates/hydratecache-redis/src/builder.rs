@@ -1,0 +1,205 @@
+//! [`RedisBuilder`]: the options of a transport, then how to connect it.
+
+use std::time::Duration;
+
+use fred::clients::{Client, SubscriberClient};
+use fred::error::{Error as FredError, ErrorKind};
+use fred::interfaces::ClientLike;
+use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::Builder;
+use hydratecache_core::{Error, Result};
+
+use crate::settings::{Settings, MAX_BULK_LEN};
+use crate::transport::RedisTransport;
+use crate::BACKEND;
+
+/// The reconnect policy set on clients this crate builds (and on a fred
+/// [`Builder`] without one): retry forever, 100 ms doubling up to 2 s.
+pub fn default_reconnect_policy() -> ReconnectPolicy {
+    ReconnectPolicy::new_exponential(0, 100, 2_000, 2)
+}
+
+/// Options of a [`RedisTransport`], then how to connect it.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use hydratecache_redis::RedisTransport;
+/// # async fn demo() -> Result<(), hydratecache_core::Error> {
+/// let transport = RedisTransport::builder()
+///     .max_message_size(256 * 1024)
+///     .command_timeout(Duration::from_secs(2))
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RedisBuilder {
+    settings: Settings,
+}
+
+impl RedisBuilder {
+    /// Largest encoded envelope accepted by `publish`, in bytes (default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`](crate::DEFAULT_MAX_MESSAGE_SIZE); at most
+    /// [`MAX_BULK_LEN`], larger values are lowered to it). Keep it under the
+    /// servers' `client-output-buffer-limit pubsub` hard limit.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.settings.max_message_size = bytes.min(MAX_BULK_LEN);
+        self
+    }
+
+    /// Messages one subscription may have waiting before further ones are
+    /// dropped and counted in a gap (default
+    /// [`DEFAULT_SUBSCRIPTION_BUFFER`](crate::DEFAULT_SUBSCRIPTION_BUFFER)).
+    pub fn subscription_buffer(mut self, messages: usize) -> Self {
+        self.settings.subscription_buffer = messages.max(1);
+        self
+    }
+
+    /// Message bytes (encoded envelopes) one subscription may have waiting
+    /// before further messages are dropped and counted in a gap (default
+    /// [`DEFAULT_SUBSCRIPTION_BUFFER_BYTES`](crate::DEFAULT_SUBSCRIPTION_BUFFER_BYTES)).
+    /// A single message larger than this is still taken when nothing else
+    /// waits.
+    pub fn subscription_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.settings.subscription_buffer_bytes = bytes.max(1);
+        self
+    }
+
+    /// Capacity of fred's message broadcast channel for the clients built here
+    /// (default
+    /// [`DEFAULT_BROADCAST_CAPACITY`](crate::DEFAULT_BROADCAST_CAPACITY)). When
+    /// the dispatcher falls this far behind, every subscription gets a gap.
+    pub fn broadcast_capacity(mut self, messages: usize) -> Self {
+        self.settings.broadcast_capacity = messages.max(1);
+        self
+    }
+
+    /// Bound on each PUBLISH, SUBSCRIBE and UNSUBSCRIBE, fred's retries and the
+    /// wait for a reconnect included (default
+    /// [`DEFAULT_COMMAND_TIMEOUT`](crate::DEFAULT_COMMAND_TIMEOUT)). A command
+    /// that timed out while disconnected is not sent later.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.command_timeout = timeout;
+        self
+    }
+
+    /// Bound on the first connection of each client (default
+    /// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT)).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// Uses sharded Pub/Sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7+) instead of
+    /// `PUBLISH`/`SUBSCRIBE`: on a Redis Cluster each channel then lives on
+    /// the shard owning its hash slot instead of being broadcast to every
+    /// node. Publishers and subscribers of a topic must agree on this.
+    pub fn sharded(mut self, sharded: bool) -> Self {
+        self.settings.sharded = sharded;
+        self
+    }
+
+    /// Connects to `url` (`redis://`, `rediss://`, `redis-cluster://`,
+    /// `redis-sentinel://`, as [`Config::from_url`] reads them).
+    ///
+    /// A TLS URL (`rediss://`, `valkeys://`) is refused with
+    /// [`Error::Unsupported`] when the crate is built without a TLS feature.
+    pub async fn connect(self, url: &str) -> Result<RedisTransport> {
+        crate::tls::check_url(url)?;
+        let config =
+            Config::from_url(url).map_err(|e| Error::backend(BACKEND, "parse the Redis URL", e))?;
+        self.connect_with(config).await
+    }
+
+    /// Connects with a fred [`Config`] (TLS, credentials, cluster or
+    /// sentinel servers, RESP version...).
+    pub async fn connect_with(self, config: Config) -> Result<RedisTransport> {
+        let mut builder = Builder::from_config(config);
+        let capacity = self.settings.broadcast_capacity;
+        builder.with_performance_config(|perf| perf.broadcast_channel_capacity = capacity);
+        self.connect_builder(builder).await
+    }
+
+    /// Builds both clients from a fred [`Builder`], which keeps its
+    /// connection and performance settings. If it has no reconnect policy,
+    /// [`default_reconnect_policy`] is set; the broadcast capacity is raised
+    /// to [`broadcast_capacity`](Self::broadcast_capacity) if lower.
+    pub async fn connect_builder(self, mut builder: Builder) -> Result<RedisTransport> {
+        if builder.get_policy().is_none() {
+            builder.set_policy(default_reconnect_policy());
+        }
+        let capacity = builder
+            .get_performance_config()
+            .broadcast_channel_capacity
+            .max(self.settings.broadcast_capacity);
+        builder.with_performance_config(|perf| perf.broadcast_channel_capacity = capacity);
+        let publisher = builder
+            .build()
+            .map_err(|e| Error::backend(BACKEND, "build the publishing client", e))?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|e| Error::backend(BACKEND, "build the subscriber client", e))?;
+        RedisTransport::start(self.settings, publisher, subscriber, true).await
+    }
+
+    /// Uses clients built elsewhere (connected or not; unconnected ones are
+    /// connected here). They must use separate connections: a RESP2 connection
+    /// in subscribed mode cannot publish.
+    ///
+    /// The subscriber needs a reconnect policy (fred's `Builder::set_policy`):
+    /// without one it stays down after a disconnect and this returns an error.
+    /// Give it a `broadcast_channel_capacity` of at least
+    /// [`DEFAULT_BROADCAST_CAPACITY`](crate::DEFAULT_BROADCAST_CAPACITY)
+    /// (fred's default of 32 loses bursts; a warning is logged).
+    /// [`close`](hydratecache_core::Transport::close) unsubscribes but leaves
+    /// these clients connected.
+    pub async fn from_clients(
+        self,
+        publisher: Client,
+        subscriber: SubscriberClient,
+    ) -> Result<RedisTransport> {
+        if !subscriber.has_reconnect_policy() {
+            return Err(Error::backend(
+                BACKEND,
+                "use the given subscriber client",
+                FredError::new(
+                    ErrorKind::Config,
+                    "the subscriber client has no reconnect policy (fred Builder::set_policy): \
+                     its subscriptions would end silently at the first disconnect",
+                ),
+            ));
+        }
+        let capacity = subscriber.perf_config().broadcast_channel_capacity;
+        if capacity < self.settings.broadcast_capacity {
+            tracing::warn!(
+                capacity,
+                recommended = self.settings.broadcast_capacity,
+                "the subscriber client's broadcast_channel_capacity is small: bursts will end in gaps"
+            );
+        }
+        RedisTransport::start(self.settings, publisher, subscriber, false).await
+    }
+}
+
+impl RedisTransport {
+    /// Connects to `url` with the default settings (see [`RedisBuilder`]).
+    pub async fn connect(url: &str) -> Result<RedisTransport> {
+        RedisBuilder::default().connect(url).await
+    }
+
+    /// Settings first, then one of the builder's ways to connect.
+    pub fn builder() -> RedisBuilder {
+        RedisBuilder::default()
+    }
+
+    /// Uses clients built elsewhere, with the default settings (see
+    /// [`RedisBuilder::from_clients`]).
+    pub async fn from_clients(
+        publisher: Client,
+        subscriber: SubscriberClient,
+    ) -> Result<RedisTransport> {
+        RedisBuilder::default()
+            .from_clients(publisher, subscriber)
+            .await
+    }
+}
