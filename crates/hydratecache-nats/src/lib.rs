@@ -19,4 +19,4 @@ pub use transport::NatsTransport;
 pub use async_nats;
 
 /// The backend name in errors and logs.
-pub(crate) const BACKEND: &str = "nats";
+pub const BACKEND: &str = "nats";

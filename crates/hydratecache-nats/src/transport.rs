@@ -1,7 +1,7 @@
 //! [`NatsTransport`]: the [`Transport`] over core NATS.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -9,10 +9,10 @@ use async_nats::{Client, ConnectOptions, Statistics, Subject, ToServerAddrs};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use hydratecache_core::adapter::{check_envelope, lock, refuse_replay};
 use hydratecache_core::{
-    Capabilities, Envelope, Error, Result, StartFrom, SubscribeOptions, Subscription, Transport,
+    Capabilities, Envelope, Error, Result, SubscribeOptions, Subscription, Transport,
 };
-use tokio::sync::mpsc;
 
 use crate::builder::{checked_addrs, Config, NatsBuilder, EVENT_RECONNECT_CHECK};
 use crate::shared::{Shared, SubState};
@@ -27,7 +27,7 @@ impl NatsBuilder {
     /// Connects to `url` (or a comma-separated list of URLs) with async-nats'
     /// default options.
     pub async fn connect(self, url: &str) -> Result<NatsTransport> {
-        self.connect_with_options(url, ConnectOptions::new()).await
+        self.connect_with(url, ConnectOptions::new()).await
     }
 
     /// Connects with `options` (TLS, credentials, reconnect policy...).
@@ -42,7 +42,7 @@ impl NatsBuilder {
     /// A `tls://` URL among `addrs` makes TLS required on every connection
     /// ([`ConnectOptions::require_tls`]), including reconnections to servers
     /// discovered from the cluster, so a TLS URL never ends up in plaintext.
-    pub async fn connect_with_options(
+    pub async fn connect_with(
         self,
         addrs: impl ToServerAddrs,
         options: ConnectOptions,
@@ -156,9 +156,6 @@ impl NatsTransport {
 
     fn new(client: Client, owned: bool, config: Config, shared: Arc<Shared>) -> NatsTransport {
         let stats = client.statistics();
-        shared
-            .confirmed
-            .send_replace(stats.connects.load(Ordering::Acquire));
         NatsTransport {
             inner: Arc::new(Inner {
                 client,
@@ -187,25 +184,13 @@ impl NatsTransport {
         subject_for(self.inner.config.subject_prefix.as_deref(), topic)
     }
 
-    /// This transport as an `Arc<dyn Transport>`.
-    pub fn into_arc(self) -> Arc<dyn Transport> {
-        Arc::new(self)
-    }
-
     fn check_open(&self) -> Result<()> {
-        if *self.inner.shared.closed.borrow() {
-            return Err(Error::Closed { backend: BACKEND });
-        }
-        Ok(())
+        self.inner.shared.closed.check(BACKEND)
     }
 
     /// The subject of `topic`, checked once per change of topic.
     fn publish_subject(&self, topic: &str) -> Result<Subject> {
-        let mut last = self
-            .inner
-            .last_subject
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut last = lock(&self.inner.last_subject);
         if let Some((t, subject)) = last.as_ref() {
             if **t == *topic {
                 return Ok(subject.clone());
@@ -308,18 +293,20 @@ impl NatsTransport {
         options: SubscribeOptions,
     ) -> Result<Subscription> {
         self.check_open()?;
-        if options.start == StartFrom::Earliest {
-            return Err(Error::Unsupported {
-                backend: BACKEND,
-                what: "replay from the earliest message (core NATS keeps no history)",
-            });
-        }
+        refuse_replay(
+            BACKEND,
+            &options,
+            "replay from the earliest message (core NATS keeps no history)",
+        )?;
         let subject = self.subject(topic)?;
         self.ensure_monitor();
         let inner = &self.inner;
         // Read before the SUB: a reconnect from here on gives a gap.
-        let generation = inner.connects();
-        let state = Arc::new(SubState::new());
+        let sub = Arc::new(SubState::new(
+            inner.config.subscription_buffer,
+            inner.config.subscription_buffer_bytes,
+            inner.connects(),
+        ));
         let timeout = inner.config.confirm_timeout;
         let confirmed = tokio::time::timeout(timeout, async {
             let subscriber = inner
@@ -328,14 +315,14 @@ impl NatsTransport {
                 .await
                 .map_err(|e| Error::backend(BACKEND, format!("subscribe to {subject}"), e))?;
             let sid = subscriber_sid(&subscriber);
-            let guard = Shared::register(&inner.shared, sid, Arc::clone(&state));
+            let registered = Shared::register(&inner.shared, sid, Arc::clone(&sub));
             round_trip(&inner.client).await.map_err(|e| {
                 Error::backend(BACKEND, format!("confirm the subscription to {subject}"), e)
             })?;
-            Ok::<_, Error>((subscriber, guard))
+            Ok::<_, Error>((subscriber, registered))
         })
         .await;
-        let (subscriber, guard) = match confirmed {
+        let (subscriber, (registration, stop)) = match confirmed {
             Ok(result) => result?,
             Err(_) => {
                 return Err(Error::backend(
@@ -349,26 +336,20 @@ impl NatsTransport {
                 ))
             }
         };
-        let (tx, rx) = mpsc::channel(inner.config.subscription_buffer);
         tokio::spawn(pump(
             subscriber,
-            tx,
-            inner.config.subscription_buffer_bytes,
-            Arc::clone(&state),
+            topic.to_owned(),
+            Arc::clone(&sub),
             Arc::clone(&inner.stats),
-            inner.shared.closed.subscribe(),
+            stop,
         ));
         tracing::debug!(topic, subject, "nats subscription confirmed");
         let stream = SubStream::new(
             Arc::clone(inner) as Arc<dyn std::any::Any + Send + Sync>,
-            &inner.shared,
-            topic.to_owned(),
-            guard,
-            state,
-            rx,
-            generation,
+            registration,
+            sub,
         );
-        Ok(Subscription::new(topic, stream.into_stream()))
+        Ok(Subscription::new(topic, Box::pin(stream)))
     }
 
     /// Starts the task that turns reconnects into gaps for idle
@@ -377,9 +358,12 @@ impl NatsTransport {
         if self.inner.monitor_started.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Read before any subscription reads its own: none starts below it.
+        let connects = self.inner.connects();
         tokio::spawn(monitor(
             Arc::downgrade(&self.inner),
             Arc::clone(&self.inner.shared),
+            connects,
         ));
     }
 }
@@ -401,9 +385,9 @@ async fn round_trip(client: &Client) -> std::result::Result<(), async_nats::Erro
 
 /// Watches for reconnects: once the server has confirmed the re-sent
 /// subscriptions (a round trip on the new connection), idle subscriptions
-/// report their gap. Ends with the transport.
-async fn monitor(inner: Weak<Inner>, shared: Arc<Shared>) {
-    let mut closed = shared.closed.subscribe();
+/// report their gap. `confirmed` is the connection count at its start. Ends
+/// with the transport.
+async fn monitor(inner: Weak<Inner>, shared: Arc<Shared>, mut confirmed: u64) {
     loop {
         let interval = match inner.upgrade() {
             Some(inner) => inner.config.reconnect_check,
@@ -412,12 +396,13 @@ async fn monitor(inner: Weak<Inner>, shared: Arc<Shared>) {
         tokio::select! {
             _ = shared.kick.notified() => {}
             _ = tokio::time::sleep(interval) => {}
-            _ = closed.wait_for(|closed| *closed) => return,
+        }
+        if shared.closed.is_closed() {
+            return;
         }
         let Some(inner) = inner.upgrade() else { return };
         let connects = inner.connects();
-        if connects <= *shared.confirmed.borrow()
-            || inner.client.connection_state() != State::Connected
+        if connects <= confirmed || inner.client.connection_state() != State::Connected
         {
             continue;
         }
@@ -427,11 +412,8 @@ async fn monitor(inner: Weak<Inner>, shared: Arc<Shared>) {
                     connects,
                     "nats reconnected and subscriptions confirmed; signalling a gap"
                 );
-                shared.confirmed.send_if_modified(|c| {
-                    let newer = connects > *c;
-                    *c = (*c).max(connects);
-                    newer
-                });
+                confirmed = connects;
+                shared.reconnected(connects);
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "nats: could not confirm subscriptions after a reconnect; retrying")
@@ -458,7 +440,7 @@ impl Transport for NatsTransport {
         async move {
             self.check_open()?;
             let subject = self.publish_subject(topic)?;
-            hydratecache_core::adapter::check_envelope(BACKEND, &self.capabilities(), envelope)?;
+            check_envelope(BACKEND, &self.capabilities(), envelope)?;
             let frame = Bytes::from(envelope.encode()?);
             self.publish_frame(subject, frame).await
         }
@@ -486,7 +468,7 @@ impl Transport for NatsTransport {
         async move {
             let inner = &self.inner;
             let _one_at_a_time = inner.closing.lock().await;
-            if inner.shared.closed.send_replace(true) {
+            if !inner.shared.close() {
                 return if inner.unconfirmed.load(Ordering::Acquire) {
                     Err(Error::backend(
                         BACKEND,
