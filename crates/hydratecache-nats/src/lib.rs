@@ -2,8 +2,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod close;
+mod confirm;
+mod inner;
+mod publish;
 mod shared;
 mod subject;
+mod subscribe;
 mod subscription;
 mod transport;
 

@@ -11,6 +11,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use hydratecache_core::{Event, Result};
 use tokio::sync::oneshot;
 
+use crate::inner::Inner;
 use crate::shared::{Registration, SubState};
 
 /// The subscription id (`sid`) async-nats gave `subscriber`, to match its
@@ -68,14 +69,14 @@ pub(crate) async fn pump(
 /// The consumer side of one subscription.
 pub(crate) struct SubStream {
     /// Keeps the transport (and its client) alive while the stream is.
-    _transport: Arc<dyn std::any::Any + Send + Sync>,
+    _transport: Arc<Inner>,
     registration: Registration,
     sub: Arc<SubState>,
 }
 
 impl SubStream {
     pub(crate) fn new(
-        transport: Arc<dyn std::any::Any + Send + Sync>,
+        transport: Arc<Inner>,
         registration: Registration,
         sub: Arc<SubState>,
     ) -> SubStream {
