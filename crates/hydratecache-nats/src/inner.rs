@@ -31,8 +31,8 @@ pub(crate) struct Inner {
     /// outcome instead of reporting success early.
     pub(crate) closing: tokio::sync::Mutex<()>,
     /// The last topic published to and its checked subject: a channel
-    /// publishes to one topic, and checking the subject each time showed up
-    /// as 4% of a publish-heavy profile.
+    /// publishes to one topic, and checking the subject on every publish
+    /// showed up in publish-heavy profiles (docs/benchmarks.md).
     pub(crate) last_subject: Mutex<Option<(Box<str>, Subject)>>,
 }
 

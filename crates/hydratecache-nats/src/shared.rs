@@ -203,3 +203,57 @@ impl SubState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use hydratecache_core::{Envelope, Event};
+
+    fn frame(key: &str) -> Bytes {
+        Bytes::from(Envelope::delete(key).encode().unwrap())
+    }
+
+    async fn next(sub: &SubState) -> Option<hydratecache_core::Result<Event>> {
+        futures::stream::poll_fn(|cx| sub.queue.poll_next(cx))
+            .next()
+            .await
+    }
+
+    fn is_reconnect(item: Option<hydratecache_core::Result<Event>>) -> bool {
+        matches!(item, Some(Ok(Event::Gap(g))) if g.reason == GapReason::Reconnected)
+    }
+
+    #[tokio::test]
+    async fn one_gap_per_new_connection_before_its_first_message() {
+        let sub = SubState::new(16, usize::MAX, 1);
+        sub.deliver("t", &frame("a"), 1);
+        sub.deliver("t", &frame("b"), 2);
+        sub.reconnected(2);
+        sub.reconnected(3);
+        assert!(matches!(next(&sub).await, Some(Ok(Event::Message(m))) if m.key == "a"));
+        assert!(is_reconnect(next(&sub).await));
+        assert!(matches!(next(&sub).await, Some(Ok(Event::Message(m))) if m.key == "b"));
+        assert!(
+            is_reconnect(next(&sub).await),
+            "the idle gap for connection 3"
+        );
+        assert!(futures::poll!(Box::pin(next(&sub))).is_pending());
+    }
+
+    #[tokio::test]
+    async fn close_ends_registered_and_later_subscriptions() {
+        let shared = Arc::new(Shared::new());
+        let before = Arc::new(SubState::new(16, usize::MAX, 1));
+        let (_registration, mut stop) = Shared::register(&shared, Some(1), Arc::clone(&before));
+        assert!(stop.try_recv().is_err(), "running");
+        assert!(shared.close());
+        assert!(!shared.close(), "closed once");
+        assert!(stop.await.is_err(), "the pump is stopped");
+        assert!(next(&before).await.is_none());
+        let after = Arc::new(SubState::new(16, usize::MAX, 1));
+        let (_registration, stop) = Shared::register(&shared, None, Arc::clone(&after));
+        assert!(stop.await.is_err());
+        assert!(next(&after).await.is_none());
+    }
+}

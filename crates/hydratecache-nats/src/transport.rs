@@ -102,8 +102,8 @@ impl NatsTransport {
         NatsBuilder::default().connect(url).await
     }
 
-    /// A transport with default settings on a client built elsewhere (the
-    /// seed's `hcnats.New(nc)`); see [`NatsBuilder::from_client`].
+    /// A transport with default settings on a client built elsewhere; see
+    /// [`NatsBuilder::from_client`].
     pub fn from_client(client: Client) -> NatsTransport {
         NatsTransport::new(client, false, Config::for_client(), Arc::new(Shared::new()))
     }
