@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hydratecache_core::{Channel, ChannelEvent, Error};
+use hydratecache_core::{Channel, ChannelEvent, Error, Transport};
 use hydratecache_nats::NatsTransport;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -30,7 +30,7 @@ pub const DEFAULT_RECONNECT_CHECK: Duration = Duration::from_millis(250);
 /// net only).
 pub(crate) const EVENT_RECONNECT_CHECK: Duration = Duration::from_secs(1);
 /// Settings for a [`NatsTransport`](crate::NatsTransport); finish with [`connect`](Self::connect),
-/// [`connect_with_options`](Self::connect_with_options) or
+/// [`connect_with`](Self::connect_with) or
 /// [`from_client`](Self::from_client).
 ///
 /// ```no_run

@@ -2,8 +2,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod close;
+mod confirm;
+mod inner;
+mod publish;
 mod shared;
 mod subject;
+mod subscribe;
 mod subscription;
 mod transport;
 
@@ -19,4 +24,4 @@ pub use transport::NatsTransport;
 pub use async_nats;
 
 /// The backend name in errors and logs.
-pub(crate) const BACKEND: &str = "nats";
+pub const BACKEND: &str = "nats";

@@ -294,7 +294,7 @@ async fn a_reader_that_falls_behind_gets_a_lagged_gap_with_the_count() {
 async fn slow_consumer_events_become_gaps_on_that_subscription() {
     let nats = shared_or_private().unwrap();
     let t = NatsTransport::builder()
-        .connect_with_options(
+        .connect_with(
             nats.url(),
             async_nats::ConnectOptions::new().subscription_capacity(1),
         )

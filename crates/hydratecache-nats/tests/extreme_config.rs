@@ -3,6 +3,7 @@
 
 use futures::FutureExt;
 use hydratecache_conformance::extreme_durations_never_panic;
+use hydratecache_core::Transport;
 use hydratecache_nats::NatsTransport;
 use hydratecache_testkit::nats::shared_or_private;
 

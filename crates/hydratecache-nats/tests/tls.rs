@@ -70,7 +70,7 @@ async fn tls_url_works_over_tls() {
     let certs = certs();
     let server = server(&certs.nats_config(false));
     let t = NatsTransport::builder()
-        .connect_with_options(tls_url(&server), trusting(&certs))
+        .connect_with(tls_url(&server), trusting(&certs))
         .await
         .expect("connect over TLS");
     let topic = unique_topic("tls");
@@ -98,7 +98,7 @@ async fn tls_url_never_falls_back_to_plaintext() {
     let certs = certs();
     let plain = server("");
     let r = NatsTransport::builder()
-        .connect_with_options(tls_url(&plain), trusting(&certs))
+        .connect_with(tls_url(&plain), trusting(&certs))
         .await;
     let e = r.expect_err("a tls:// URL connected to a server without TLS");
     println!("tls:// to a plaintext server: {e}");
@@ -106,7 +106,7 @@ async fn tls_url_never_falls_back_to_plaintext() {
 
     let tls = server(&certs.nats_config(false));
     let r = NatsTransport::builder()
-        .connect_with_options(tls_url(&tls), ConnectOptions::new().name("tls-test"))
+        .connect_with(tls_url(&tls), ConnectOptions::new().name("tls-test"))
         .await;
     let e = r.expect_err("connected to a server whose certificate is not trusted");
     println!("untrusted certificate: {e}");
@@ -143,7 +143,7 @@ async fn tls_url_stays_tls_after_failover_to_a_discovered_server() {
     }
 
     let t = NatsTransport::builder()
-        .connect_with_options(tls_url(&a), trusting(&certs))
+        .connect_with(tls_url(&a), trusting(&certs))
         .await
         .expect("connect over TLS");
     let topic = unique_topic("tlsfailover");
@@ -183,7 +183,7 @@ async fn websocket_urls_are_refused_not_connected_in_plaintext() {
     for scheme in ["wss", "ws"] {
         let url = format!("{scheme}://127.0.0.1:{}", plain.port());
         let r = NatsTransport::builder()
-            .connect_with_options(url.as_str(), ConnectOptions::new().name("tls-test"))
+            .connect_with(url.as_str(), ConnectOptions::new().name("tls-test"))
             .await;
         let seen = connections(&plain);
         let e = match r {

@@ -1,7 +1,7 @@
 //! `nats://` and `tls://`: hydratecache-nats.
 //!
 //! Adapter API used: `NatsTransport::builder()`,
-//! `NatsBuilder::{publish_timeout, confirm_timeout, connect_with_options}`,
+//! `NatsBuilder::{publish_timeout, confirm_timeout, connect_with}`,
 //! `NatsTransport::client()` (for the server's INFO).
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ pub(super) async fn connect(url: &str, options: &Options) -> Result<Nats> {
     let transport = NatsTransport::builder()
         .publish_timeout(options.timeout)
         .confirm_timeout(options.timeout)
-        .connect_with_options(
+        .connect_with(
             url,
             ConnectOptions::new()
                 .name("hydratecache-cli")
