@@ -152,8 +152,9 @@ impl PostgresBuilder {
     /// Uses an existing pool for publishing.
     ///
     /// The listener opens its own connection with the pool's connect options,
-    /// so it never holds one of the pool's connections. [`Transport::close`](hydratecache_core::Transport::close)
-    /// leaves the pool open.
+    /// so it never holds one of the pool's connections.
+    /// [`Transport::close`](hydratecache_core::Transport::close) leaves the
+    /// pool open.
     ///
     /// The pool's options are not checked against [`tls_policy`]: a pool that
     /// asks for TLS without a TLS feature fails each connection, and each

@@ -11,8 +11,9 @@
 //!   off, so the loss is reported without an await in between and cannot be
 //!   swallowed by a cancelled `try_recv`. The task then drops that listener,
 //!   connects a new one, `LISTEN`s every topic again, and only then releases
-//!   the [`GapReason::Reconnected`] gap it held in every subscription since
-//!   the loss: everything published after the gap is delivered.
+//!   the [`GapReason::Reconnected`] gap it held since the loss in every
+//!   subscription of those topics: everything published after the gap is
+//!   delivered.
 //! - any other error from the listener, a failed `LISTEN`/`UNLISTEN` for a
 //!   reason other than a server error, a `LISTEN`/`UNLISTEN` (or info query)
 //!   that does not answer within the request timeout, or a keepalive query
@@ -198,10 +199,13 @@ impl Task {
         self.listener = None;
         if !self.listened.is_empty() {
             // Held, not delivered: a consumer that repaired now could still
-            // miss what is committed before the new connection listens.
+            // miss what is committed before the new connection listens. Only
+            // topics listened on lost anything; a subscription whose LISTEN
+            // is still to come gets no gap.
             self.epoch += 1;
+            let topics: Vec<String> = self.listened.iter().cloned().collect();
             self.fanout
-                .hold_all(Gap::new(GapReason::Reconnected), self.epoch);
+                .hold(&topics, Gap::new(GapReason::Reconnected), self.epoch);
             self.gap_owed = true;
         }
     }
