@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use hydratecache_core::{CborCodec, Channel, ChannelEvent, PublishOptions};
+use hydratecache_core::{CborCodec, Channel, ChannelEvent, PublishOptions, Transport};
 use hydratecache_postgres::{sqlx, PostgresTransport};
 
 const TABLE: &str = "hydratecache_example_prices";

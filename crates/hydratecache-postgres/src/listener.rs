@@ -1,47 +1,50 @@
 //! The one listener connection of a transport and the task that drives it.
 //!
-//! The task owns a `PgListener` and the subscriptions. It runs `LISTEN` once
-//! per topic (on the first subscription) and `UNLISTEN` when the last one is
-//! dropped, reads notifications with `try_recv`, decodes each once and hands
-//! it to every subscription of its channel through a bounded buffer.
+//! The task owns a `PgListener`; the subscriptions are in the transport's
+//! [`Fanout`]. It runs `LISTEN` once per topic (on the first subscription)
+//! and `UNLISTEN` when the last one is dropped, reads notifications with
+//! `try_recv`, decodes each once and hands it to the fan-out.
 //!
 //! Losses become gaps:
 //! - sqlx's `try_recv` returns `Ok(None)` when the connection was lost (and
 //!   `recv` would reconnect silently, so it is never used). Eager reconnect is
 //!   off, so the loss is reported without an await in between and cannot be
 //!   swallowed by a cancelled `try_recv`. The task then drops that listener,
-//!   connects a new one, `LISTEN`s every topic again, and only then puts a
-//!   [`GapReason::Reconnected`] gap in every subscription: everything
-//!   published after the gap is delivered.
+//!   connects a new one, `LISTEN`s every topic again, and only then releases
+//!   the [`GapReason::Reconnected`] gap it held since the loss in every
+//!   subscription of those topics: everything published after the gap is
+//!   delivered.
 //! - any other error from the listener, a failed `LISTEN`/`UNLISTEN` for a
 //!   reason other than a server error, a `LISTEN`/`UNLISTEN` (or info query)
 //!   that does not answer within the request timeout, or a keepalive query
 //!   that does not answer in time is treated the same way: a hung server or
 //!   a half-open connection costs a reconnect and a gap, never a stuck task.
 //! - a subscription whose buffer is full (in messages, or in bytes of the
-//!   envelopes it holds) misses the message; the count is kept and surfaces
-//!   as a [`GapReason::Lagged`] gap before its next message, or as soon as it
-//!   has read what is buffered.
+//!   envelopes it holds) misses the message; its queue counts it in a
+//!   [`GapReason::Lagged`] gap.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hydratecache_core::{Envelope, EnvelopeError, Error, Event, Gap, GapReason, Result};
+use hydratecache_core::adapter::{Backoff, Fanout};
+use hydratecache_core::{Envelope, EnvelopeError, Error, Gap, GapReason};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::subscription::{Command, ListenerInfo, Subscriber};
+use crate::command::{Command, ListenerInfo};
 use crate::{wire, BACKEND};
+
+/// The first retry of a lost listener connection is immediate; the next
+/// waits this long, and each later one twice as long as the one before.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// Settings of the listener task.
 #[derive(Debug, Clone)]
 pub(crate) struct ListenerConfig {
     pub(crate) connect_options: PgConnectOptions,
-    pub(crate) capacity: usize,
-    pub(crate) max_bytes: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_backoff: Duration,
@@ -50,17 +53,25 @@ pub(crate) struct ListenerConfig {
     pub(crate) health: Arc<crate::publisher::Health>,
 }
 
-/// Starts the task; it runs until closed or until every sender is dropped.
-pub(crate) fn spawn(config: ListenerConfig) -> mpsc::UnboundedSender<Command> {
+/// Starts the task delivering to `fanout`; it runs until closed or until
+/// every sender is dropped.
+pub(crate) fn spawn(config: ListenerConfig, fanout: Arc<Fanout>) -> mpsc::UnboundedSender<Command> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let backoff = Backoff::new(
+        FIRST_RETRY_DELAY.min(config.max_backoff),
+        config.max_backoff,
+    );
     let task = Task {
         config: Arc::new(config),
         commands: rx,
-        topics: HashMap::new(),
+        fanout,
+        listened: HashSet::new(),
         waiting: VecDeque::new(),
         listener: None,
+        epoch: 0,
         gap_owed: false,
-        failures: 0,
+        backoff,
+        retry_in: Duration::ZERO,
     };
     tokio::spawn(task.run());
     tx
@@ -74,15 +85,21 @@ struct Connected {
 struct Task {
     config: Arc<ListenerConfig>,
     commands: mpsc::UnboundedReceiver<Command>,
-    /// Every topic listened on (or to listen on again), with its subscribers.
-    topics: HashMap<String, Vec<Subscriber>>,
+    fanout: Arc<Fanout>,
+    /// Every topic listened on (or to listen on again).
+    listened: HashSet<String>,
     /// Commands that need the connection, kept while it is being re-established.
     waiting: VecDeque<Command>,
     listener: Option<Connected>,
-    /// The connection was lost with subscriptions open: they get a gap once
-    /// the new connection listens.
+    /// Connections lost so far: the reconnect gap held since a loss is
+    /// released for this epoch once the new connection listens.
+    epoch: u64,
+    /// The connection was lost with subscriptions open: their gap is held
+    /// until the new connection listens.
     gap_owed: bool,
-    failures: u32,
+    backoff: Backoff,
+    /// Wait before the next connection attempt.
+    retry_in: Duration,
 }
 
 enum Flow {
@@ -174,13 +191,21 @@ impl Task {
 
     fn lost(&mut self, why: &dyn std::fmt::Display) {
         tracing::warn!(
-            topics = self.topics.len(),
+            topics = self.listened.len(),
             "postgres listener connection lost ({why}); reconnecting"
         );
         // Dropping a listener whose connection is still open sends
         // `UNLISTEN *` on it from a background task (sqlx's Drop).
         self.listener = None;
-        if !self.topics.is_empty() {
+        if !self.listened.is_empty() {
+            // Held, not delivered: a consumer that repaired now could still
+            // miss what is committed before the new connection listens. Only
+            // topics listened on lost anything; a subscription whose LISTEN
+            // is still to come gets no gap.
+            self.epoch += 1;
+            let topics: Vec<String> = self.listened.iter().cloned().collect();
+            self.fanout
+                .hold(&topics, Gap::new(GapReason::Reconnected), self.epoch);
             self.gap_owed = true;
         }
     }
@@ -197,32 +222,24 @@ impl Task {
                 return;
             }
         };
-        let Some(subscribers) = self.topics.get(&channel) else {
+        if !self.fanout.has_subscribers(&channel) {
             // Arrived just before an UNLISTEN took effect.
             return;
-        };
+        }
         let decoded = match catch_unwind(AssertUnwindSafe(|| notification.payload().to_owned())) {
             Ok(payload) => wire::decode(&payload),
             // Not UTF-8, so not base64: not an envelope.
             Err(_) => Err(EnvelopeError::BadMagic { found: 0 }),
         };
-        if let Err(e) = &decoded {
-            tracing::warn!(topic = %channel, error = %e, "malformed message");
-        }
-        for subscriber in subscribers {
-            subscriber.send(item(&channel, &decoded));
-        }
+        // The byte bound counts encoded envelopes; an error item holds none.
+        let size = decoded.as_ref().map_or(0, Envelope::encoded_len);
+        self.fanout.deliver(&channel, decoded, size);
     }
 
-    fn gap_all(&mut self) {
-        let gap = Gap::new(GapReason::Reconnected);
-        for subscriber in self.topics.values().flatten() {
-            subscriber.gap(&gap);
-        }
-        tracing::warn!(
-            topics = self.topics.len(),
-            "postgres listener reconnected and listening again: gap on every subscription"
-        );
+    /// `topics` are listened on again on the current connection: their
+    /// subscriptions' held reconnect gaps can be delivered.
+    fn listening(&self, topics: &[String]) {
+        self.fanout.release(topics, self.epoch);
     }
 
     async fn handle_online(&mut self, command: Command) {
@@ -231,16 +248,12 @@ impl Task {
             return;
         };
         match command {
-            Command::Subscribe {
-                topic,
-                subscriber,
-                reply,
-            } => {
+            Command::Subscribe { topic, reply } => {
                 if reply.is_closed() {
                     return; // subscribe() was cancelled
                 }
-                if let Some(subscribers) = self.topics.get_mut(&topic) {
-                    subscribers.push(subscriber);
+                if self.listened.contains(&topic) {
+                    self.listening(std::slice::from_ref(&topic));
                     let _ = reply.send(Ok(()));
                     return;
                 }
@@ -250,24 +263,23 @@ impl Task {
                 match bounded(limit, conn.listener.listen(&topic)).await {
                     Ok(()) => {
                         tracing::debug!(%topic, "LISTEN");
-                        self.topics.insert(topic, vec![subscriber]);
+                        self.listening(std::slice::from_ref(&topic));
+                        self.listened.insert(topic);
                         let _ = reply.send(Ok(()));
                     }
                     Err(e) if connection_lost(&e) => {
                         self.lost(&e);
-                        self.waiting.push_back(Command::Subscribe {
-                            topic,
-                            subscriber,
-                            reply,
-                        });
+                        self.waiting.push_back(Command::Subscribe { topic, reply });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(backend(&format!("LISTEN on {topic:?}"), e)));
                     }
                 }
             }
-            Command::Unsubscribe { topic, id } => {
-                if !remove(&mut self.topics, &topic, id) {
+            Command::Unsubscribe { topic } => {
+                // A subscription registered since the last one dropped keeps
+                // the topic.
+                if self.fanout.has_subscribers(&topic) || !self.listened.remove(&topic) {
                     return;
                 }
                 let limit = self.config.request_timeout;
@@ -309,9 +321,11 @@ impl Task {
         match command {
             // Answered once the connection is back (or fails).
             command @ Command::Subscribe { .. } => self.waiting.push_back(command),
-            Command::Unsubscribe { topic, id } => {
+            Command::Unsubscribe { topic } => {
                 // Not listening: nothing to undo on the server.
-                remove(&mut self.topics, &topic, id);
+                if !self.fanout.has_subscribers(&topic) {
+                    self.listened.remove(&topic);
+                }
             }
             Command::Info { reply } => {
                 let _ = reply.send(Ok(ListenerInfo::default()));
@@ -322,18 +336,11 @@ impl Task {
         }
     }
 
-    fn backoff(&self) -> Duration {
-        if self.failures == 0 {
-            return Duration::ZERO;
-        }
-        let exp = self.failures.min(16);
-        Duration::from_millis(50u64.saturating_mul(1 << exp)).min(self.config.max_backoff)
-    }
-
     async fn offline(&mut self) -> Flow {
-        if self.topics.is_empty() && self.waiting.is_empty() {
+        if self.listened.is_empty() && self.waiting.is_empty() {
             // Nothing to listen for: connect when asked to.
-            self.failures = 0;
+            self.backoff.reset();
+            self.retry_in = Duration::ZERO;
             return match self.commands.recv().await {
                 None => Flow::Stop(None),
                 Some(Command::Close { done }) => Flow::Stop(Some(done)),
@@ -343,8 +350,8 @@ impl Task {
                 }
             };
         }
-        let delay = self.backoff();
-        let channels: Vec<String> = self.topics.keys().cloned().collect();
+        let delay = self.retry_in;
+        let channels: Vec<String> = self.listened.iter().cloned().collect();
         let config = Arc::clone(&self.config);
         let attempt = async move {
             tokio::time::sleep(delay).await;
@@ -367,15 +374,15 @@ impl Task {
         };
         match result {
             Ok((conn, listened)) => {
-                self.failures = 0;
+                self.backoff.reset();
+                self.retry_in = Duration::ZERO;
                 self.config.health.up();
                 self.listener = Some(conn);
-                tracing::info!(topics = self.topics.len(), "postgres listener connected");
+                tracing::info!(topics = self.listened.len(), "postgres listener connected");
                 // Topics whose last subscription went while connecting.
-                let stale: Vec<String> = listened
+                let (listened, stale): (Vec<String>, Vec<String>) = listened
                     .into_iter()
-                    .filter(|t| !self.topics.contains_key(t))
-                    .collect();
+                    .partition(|t| self.listened.contains(t));
                 for topic in &stale {
                     let Some(conn) = self.listener.as_mut() else {
                         break;
@@ -390,9 +397,13 @@ impl Task {
                 if self.listener.is_none() {
                     return Flow::Continue;
                 }
+                self.listening(&listened);
                 if self.gap_owed {
                     self.gap_owed = false;
-                    self.gap_all();
+                    tracing::warn!(
+                        topics = self.listened.len(),
+                        "postgres listener reconnected and listening again: gap on every subscription"
+                    );
                 }
                 while self.listener.is_some() {
                     let Some(command) = self.waiting.pop_front() else {
@@ -402,11 +413,11 @@ impl Task {
                 }
             }
             Err(e) => {
-                self.failures = self.failures.saturating_add(1);
+                self.retry_in = self.backoff.next_delay();
                 tracing::warn!(
                     error = %e,
-                    attempt = self.failures,
-                    topics = self.topics.len(),
+                    attempt = self.backoff.failures(),
+                    topics = self.listened.len(),
                     "cannot connect the postgres listener; retrying"
                 );
                 // Those waiting learn it now rather than after the outage.
@@ -430,8 +441,9 @@ impl Task {
     }
 
     async fn shutdown(&mut self) {
-        // Dropping the senders ends every subscription stream.
-        self.topics.clear();
+        // Every subscription stream ends once read.
+        self.fanout.close_all();
+        self.listened.clear();
         for command in self.waiting.drain(..) {
             match command {
                 Command::Subscribe { reply, .. } => {
@@ -451,30 +463,6 @@ impl Task {
             let _ = tokio::time::timeout(grace, conn.pool.close()).await;
         }
         tracing::debug!("postgres listener stopped");
-    }
-}
-
-/// Removes a subscriber; true when it was its topic's last.
-fn remove(topics: &mut HashMap<String, Vec<Subscriber>>, topic: &str, id: u64) -> bool {
-    let Some(subscribers) = topics.get_mut(topic) else {
-        return false;
-    };
-    subscribers.retain(|s| s.id != id);
-    if subscribers.is_empty() {
-        topics.remove(topic);
-        return true;
-    }
-    false
-}
-
-fn item(topic: &str, decoded: &std::result::Result<Envelope, EnvelopeError>) -> Result<Event> {
-    match decoded {
-        Ok(envelope) => Ok(Event::Message(envelope.clone())),
-        Err(source) => Err(Error::Malformed {
-            topic: topic.to_owned(),
-            key: None,
-            source: source.clone(),
-        }),
     }
 }
 

@@ -21,9 +21,10 @@
 //! known reason. A successful attempt, or the listener reconnecting, ends it.
 
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use hydratecache_core::adapter::lock;
 use hydratecache_core::{Envelope, Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, PgPool};
@@ -61,9 +62,8 @@ pub(crate) struct Health {
 }
 
 impl Health {
-    fn state(&self) -> std::sync::MutexGuard<'_, Option<Down>> {
-        // Nothing panics while holding it; recover if something ever did.
-        self.down.lock().unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, Option<Down>> {
+        lock(&self.down)
     }
 
     /// The server answered: publishes go to it again.
@@ -152,9 +152,8 @@ impl Publisher {
         }
     }
 
-    fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
-        // Nothing panics while holding it; recover if something ever did.
-        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lanes(&self) -> MutexGuard<'_, Lanes> {
+        lock(&self.lanes)
     }
 
     /// Queues `text` on the lane of (`envelope`'s publisher, `topic`), now:
@@ -407,7 +406,7 @@ impl Link {
         }
     }
 
-    fn health(&self) -> std::sync::MutexGuard<'_, Option<Down>> {
+    fn health(&self) -> MutexGuard<'_, Option<Down>> {
         self.health.state()
     }
 

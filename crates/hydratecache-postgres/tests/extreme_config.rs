@@ -3,6 +3,7 @@
 
 use futures::FutureExt;
 use hydratecache_conformance::extreme_durations_never_panic;
+use hydratecache_core::Transport;
 use hydratecache_postgres::PostgresTransport;
 use hydratecache_testkit::postgres::shared_or_private;
 

@@ -692,7 +692,7 @@ async fn a_subscriber_that_falls_behind_gets_a_lagged_gap_with_the_count() {
     let server = server();
     let url = server.url();
     let subscriber = match PostgresTransport::builder()
-        .subscription_capacity(10)
+        .subscription_buffer(10)
         .connect(&url)
         .await
     {

@@ -193,6 +193,19 @@ impl Fanout {
         }
     }
 
+    /// Like [`hold_all`](Self::hold_all), for the subscriptions of `topics`
+    /// only: those the lost connection was subscribed to on the server. A
+    /// subscription whose topic was not yet subscribed there has lost
+    /// nothing and gets no gap.
+    pub fn hold(&self, topics: &[String], gap: Gap, epoch: u64) {
+        let subs = self.topics();
+        for topic in topics {
+            for (_, queue) in subs.get(topic).into_iter().flatten() {
+                queue.hold(gap.clone(), epoch);
+            }
+        }
+    }
+
     /// The server confirmed `topics` on connection `epoch`.
     pub fn release(&self, topics: &[String], epoch: u64) {
         let subs = self.topics();
@@ -326,6 +339,22 @@ mod tests {
             }
         }
         drop(other);
+    }
+
+    #[tokio::test]
+    async fn a_hold_of_some_topics_leaves_the_others_alone() {
+        let fanout = Fanout::new(4, usize::MAX);
+        let mut held = fanout.register("a", Box::new(|_| {})).into_subscription();
+        let mut free = fanout.register("b", Box::new(|_| {})).into_subscription();
+        fanout.hold(&["a".to_owned()], Gap::new(GapReason::Reconnected), 1);
+        fanout.deliver("a", Ok(Envelope::delete("lost")), 10);
+        fanout.deliver("b", Ok(Envelope::delete("kept")), 10);
+        assert!(matches!(free.next().await, Some(Ok(Event::Message(m))) if m.key == "kept"));
+        assert!(futures::poll!(held.next()).is_pending(), "a's gap is held");
+        fanout.release(&["a".to_owned()], 1);
+        assert!(matches!(held.next().await, Some(Ok(Event::Gap(_)))));
+        fanout.close_all();
+        assert!(free.next().await.is_none(), "b never got a gap");
     }
 
     #[tokio::test]

@@ -1,0 +1,202 @@
+//! The settings of a transport and the ways to make one.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hydratecache_core::adapter::{Fanout, LONGEST_DURATION};
+use hydratecache_core::{Error, Result};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::listener::ListenerConfig;
+use crate::publisher::{redacted_address, unreachable_reason, Health, Publisher};
+use crate::transport::PostgresTransport;
+use crate::{
+    tls_policy, BACKEND, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SUBSCRIPTION_BUFFER,
+    DEFAULT_SUBSCRIPTION_BUFFER_BYTES, LISTENER_APPLICATION_NAME,
+};
+
+/// Settings of a [`PostgresTransport`]; start from [`PostgresTransport::builder`].
+#[derive(Debug, Clone)]
+pub struct PostgresBuilder {
+    subscription_buffer: usize,
+    max_connections: u32,
+    connect_timeout: Duration,
+    max_backoff: Duration,
+    keepalive: Option<Duration>,
+    request_timeout: Duration,
+    subscription_buffer_bytes: usize,
+}
+
+impl Default for PostgresBuilder {
+    fn default() -> Self {
+        PostgresBuilder {
+            subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
+            keepalive: Some(Duration::from_secs(30)),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
+        }
+    }
+}
+
+impl PostgresBuilder {
+    /// Messages each subscription buffers before it misses some (and gets a
+    /// gap); default [`DEFAULT_SUBSCRIPTION_BUFFER`], at least 1.
+    pub fn subscription_buffer(mut self, messages: usize) -> Self {
+        self.subscription_buffer = messages.max(1);
+        self
+    }
+
+    /// Bytes each subscription buffers before it misses messages (and gets a
+    /// [`Lagged`](hydratecache_core::GapReason::Lagged) gap with the count);
+    /// default [`DEFAULT_SUBSCRIPTION_BUFFER_BYTES`]. A message larger than
+    /// the bound is still delivered when the buffer is empty.
+    pub fn subscription_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.subscription_buffer_bytes = bytes;
+        self
+    }
+
+    /// Longest wait for one request to the server: a publish (`pg_notify`,
+    /// including waiting for a pooled connection), the listener's
+    /// `LISTEN`/`UNLISTEN`, and each step of `close()`. Default
+    /// [`DEFAULT_REQUEST_TIMEOUT`]. A hung server or a half-open connection
+    /// then gives an error (or, on the listener, a reconnect and a gap) within
+    /// this bound instead of waiting for TCP to give up.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Size of the publishing pool that [`connect`](Self::connect) creates
+    /// (default 10); a pool given to [`from_pool`](Self::from_pool) keeps its own.
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// How long to wait for a connection, and for the listener's keepalive
+    /// query to answer (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout.min(LONGEST_DURATION);
+        self
+    }
+
+    /// Longest wait between two attempts to re-establish the listener
+    /// connection (default 5 s; the first retry is immediate).
+    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.max_backoff = delay.min(LONGEST_DURATION);
+        self
+    }
+
+    /// After this long without traffic the listener connection is checked
+    /// with `SELECT 1`, so that a silently dead connection is noticed (and
+    /// reported as a gap); `None` turns the check off. Default 30 s.
+    pub fn keepalive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.keepalive = interval.map(|i| i.min(LONGEST_DURATION));
+        self
+    }
+
+    /// Connects to `url` (`postgres://user:password@host:port/database?...`).
+    pub async fn connect(self, url: &str) -> Result<PostgresTransport> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::backend(BACKEND, "parse the connection URL", e))?;
+        self.connect_with(options).await
+    }
+
+    /// Connects with sqlx connection options.
+    ///
+    /// Fails with [`Error::Unsupported`] when the options ask for TLS
+    /// (`sslmode=require`, `verify-ca`, `verify-full`) and this crate was
+    /// built without a TLS feature; see [`tls_policy`].
+    pub async fn connect_with(self, options: PgConnectOptions) -> Result<PostgresTransport> {
+        let options = tls_policy(options)?;
+        let address = redacted_address(&options);
+        let pool = match PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.connect_timeout)
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => pool,
+            // The pool retries a refused connection until its timeout and
+            // then only says "pool timed out": one direct attempt says why.
+            Err(sqlx::Error::PoolTimedOut) => {
+                let e = match tokio::time::timeout(
+                    self.connect_timeout,
+                    <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+                )
+                .await
+                {
+                    Ok(Err(e)) => e,
+                    _ => sqlx::Error::PoolTimedOut,
+                };
+                let why = unreachable_reason(&e).map_or_else(String::new, |why| format!(": {why}"));
+                return Err(Error::backend(
+                    BACKEND,
+                    format!(
+                        "connect to {address} (gave up after {:?}{why})",
+                        self.connect_timeout
+                    ),
+                    e,
+                ));
+            }
+            Err(e) => return Err(Error::backend(BACKEND, format!("connect to {address}"), e)),
+        };
+        Ok(self.build(pool, true))
+    }
+
+    /// Uses an existing pool for publishing.
+    ///
+    /// The listener opens its own connection with the pool's connect options,
+    /// so it never holds one of the pool's connections.
+    /// [`Transport::close`](hydratecache_core::Transport::close) leaves the
+    /// pool open.
+    ///
+    /// The pool's options are not checked against [`tls_policy`]: a pool that
+    /// asks for TLS without a TLS feature fails each connection, and each
+    /// publish then says so.
+    pub fn from_pool(self, pool: PgPool) -> PostgresTransport {
+        self.build(pool, false)
+    }
+
+    fn build(self, pool: PgPool, owns_pool: bool) -> PostgresTransport {
+        let connect_options = pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .application_name(LISTENER_APPLICATION_NAME);
+        let health = Arc::new(Health::default());
+        let publisher = Publisher::new(pool.clone(), self.request_timeout, Arc::clone(&health));
+        let listener = ListenerConfig {
+            connect_options,
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            max_backoff: self.max_backoff,
+            keepalive: self.keepalive,
+            health,
+        };
+        let fanout = Fanout::new(self.subscription_buffer, self.subscription_buffer_bytes);
+        PostgresTransport::new(pool, owns_pool, publisher, listener, fanout)
+    }
+}
+
+impl PostgresTransport {
+    /// Settings other than the defaults.
+    pub fn builder() -> PostgresBuilder {
+        PostgresBuilder::default()
+    }
+
+    /// Connects to `url` with the default settings.
+    pub async fn connect(url: &str) -> Result<PostgresTransport> {
+        PostgresBuilder::default().connect(url).await
+    }
+
+    /// Publishes through an existing pool, with the default settings.
+    pub fn from_pool(pool: PgPool) -> PostgresTransport {
+        PostgresBuilder::default().from_pool(pool)
+    }
+}
