@@ -178,10 +178,10 @@ async fn main() -> Result<()> {
                     // One partition, as the raw side's topics; created on
                     // first use (the raw pipe creates its own in prepare).
                     // The raw consumer's fetch wait (100 ms), not the 500 ms default.
-                    let config = hydratecache_kafka::KafkaConfig::from_url(&url)?
+                    Ok(hydratecache_kafka::KafkaTransport::builder()
                         .create_topics(hydratecache_kafka::TopicSettings::new(1, 1))
-                        .fetch_max_wait(Duration::from_millis(100));
-                    Ok(hydratecache_kafka::KafkaTransport::connect(config)
+                        .fetch_max_wait(Duration::from_millis(100))
+                        .connect(&url)
                         .await?
                         .into_arc())
                 }

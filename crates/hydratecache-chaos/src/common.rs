@@ -257,15 +257,13 @@ pub(crate) async fn connect_backend(
             let pool = pool.context("the PostgreSQL transport needs the pool")?;
             hydratecache_postgres::PostgresTransport::from_pool(pool.clone()).into_arc()
         }
-        "kafka" => {
-            let config = hydratecache_kafka::KafkaConfig::from_url(url)?
-                .create_topics(hydratecache_kafka::TopicSettings::default())
-                .request_timeout(Duration::from_secs(5))
-                .retry_backoff_max(Duration::from_millis(500));
-            hydratecache_kafka::KafkaTransport::connect(config)
-                .await?
-                .into_arc()
-        }
+        "kafka" => hydratecache_kafka::KafkaTransport::builder()
+            .create_topics(hydratecache_kafka::TopicSettings::default())
+            .request_timeout(Duration::from_secs(5))
+            .retry_backoff_max(Duration::from_millis(500))
+            .connect(url)
+            .await?
+            .into_arc(),
         other => bail!("unknown backend {other:?}"),
     })
 }

@@ -13,8 +13,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hydratecache_core::{Channel, ChannelEvent, PublishOptions, StartFrom, SubscribeOptions};
-use hydratecache_kafka::{KafkaConfig, KafkaTransport, TopicSettings};
+use hydratecache_core::{
+    Channel, ChannelEvent, PublishOptions, StartFrom, SubscribeOptions, Transport,
+};
+use hydratecache_kafka::{KafkaTransport, TopicSettings};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Price {
@@ -27,8 +29,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .or_else(|| std::env::var("HYDRATECACHE_KAFKA_URL").ok())
         .unwrap_or_else(|| "kafka://127.0.0.1:9092".to_owned());
-    let config = KafkaConfig::from_url(&url)?.create_topics(TopicSettings::new(1, 1));
-    let transport = KafkaTransport::connect(config).await?;
+    let transport = KafkaTransport::builder()
+        .create_topics(TopicSettings::new(1, 1))
+        .connect(&url)
+        .await?;
     let prices: Channel<Price> =
         Channel::new(transport.clone().into_arc(), "hydratecache-example-prices");
 
@@ -69,11 +73,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         println!("cache: {cache:?}");
     }
-    transport_close(&transport).await?;
+    transport.close().await?;
     Ok(())
-}
-
-async fn transport_close(transport: &KafkaTransport) -> Result<(), hydratecache_core::Error> {
-    use hydratecache_core::Transport;
-    transport.close().await
 }

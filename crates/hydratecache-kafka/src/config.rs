@@ -1,62 +1,19 @@
-//! Configuration of a [`KafkaTransport`](crate::KafkaTransport).
+//! [`KafkaConfig`]: where and how to reach the brokers.
 
-use std::time::Duration;
-
-use hydratecache_core::adapter::LONGEST_DURATION;
 use hydratecache_core::Error;
 
 use crate::BACKEND;
 
-/// The longest [`KafkaConfig::linger`]; a longer one is capped to it.
-pub const MAX_LINGER: Duration = Duration::from_secs(1);
-
-/// Default broker limit on a record batch: 1 MiB, Kafka's
-/// `message.max.bytes` rounded down.
-pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
-
-/// Default bound on the bytes (keys and payloads) a subscription buffers:
-/// 32 MiB.
-pub const DEFAULT_SUBSCRIPTION_BUFFER_BYTES: usize = 32 << 20;
-
-/// How topics that do not exist yet are created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TopicSettings {
-    /// Number of partitions (default 1: one partition keeps every publisher's
-    /// messages in order, not only each key's).
-    pub partitions: i32,
-    /// Replication factor (default 1; use 3 on a production cluster).
-    pub replication_factor: i16,
-}
-
-impl Default for TopicSettings {
-    fn default() -> Self {
-        TopicSettings {
-            partitions: 1,
-            replication_factor: 1,
-        }
-    }
-}
-
-impl TopicSettings {
-    /// Settings with `partitions` partitions and `replication_factor` replicas.
-    pub fn new(partitions: i32, replication_factor: i16) -> TopicSettings {
-        TopicSettings {
-            partitions,
-            replication_factor,
-        }
-    }
-}
-
-/// Settings of a [`KafkaTransport`](crate::KafkaTransport); build it with
-/// [`KafkaConfig::new`] or [`KafkaConfig::from_url`] and the setters.
+/// Where and how to reach the brokers: their addresses, the client id and
+/// TLS, what rskafka's client is built from. Give it to
+/// [`KafkaBuilder::connect_with`](crate::KafkaBuilder::connect_with), or let
+/// [`KafkaBuilder::connect`](crate::KafkaBuilder::connect) read it from a URL.
 ///
 /// ```
-/// use hydratecache_kafka::{KafkaConfig, TopicSettings};
-/// use std::time::Duration;
+/// use hydratecache_kafka::KafkaConfig;
 ///
 /// let config = KafkaConfig::from_url("kafka://broker-1:9092,broker-2:9092")?
-///     .create_topics(TopicSettings::new(1, 3))
-///     .linger(Duration::from_millis(2));
+///     .client_id("billing");
 /// assert_eq!(config.brokers(), ["broker-1:9092", "broker-2:9092"]);
 /// # Ok::<(), hydratecache_core::Error>(())
 /// ```
@@ -64,17 +21,6 @@ impl TopicSettings {
 pub struct KafkaConfig {
     pub(crate) brokers: Vec<String>,
     pub(crate) client_id: String,
-    pub(crate) create_topics: Option<TopicSettings>,
-    pub(crate) linger: Duration,
-    pub(crate) max_batch_bytes: usize,
-    pub(crate) request_timeout: Duration,
-    pub(crate) fetch_max_wait: Duration,
-    pub(crate) fetch_max_bytes: Option<usize>,
-    pub(crate) subscriber_buffer: usize,
-    pub(crate) subscription_buffer_bytes: usize,
-    pub(crate) retry_backoff_max: Duration,
-    pub(crate) reset_confirmations: u32,
-    pub(crate) metadata_refresh: Duration,
     /// The URL asked for TLS (`kafkas://`, `ssl://`, `tls://`).
     pub(crate) tls_required: bool,
     #[cfg(feature = "tls")]
@@ -104,21 +50,6 @@ impl KafkaConfig {
         KafkaConfig {
             brokers: brokers.into_iter().map(Into::into).collect(),
             client_id: "hydratecache".into(),
-            create_topics: None,
-            // Under load, records queue while a request is in flight and go
-            // out together anyway; a linger only delays. On tansu (about
-            // 0.5 ms of broker work per record) linger 0 / 1 / 5 / 20 ms gave
-            // 2,118 / 1,451 / 1,318 / 997 records/s with 64 publishes in flight.
-            linger: Duration::ZERO,
-            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
-            request_timeout: Duration::from_secs(10),
-            fetch_max_wait: Duration::from_millis(500),
-            fetch_max_bytes: None,
-            subscriber_buffer: 65_536,
-            subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
-            retry_backoff_max: Duration::from_secs(2),
-            reset_confirmations: 3,
-            metadata_refresh: Duration::from_secs(10),
             tls_required: false,
             #[cfg(feature = "tls")]
             tls: None,
@@ -222,100 +153,6 @@ impl KafkaConfig {
     pub fn client_id(mut self, client_id: impl Into<String>) -> KafkaConfig {
         self.client_id = client_id.into();
         self
-    }
-
-    /// Creates topics that do not exist, on publish and on subscribe, with
-    /// these settings. Off by default: using a missing topic is then an
-    /// [`Error::InvalidTopic`].
-    pub fn create_topics(mut self, settings: TopicSettings) -> KafkaConfig {
-        self.create_topics = Some(settings);
-        self
-    }
-
-    /// How long the first record of a batch waits for more before the batch
-    /// is sent (default 0). While a request is in flight, new records queue
-    /// and go out together in the next one whatever the linger, so a busy
-    /// publisher batches without one; a linger trades latency for fewer,
-    /// larger requests when publishes trickle in. At most [`MAX_LINGER`]:
-    /// every lone publish waits this long.
-    pub fn linger(mut self, linger: Duration) -> KafkaConfig {
-        self.linger = linger.min(MAX_LINGER);
-        self
-    }
-
-    /// The broker's limit on a record batch (`message.max.bytes`, or the
-    /// topic's `max.message.bytes`), default 1 MiB. Batches never exceed it;
-    /// the largest envelope is this minus
-    /// [`KAFKA_OVERHEAD`](crate::record::KAFKA_OVERHEAD).
-    pub fn max_batch_bytes(mut self, bytes: usize) -> KafkaConfig {
-        self.max_batch_bytes = bytes;
-        self
-    }
-
-    /// Bound on one request, retries included (default 10 s): a publish
-    /// fails after it, a subscription retries.
-    pub fn request_timeout(mut self, timeout: Duration) -> KafkaConfig {
-        self.request_timeout = timeout.min(LONGEST_DURATION);
-        self
-    }
-
-    /// How long the broker holds a fetch open when there is nothing new
-    /// (default 500 ms).
-    pub fn fetch_max_wait(mut self, wait: Duration) -> KafkaConfig {
-        self.fetch_max_wait = wait.min(LONGEST_DURATION);
-        self
-    }
-
-    /// Most bytes one fetch asks for per partition (default: four times
-    /// [`max_batch_bytes`](Self::max_batch_bytes), at least 4 MiB).
-    pub fn fetch_max_bytes(mut self, bytes: usize) -> KafkaConfig {
-        self.fetch_max_bytes = Some(bytes);
-        self
-    }
-
-    /// Messages a live subscription may fall behind its topic's shared
-    /// reader before it gets a [`GapReason::Lagged`] gap (default 65,536).
-    ///
-    /// [`GapReason::Lagged`]: hydratecache_core::GapReason::Lagged
-    pub fn subscriber_buffer(mut self, messages: usize) -> KafkaConfig {
-        self.subscriber_buffer = messages.max(1);
-        self
-    }
-
-    /// Bytes (keys and payloads) a subscription may buffer (default
-    /// [`DEFAULT_SUBSCRIPTION_BUFFER_BYTES`], 32 MiB). A live subscription
-    /// further behind gets a [`GapReason::Lagged`] gap counting the messages
-    /// it skipped; a replaying one makes its reader wait. A single message
-    /// larger than the bound still passes when nothing else is buffered.
-    ///
-    /// [`GapReason::Lagged`]: hydratecache_core::GapReason::Lagged
-    pub fn subscription_buffer_bytes(mut self, bytes: usize) -> KafkaConfig {
-        self.subscription_buffer_bytes = bytes;
-        self
-    }
-
-    /// Longest pause between reconnection attempts (default 2 s).
-    pub fn retry_backoff_max(mut self, max: Duration) -> KafkaConfig {
-        self.retry_backoff_max = max.min(LONGEST_DURATION);
-        self
-    }
-
-    /// How often a subscription looks for partitions added to its topic
-    /// (default 10 s); a new partition is read from its start, so this
-    /// delays its messages but loses none.
-    pub fn metadata_refresh(mut self, every: Duration) -> KafkaConfig {
-        self.metadata_refresh = every.min(LONGEST_DURATION);
-        self
-    }
-
-    pub(crate) fn fetch_bytes(&self) -> usize {
-        self.fetch_max_bytes
-            .unwrap_or_else(|| (self.max_batch_bytes.saturating_mul(4)).max(4 << 20))
-    }
-
-    pub(crate) fn max_message_size(&self) -> usize {
-        self.max_batch_bytes
-            .saturating_sub(crate::record::KAFKA_OVERHEAD)
     }
 }
 

@@ -1,12 +1,15 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 mod config;
-mod consumer;
 mod cursor;
 mod producer;
-mod queue;
+mod reader;
 pub mod record;
+mod replay;
+mod sink;
+mod subscription;
 mod topics;
 mod transport;
 
@@ -14,10 +17,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{
-    KafkaConfig, TopicSettings, DEFAULT_MAX_BATCH_BYTES, DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
-    MAX_LINGER,
+pub use builder::{
+    KafkaBuilder, TopicSettings, DEFAULT_MAX_BATCH_BYTES, DEFAULT_SUBSCRIPTION_BUFFER,
+    DEFAULT_SUBSCRIPTION_BUFFER_BYTES, MAX_LINGER,
 };
+pub use config::KafkaConfig;
 pub use transport::KafkaTransport;
 
 /// The backend name in errors and logs.

@@ -18,10 +18,12 @@
 //! headers are ignored, so tracing headers added by proxies do no harm.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
-use hydratecache_core::adapter::{FIXED_HEADER_LEN, OPTIONAL_FIELDS_LEN};
+use hydratecache_core::adapter::{
+    duration_micros, from_micros, micros, FIXED_HEADER_LEN, OPTIONAL_FIELDS_LEN,
+};
 use hydratecache_core::{Envelope, EnvelopeError, Kind, PublisherId, Ttl};
 use rskafka::chrono::{DateTime, Utc};
 use rskafka::record::Record;
@@ -103,16 +105,6 @@ fn varint_len(n: usize) -> usize {
     len
 }
 
-fn micros(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn from_micros(us: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(us)
-}
-
 /// The record for `envelope`.
 pub fn to_record(envelope: &Envelope) -> Record {
     let mut headers = BTreeMap::new();
@@ -134,8 +126,7 @@ pub fn to_record(envelope: &Envelope) -> Record {
     if let Some(ttl) = &envelope.ttl {
         let mut value = Vec::with_capacity(16);
         value.extend_from_slice(&micros(ttl.start).to_be_bytes());
-        let duration = u64::try_from(ttl.duration.as_micros()).unwrap_or(u64::MAX);
-        value.extend_from_slice(&duration.to_be_bytes());
+        value.extend_from_slice(&duration_micros(ttl.duration).to_be_bytes());
         headers.insert(HEADER_TTL.to_owned(), value);
     }
     if let Some(version) = envelope.version {

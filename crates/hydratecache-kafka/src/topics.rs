@@ -3,7 +3,9 @@
 //! forget a topic that went away).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hydratecache_core::adapter::lock;
 
 /// Partition ids of the topics this transport has used.
 #[derive(Debug, Default)]
@@ -13,8 +15,7 @@ pub(crate) struct TopicCache {
 
 impl TopicCache {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<[i32]>>> {
-        // Nothing panics while holding it; recover if something ever did.
-        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.topics)
     }
 
     pub(crate) fn get(&self, topic: &str) -> Option<Arc<[i32]>> {

@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use hydratecache_core::adapter::MAX_KEY_LEN;
+use hydratecache_core::adapter::{check_envelope, lock, Fanout, MAX_KEY_LEN};
 use hydratecache_core::{
     Capabilities, Envelope, EnvelopeError, Error, Result, StartFrom, SubscribeOptions,
     Subscription, Transport,
@@ -18,18 +18,16 @@ use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 use tokio::sync::{oneshot, watch};
 
+use crate::builder::{KafkaBuilder, Settings, TopicSettings};
 use crate::config::KafkaConfig;
-use crate::consumer::{self, ReaderCtx, SharedReader, Sink};
 use crate::producer::{PartitionProducer, Pending, ProducerCtx};
-use crate::queue::{self, Fanout, Limits};
+use crate::reader::{self, ReaderCtx};
 use crate::record::{partition_for, record_size_bound, to_record, validate_topic};
+use crate::replay::gated;
+use crate::sink::Sink;
+use crate::subscription::{private_subscription, shared_subscription, SharedReader};
 use crate::topics::TopicCache;
 use crate::{KafkaError, BACKEND};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // No code path panics while holding these locks; recover if one ever did.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Messages a replaying subscription buffers (its reader waits beyond).
 const REPLAY_BUFFER: usize = 1024;
@@ -38,6 +36,7 @@ type ReaderSlot = Arc<tokio::sync::Mutex<Weak<SharedReader>>>;
 
 struct Inner {
     config: KafkaConfig,
+    settings: Settings,
     client: Arc<Client>,
     /// The readers' client, without rskafka's own retries.
     reader_client: Arc<Client>,
@@ -72,17 +71,24 @@ impl fmt::Debug for KafkaTransport {
     }
 }
 
-impl KafkaTransport {
+impl KafkaBuilder {
+    /// Connects to `kafka://host:port[,host:port...]` (see
+    /// [`KafkaConfig::from_url`]).
+    pub async fn connect(self, url: &str) -> Result<KafkaTransport> {
+        self.connect_with(KafkaConfig::from_url(url)?).await
+    }
+
     /// Connects to the brokers of `config` (fetching the cluster metadata
-    /// once, within the configured request timeout).
-    pub async fn connect(config: KafkaConfig) -> Result<KafkaTransport> {
+    /// once, within the request timeout).
+    pub async fn connect_with(self, config: KafkaConfig) -> Result<KafkaTransport> {
+        let settings = self.settings;
         let backoff = BackoffConfig {
             init_backoff: Duration::from_millis(50),
-            max_backoff: config.retry_backoff_max,
+            max_backoff: settings.retry_backoff_max,
             base: 2.0,
-            deadline: Some(config.request_timeout),
+            deadline: Some(settings.request_timeout),
         };
-        let client = build_client(&config, backoff.clone()).await?;
+        let client = build_client(&config, &settings, backoff.clone()).await?;
         // Readers get a client that never retries by itself: rskafka retries
         // a fetch over a new connection without a word, so a broker that
         // restarted empty within the retry window would go unnoticed. Every
@@ -92,7 +98,7 @@ impl KafkaTransport {
             deadline: Some(Duration::ZERO),
             ..backoff
         };
-        let reader_client = build_client(&config, no_retry).await?;
+        let reader_client = build_client(&config, &settings, no_retry).await?;
         let controller = client
             .controller_client()
             .map_err(|e| Error::backend(BACKEND, "controller client", e))?;
@@ -100,6 +106,7 @@ impl KafkaTransport {
         Ok(KafkaTransport {
             inner: Arc::new(Inner {
                 config,
+                settings,
                 client: Arc::new(client),
                 reader_client: Arc::new(reader_client),
                 controller,
@@ -111,25 +118,27 @@ impl KafkaTransport {
             }),
         })
     }
+}
 
-    /// [`connect`](Self::connect) with default settings for
-    /// `kafka://host:port[,host:port...]`.
-    pub async fn connect_url(url: &str) -> Result<KafkaTransport> {
-        KafkaTransport::connect(KafkaConfig::from_url(url)?).await
+impl KafkaTransport {
+    /// Settings first, then one of the builder's ways to connect.
+    pub fn builder() -> KafkaBuilder {
+        KafkaBuilder::default()
     }
 
-    /// The settings in use.
+    /// Connects to `kafka://host:port[,host:port...]` with the default
+    /// settings (see [`KafkaBuilder`]).
+    pub async fn connect(url: &str) -> Result<KafkaTransport> {
+        KafkaBuilder::default().connect(url).await
+    }
+
+    /// Where the brokers are and how they are reached.
     pub fn config(&self) -> &KafkaConfig {
         &self.inner.config
     }
 
-    /// This transport as an `Arc<dyn Transport>`.
-    pub fn into_arc(self) -> Arc<dyn Transport> {
-        Arc::new(self)
-    }
-
     /// Makes sure `topic` exists, creating it when
-    /// [`KafkaConfig::create_topics`] allows, and returns its partition count.
+    /// [`KafkaBuilder::create_topics`] allows, and returns its partition count.
     pub async fn ensure_topic(&self, topic: &str) -> Result<usize> {
         self.check_topic(topic)?;
         Ok(self.partitions(topic).await?.len())
@@ -155,7 +164,7 @@ impl KafkaTransport {
         if let Some(p) = self.inner.topics.get(topic) {
             return Ok(p);
         }
-        let timeout = self.inner.config.request_timeout;
+        let timeout = self.inner.settings.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut created = false;
         loop {
@@ -163,12 +172,12 @@ impl KafkaTransport {
                 self.inner.topics.insert(topic, Arc::clone(&p));
                 return Ok(p);
             }
-            let Some(settings) = self.inner.config.create_topics else {
+            let Some(settings) = self.inner.settings.create_topics else {
                 return Err(Error::invalid_topic(
                     BACKEND,
                     topic,
                     "the topic does not exist and topic creation is off \
-                     (create it, or enable KafkaConfig::create_topics)",
+                     (create it, or enable KafkaBuilder::create_topics)",
                 ));
             };
             if !created {
@@ -204,7 +213,7 @@ impl KafkaTransport {
                 Error::backend(
                     BACKEND,
                     what(),
-                    KafkaError::Timeout(self.inner.config.request_timeout),
+                    KafkaError::Timeout(self.inner.settings.request_timeout),
                 )
             })?
             .map_err(|e| Error::backend(BACKEND, what(), e))?;
@@ -217,12 +226,12 @@ impl KafkaTransport {
     async fn create_topic(
         &self,
         topic: &str,
-        settings: crate::TopicSettings,
+        settings: TopicSettings,
         deadline: tokio::time::Instant,
     ) -> Result<()> {
         let what = || format!("create topic {topic}");
         let timeout_ms =
-            i32::try_from(self.inner.config.request_timeout.as_millis()).unwrap_or(i32::MAX);
+            i32::try_from(self.inner.settings.request_timeout.as_millis()).unwrap_or(i32::MAX);
         let create = self.inner.controller.create_topic(
             topic,
             settings.partitions,
@@ -239,7 +248,7 @@ impl KafkaTransport {
             Err(_) => Err(Error::backend(
                 BACKEND,
                 what(),
-                KafkaError::Timeout(self.inner.config.request_timeout),
+                KafkaError::Timeout(self.inner.settings.request_timeout),
             )),
         }
     }
@@ -252,7 +261,7 @@ impl KafkaTransport {
                 envelope.key.len(),
             )));
         }
-        hydratecache_core::adapter::check_envelope(BACKEND, &self.capabilities(), envelope)?;
+        check_envelope(BACKEND, &self.capabilities(), envelope)?;
         let record = to_record(envelope);
         let size = record_size_bound(&record);
         let partitions = self.partitions(topic).await?;
@@ -271,9 +280,9 @@ impl KafkaTransport {
                         topics: Arc::clone(&self.inner.topics),
                         topic: topic.to_owned(),
                         partition,
-                        linger: self.inner.config.linger,
-                        max_batch_bytes: self.inner.config.max_batch_bytes,
-                        request_timeout: self.inner.config.request_timeout,
+                        linger: self.inner.settings.linger,
+                        max_batch_bytes: self.inner.settings.max_batch_bytes,
+                        request_timeout: self.inner.settings.request_timeout,
                     })
                 })
                 .tx
@@ -303,26 +312,22 @@ impl KafkaTransport {
         let ctx = ReaderCtx {
             client: Arc::clone(&self.inner.reader_client),
             topic: topic.to_owned(),
-            request_timeout: self.inner.config.request_timeout,
-            fetch_max_wait: self.inner.config.fetch_max_wait,
-            fetch_bytes: self.inner.config.fetch_bytes(),
-            retry_backoff_max: self.inner.config.retry_backoff_max,
-            reset_confirmations: self.inner.config.reset_confirmations,
-            metadata_refresh: self.inner.config.metadata_refresh,
+            request_timeout: self.inner.settings.request_timeout,
+            fetch_max_wait: self.inner.settings.fetch_max_wait,
+            fetch_bytes: self.inner.settings.fetch_bytes(),
+            retry_backoff_max: self.inner.settings.retry_backoff_max,
+            reset_confirmations: self.inner.settings.reset_confirmations,
+            metadata_refresh: self.inner.settings.metadata_refresh,
             refresh: Arc::default(),
             closed: self.inner.closed.subscribe(),
         };
         let closed = Arc::clone(&self.inner.closed);
         match options.start {
             StartFrom::Earliest => {
-                let (tx, rx) = queue::gated(Limits {
-                    items: REPLAY_BUFFER,
-                    bytes: self.inner.config.subscription_buffer_bytes,
-                });
+                let (tx, rx) = gated(REPLAY_BUFFER, self.inner.settings.subscription_buffer_bytes);
                 let handle =
-                    consumer::start(ctx, &partitions, StartFrom::Earliest, Sink::Private(tx))
-                        .await?;
-                Ok(consumer::private_subscription(topic, rx, handle, closed))
+                    reader::start(ctx, &partitions, StartFrom::Earliest, Sink::Private(tx)).await?;
+                Ok(private_subscription(topic, rx, handle, closed))
             }
             // Latest, and anything a later core may add.
             _ => {
@@ -335,14 +340,23 @@ impl KafkaTransport {
                     Arc::clone(readers.entry(topic.to_owned()).or_default())
                 };
                 let mut guard = slot.lock().await;
-                let reader = match guard.upgrade() {
-                    Some(reader) => reader,
+                // Registered before a new reader starts: what it reads from
+                // its start position on reaches this subscription.
+                let (reader, registered) = match guard.upgrade() {
+                    Some(reader) => {
+                        let registered = reader.fanout.register(topic, Box::new(|_| {}));
+                        (reader, registered)
+                    }
                     None => {
-                        let fanout = Arc::new(Fanout::new(Limits {
-                            items: self.inner.config.subscriber_buffer,
-                            bytes: self.inner.config.subscription_buffer_bytes,
-                        }));
-                        let handle = consumer::start(
+                        let settings = &self.inner.settings;
+                        let fanout = Fanout::new(
+                            settings.subscription_buffer,
+                            settings.subscription_buffer_bytes,
+                        );
+                        // The reader stops when the last subscription drops
+                        // its share of it, not through the fan-out's hook.
+                        let registered = fanout.register(topic, Box::new(|_| {}));
+                        let handle = reader::start(
                             ctx,
                             &partitions,
                             StartFrom::Latest,
@@ -351,11 +365,11 @@ impl KafkaTransport {
                         .await?;
                         let reader = Arc::new(SharedReader::new(handle, fanout));
                         *guard = Arc::downgrade(&reader);
-                        reader
+                        (reader, registered)
                     }
                 };
                 drop(guard);
-                Ok(consumer::shared_subscription(topic, reader, closed))
+                Ok(shared_subscription(topic, registered, reader, closed))
             }
         }
     }
@@ -368,8 +382,8 @@ impl KafkaTransport {
         };
         // Dropping the queues lets each task send what is pending, then end.
         let tasks: Vec<_> = producers.into_values().map(|p| p.task).collect();
-        let limit = (self.inner.config.request_timeout.saturating_mul(2))
-            .saturating_add(self.inner.config.linger);
+        let limit = (self.inner.settings.request_timeout.saturating_mul(2))
+            .saturating_add(self.inner.settings.linger);
         for mut task in tasks {
             if tokio::time::timeout(limit, &mut task).await.is_err() {
                 tracing::warn!("a produce task did not finish within {limit:?}; aborted");
@@ -380,13 +394,17 @@ impl KafkaTransport {
     }
 }
 
-/// Connects an rskafka client to the brokers of `config`, within its
+/// Connects an rskafka client to the brokers of `config`, within the
 /// request timeout.
-async fn build_client(config: &KafkaConfig, backoff: BackoffConfig) -> Result<Client> {
+async fn build_client(
+    config: &KafkaConfig,
+    settings: &Settings,
+    backoff: BackoffConfig,
+) -> Result<Client> {
     let what = || format!("connect to {}", config.brokers.join(","));
     let builder = ClientBuilder::new(config.brokers.clone())
         .client_id(config.client_id.clone())
-        .max_message_size(config.fetch_bytes().saturating_mul(2).max(100 << 20))
+        .max_message_size(settings.fetch_bytes().saturating_mul(2).max(100 << 20))
         .backoff_config(backoff);
     #[cfg(feature = "tls")]
     let builder = match &config.tls {
@@ -406,13 +424,13 @@ async fn build_client(config: &KafkaConfig, backoff: BackoffConfig) -> Result<Cl
              (KafkaConfig::tls, feature `tls`)",
         ));
     }
-    match tokio::time::timeout(config.request_timeout, builder.build()).await {
+    match tokio::time::timeout(settings.request_timeout, builder.build()).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(Error::backend(BACKEND, what(), e)),
         Err(_) => Err(Error::backend(
             BACKEND,
             what(),
-            KafkaError::Timeout(config.request_timeout),
+            KafkaError::Timeout(settings.request_timeout),
         )),
     }
 }
@@ -425,7 +443,7 @@ impl Transport for KafkaTransport {
     fn capabilities(&self) -> Capabilities {
         // Partitions are read in parallel: one publisher's messages for
         // different keys may arrive out of publish order.
-        Capabilities::new(Some(self.inner.config.max_message_size()))
+        Capabilities::new(Some(self.inner.settings.max_message_size()))
             .with_replay(true)
             .with_ordered(false)
     }

@@ -9,7 +9,7 @@ use hydratecache_conformance::{expect_silence, next_message, unique_topic};
 use hydratecache_core::{
     Envelope, Event, GapReason, PublisherId, SubscribeOptions, Subscription, Transport,
 };
-use hydratecache_kafka::{record, KafkaConfig, KafkaTransport};
+use hydratecache_kafka::{record, KafkaBuilder, KafkaTransport};
 use hydratecache_testkit::kafka;
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ fn env(publisher: PublisherId, sequence: u64, payload: impl Into<Bytes>) -> Enve
     }
 }
 
-async fn transport(config: KafkaConfig) -> KafkaTransport {
-    match KafkaTransport::connect(config).await {
+async fn transport(builder: KafkaBuilder, url: &str) -> KafkaTransport {
+    match builder.connect(url).await {
         Ok(t) => t,
         Err(e) => panic!("connect: {e}"),
     }
@@ -72,7 +72,7 @@ async fn default_byte_bound_gives_a_slow_subscriber_a_counted_gap() {
     common::create_topic(&admin, &topic, 1)
         .await
         .expect("topic");
-    let t = transport(KafkaConfig::from_url(&server.url()).expect("url")).await;
+    let t = transport(KafkaTransport::builder(), &server.url()).await;
     let mut slow = t
         .subscribe(&topic, SubscribeOptions::default())
         .await
@@ -124,9 +124,8 @@ async fn subscription_buffer_bytes_sets_the_bound() {
         .await
         .expect("topic");
     let t = transport(
-        KafkaConfig::from_url(&server.url())
-            .expect("url")
-            .subscription_buffer_bytes(4_000),
+        KafkaTransport::builder().subscription_buffer_bytes(4_000),
+        &server.url(),
     )
     .await;
     let mut sub = t

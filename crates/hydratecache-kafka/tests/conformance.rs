@@ -14,7 +14,7 @@ use hydratecache_conformance::{
     Outcome, CASES,
 };
 use hydratecache_core::{BoxError, Transport};
-use hydratecache_kafka::{KafkaConfig, KafkaTransport};
+use hydratecache_kafka::KafkaTransport;
 use hydratecache_testkit::kafka::{self, TansuServer};
 use rskafka::client::Client;
 
@@ -56,11 +56,11 @@ impl KafkaHarness {
 impl Harness for KafkaHarness {
     fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Transport>, BoxError>> {
         async move {
-            let mut config = KafkaConfig::from_url(&self.url)?;
+            let mut builder = KafkaTransport::builder();
             if let Some(bytes) = self.max_batch_bytes {
-                config = config.max_batch_bytes(bytes);
+                builder = builder.max_batch_bytes(bytes);
             }
-            Ok(KafkaTransport::connect(config).await?.into_arc())
+            Ok(builder.connect(&self.url).await?.into_arc())
         }
         .boxed()
     }

@@ -3,7 +3,8 @@
 
 use futures::FutureExt;
 use hydratecache_conformance::extreme_durations_never_panic;
-use hydratecache_kafka::{KafkaConfig, KafkaTransport, TopicSettings};
+use hydratecache_core::Transport;
+use hydratecache_kafka::{KafkaTransport, TopicSettings};
 use hydratecache_testkit::kafka::shared_or_private;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,23 +21,23 @@ async fn extreme_timeouts_never_panic() {
     extreme_durations_never_panic(&settings, |d| {
         let url = url.clone();
         async move {
-            let mut config = KafkaConfig::from_url(&url)?.create_topics(TopicSettings::default());
+            let mut builder = KafkaTransport::builder().create_topics(TopicSettings::default());
             if let Some(d) = d[0] {
-                config = config.linger(d);
+                builder = builder.linger(d);
             }
             if let Some(d) = d[1] {
-                config = config.request_timeout(d);
+                builder = builder.request_timeout(d);
             }
             if let Some(d) = d[2] {
-                config = config.fetch_max_wait(d);
+                builder = builder.fetch_max_wait(d);
             }
             if let Some(d) = d[3] {
-                config = config.retry_backoff_max(d);
+                builder = builder.retry_backoff_max(d);
             }
             if let Some(d) = d[4] {
-                config = config.metadata_refresh(d);
+                builder = builder.metadata_refresh(d);
             }
-            Ok(KafkaTransport::connect(config).await?.into_arc())
+            Ok(builder.connect(&url).await?.into_arc())
         }
         .boxed()
     })

@@ -15,7 +15,7 @@ use hydratecache_core::{
     Ttl,
 };
 use hydratecache_kafka::record::{self, partition_for};
-use hydratecache_kafka::{KafkaConfig, KafkaTransport, TopicSettings};
+use hydratecache_kafka::{KafkaBuilder, KafkaTransport, TopicSettings};
 use hydratecache_testkit::kafka::{self, TansuServer};
 
 fn server() -> kafka::Kafka {
@@ -25,8 +25,8 @@ fn server() -> kafka::Kafka {
     }
 }
 
-async fn transport(config: KafkaConfig) -> KafkaTransport {
-    match KafkaTransport::connect(config).await {
+async fn transport(builder: KafkaBuilder, url: &str) -> KafkaTransport {
+    match builder.connect(url).await {
         Ok(t) => t,
         Err(e) => panic!("connect: {e}"),
     }
@@ -62,8 +62,8 @@ async fn multi_partition_topic_keeps_per_key_order() {
     common::create_topic(&admin, &topic, 4)
         .await
         .expect("topic");
-    let publisher_t = transport(KafkaConfig::from_url(&server.url()).expect("url")).await;
-    let subscriber_t = transport(KafkaConfig::from_url(&server.url()).expect("url")).await;
+    let publisher_t = transport(KafkaTransport::builder(), &server.url()).await;
+    let subscriber_t = transport(KafkaTransport::builder(), &server.url()).await;
     let mut sub = subscriber_t
         .subscribe(&topic, SubscribeOptions::default())
         .await
@@ -122,9 +122,8 @@ async fn subscribe_from_earliest_replays_existing_records() {
     let server = server();
     let topic = unique_topic("earliest");
     let t = transport(
-        KafkaConfig::from_url(&server.url())
-            .expect("url")
-            .create_topics(TopicSettings::new(1, 1)),
+        KafkaTransport::builder().create_topics(TopicSettings::new(1, 1)),
+        &server.url(),
     )
     .await;
     let admin = plain_client(&server.bootstrap()).await.expect("admin");
@@ -193,7 +192,7 @@ async fn tombstone_and_headers_readable_by_a_plain_consumer() {
     common::create_topic(&admin, &topic, 1)
         .await
         .expect("topic");
-    let t = transport(KafkaConfig::from_url(&server.url()).expect("url")).await;
+    let t = transport(KafkaTransport::builder(), &server.url()).await;
     let publisher = PublisherId(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10);
     let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
     let update = Envelope {
@@ -260,7 +259,7 @@ async fn garbage_records_from_another_producer() {
     common::create_topic(&admin, &topic, 1)
         .await
         .expect("topic");
-    let t = transport(KafkaConfig::from_url(&server.url()).expect("url")).await;
+    let t = transport(KafkaTransport::builder(), &server.url()).await;
     let mut sub = t
         .subscribe(&topic, SubscribeOptions::default())
         .await
@@ -325,7 +324,7 @@ async fn records_built_by_another_client_are_read() {
     common::create_topic(&admin, &topic, 1)
         .await
         .expect("topic");
-    let t = transport(KafkaConfig::from_url(&server.url()).expect("url")).await;
+    let t = transport(KafkaTransport::builder(), &server.url()).await;
     let mut sub = t
         .subscribe(&topic, SubscribeOptions::default())
         .await
@@ -347,7 +346,7 @@ async fn records_built_by_another_client_are_read() {
 async fn topic_names_and_creation() {
     let server = server();
     let admin = plain_client(&server.bootstrap()).await.expect("admin");
-    let strict = transport(KafkaConfig::from_url(&server.url()).expect("url")).await;
+    let strict = transport(KafkaTransport::builder(), &server.url()).await;
     let e = Envelope::update("k", &b"v"[..]);
     for bad in ["", "with space", "slash/y", "ü", &"a".repeat(250)] {
         match strict.publish(bad, &e).await {
@@ -373,9 +372,8 @@ async fn topic_names_and_creation() {
         Err(Error::InvalidTopic { .. })
     ));
     let creating = transport(
-        KafkaConfig::from_url(&server.url())
-            .expect("url")
-            .create_topics(TopicSettings::new(3, 1)),
+        KafkaTransport::builder().create_topics(TopicSettings::new(3, 1)),
+        &server.url(),
     )
     .await;
     let mut sub = creating
@@ -405,9 +403,8 @@ async fn close_flushes_pending_publishes() {
         .await
         .expect("topic");
     let t = transport(
-        KafkaConfig::from_url(&server.url())
-            .expect("url")
-            .linger(Duration::from_secs(5)),
+        KafkaTransport::builder().linger(Duration::from_secs(5)),
+        &server.url(),
     )
     .await;
     let mut sub = t
@@ -462,7 +459,7 @@ async fn shared_reader_survives_dropped_siblings() {
     common::create_topic(&admin, &topic, 2)
         .await
         .expect("topic");
-    let t = transport(KafkaConfig::from_url(&server.url()).expect("url")).await;
+    let t = transport(KafkaTransport::builder(), &server.url()).await;
     let publisher = PublisherId::random();
     let a = t
         .subscribe(&topic, SubscribeOptions::default())
@@ -506,9 +503,8 @@ async fn slow_live_subscriber_gets_a_lagged_gap() {
         .await
         .expect("topic");
     let t = transport(
-        KafkaConfig::from_url(&server.url())
-            .expect("url")
-            .subscriber_buffer(16),
+        KafkaTransport::builder().subscription_buffer(16),
+        &server.url(),
     )
     .await;
     let mut slow = t
@@ -562,8 +558,7 @@ async fn broker_restart_mid_stream_reports_a_gap_and_resumes() {
         Err(e) => panic!("{e:#}"),
     };
     let topic = unique_topic("restart");
-    let config = KafkaConfig::from_url(&server.url())
-        .expect("url")
+    let builder = KafkaTransport::builder()
         .request_timeout(Duration::from_secs(3))
         .retry_backoff_max(Duration::from_millis(500));
     let admin = plain_client(&server.bootstrap()).await.expect("admin");
@@ -572,8 +567,8 @@ async fn broker_restart_mid_stream_reports_a_gap_and_resumes() {
         .expect("topic");
     drop(admin);
     let key = key_in_partition_zero();
-    let publisher_t = transport(config.clone()).await;
-    let subscriber_t = transport(config).await;
+    let publisher_t = transport(builder.clone(), &server.url()).await;
+    let subscriber_t = transport(builder, &server.url()).await;
     let mut sub = subscriber_t
         .subscribe(&topic, SubscribeOptions::default())
         .await
@@ -710,12 +705,11 @@ async fn replaying_subscription_survives_a_restart() {
         Err(e) => panic!("{e:#}"),
     };
     let topic = unique_topic("restartreplay");
-    let config = KafkaConfig::from_url(&server.url())
-        .expect("url")
+    let builder = KafkaTransport::builder()
         .request_timeout(Duration::from_secs(3))
         .retry_backoff_max(Duration::from_millis(500))
         .create_topics(TopicSettings::default());
-    let t = transport(config).await;
+    let t = transport(builder, &server.url()).await;
     let key = key_in_partition_zero();
     let publisher = PublisherId::random();
     for i in 1..=5 {
@@ -777,9 +771,8 @@ async fn dropping_the_last_subscription_closes_its_connections() {
     };
     let port = server.port();
     let t = transport(
-        KafkaConfig::from_url(&server.url())
-            .expect("url")
-            .create_topics(TopicSettings::new(3, 1)),
+        KafkaTransport::builder().create_topics(TopicSettings::new(3, 1)),
+        &server.url(),
     )
     .await;
     let topic = unique_topic("unsub");
@@ -840,14 +833,14 @@ async fn concurrent_publishing_clients_lose_nothing() {
     common::create_topic(&admin, &topic, 1)
         .await
         .expect("topic");
-    let reader = transport(KafkaConfig::from_url(&server.url()).expect("url")).await;
+    let reader = transport(KafkaTransport::builder(), &server.url()).await;
     let mut live = reader
         .subscribe(&topic, SubscribeOptions::default())
         .await
         .expect("subscribe");
     let mut tasks = Vec::new();
     for p in 0..PUBLISHERS {
-        let t = transport(KafkaConfig::from_url(&server.url()).expect("url")).await;
+        let t = transport(KafkaTransport::builder(), &server.url()).await;
         let topic = topic.clone();
         tasks.push(tokio::spawn(async move {
             let publisher = PublisherId(u128::from(p) + 1);

@@ -6,16 +6,15 @@ use std::time::Duration;
 
 use hydratecache_cache::LocalCache;
 use hydratecache_conformance::unique_topic;
-use hydratecache_core::{Channel, StartFrom, SubscribeOptions};
-use hydratecache_kafka::{KafkaConfig, KafkaTransport, TopicSettings};
+use hydratecache_core::{Channel, StartFrom, SubscribeOptions, Transport};
+use hydratecache_kafka::{KafkaTransport, TopicSettings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_cache_replays_the_topic_and_is_ready_with_every_key() -> anyhow::Result<()> {
     let server = hydratecache_testkit::kafka::shared_or_private()?;
-    let config =
-        || KafkaConfig::from_url(&server.url()).map(|c| c.create_topics(TopicSettings::new(3, 1)));
+    let builder = || KafkaTransport::builder().create_topics(TopicSettings::new(3, 1));
     let topic = unique_topic("replaycache");
-    let writer_transport = KafkaTransport::connect(config()?).await?;
+    let writer_transport = builder().connect(&server.url()).await?;
     writer_transport.ensure_topic(&topic).await?;
     let writer: Channel<String> = Channel::new(writer_transport.into_arc(), topic.clone());
     for i in 0..300 {
@@ -24,7 +23,7 @@ async fn a_new_cache_replays_the_topic_and_is_ready_with_every_key() -> anyhow::
     writer.delete("k7").await?;
 
     let reader: LocalCache<String> = LocalCache::builder(Channel::new(
-        KafkaTransport::connect(config()?).await?.into_arc(),
+        builder().connect(&server.url()).await?.into_arc(),
         topic,
     ))
     .subscribe_options(SubscribeOptions::starting(StartFrom::Earliest))
@@ -57,10 +56,9 @@ async fn a_new_cache_replays_the_topic_and_is_ready_with_every_key() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_of_an_empty_topic_is_ready_at_once_and_then_live() -> anyhow::Result<()> {
     let server = hydratecache_testkit::kafka::shared_or_private()?;
-    let config =
-        || KafkaConfig::from_url(&server.url()).map(|c| c.create_topics(TopicSettings::new(2, 1)));
+    let builder = || KafkaTransport::builder().create_topics(TopicSettings::new(2, 1));
     let topic = unique_topic("replayempty");
-    let t = KafkaTransport::connect(config()?).await?;
+    let t = builder().connect(&server.url()).await?;
     t.ensure_topic(&topic).await?;
     let reader: LocalCache<String> = LocalCache::builder(Channel::new(t.into_arc(), topic.clone()))
         .subscribe_options(SubscribeOptions::starting(StartFrom::Earliest))
@@ -68,7 +66,7 @@ async fn replay_of_an_empty_topic_is_ready_at_once_and_then_live() -> anyhow::Re
         .await?;
     tokio::time::timeout(Duration::from_secs(30), reader.ready()).await?;
     let writer: Channel<String> =
-        Channel::new(KafkaTransport::connect(config()?).await?.into_arc(), topic);
+        Channel::new(builder().connect(&server.url()).await?.into_arc(), topic);
     writer.publish("live", &"yes".to_string()).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while reader.get("live").is_none() {

@@ -11,7 +11,7 @@ use common::{next_item, plain_client};
 use hydratecache_conformance::{expect_silence, next_message, unique_topic};
 use hydratecache_core::{Envelope, Event, PublisherId, SubscribeOptions, Transport};
 use hydratecache_kafka::record;
-use hydratecache_kafka::{KafkaConfig, KafkaTransport};
+use hydratecache_kafka::KafkaTransport;
 use hydratecache_testkit::kafka::TansuServer;
 
 fn env(publisher: PublisherId, sequence: u64, key: &str, payload: impl Into<Bytes>) -> Envelope {
@@ -54,8 +54,7 @@ async fn short_restart(down: Duration) {
     common::create_topic(&admin, &topic, 1)
         .await
         .expect("topic");
-    let t = match KafkaTransport::connect(KafkaConfig::from_url(&server.url()).expect("url")).await
-    {
+    let t = match KafkaTransport::connect(&server.url()).await {
         Ok(t) => t,
         Err(e) => panic!("connect: {e}"),
     };

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use hydratecache_cache::LocalCache;
 use hydratecache_conformance::unique_topic;
-use hydratecache_core::{CborCodec, Channel, Codec, Envelope, PublisherId};
+use hydratecache_core::{CborCodec, Channel, Codec, Envelope, PublisherId, Transport};
 use hydratecache_kafka::record::to_record;
-use hydratecache_kafka::{KafkaConfig, KafkaTransport, TopicSettings};
+use hydratecache_kafka::{KafkaTransport, TopicSettings};
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -26,14 +26,13 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_of_a_newer_release_makes_the_cache_forget_its_key() -> anyhow::Result<()> {
     let server = hydratecache_testkit::kafka::shared_or_private()?;
-    let config =
-        || KafkaConfig::from_url(&server.url()).map(|c| c.create_topics(TopicSettings::new(1, 1)));
+    let builder = || KafkaTransport::builder().create_topics(TopicSettings::new(1, 1));
     let topic = unique_topic("newer");
-    let writer_transport = KafkaTransport::connect(config()?).await?;
+    let writer_transport = builder().connect(&server.url()).await?;
     writer_transport.ensure_topic(&topic).await?;
     let writer: Channel<String> = Channel::new(writer_transport.into_arc(), topic.clone());
     let reader: LocalCache<String> = LocalCache::builder(Channel::new(
-        KafkaTransport::connect(config()?).await?.into_arc(),
+        builder().connect(&server.url()).await?.into_arc(),
         topic.clone(),
     ))
     .build()

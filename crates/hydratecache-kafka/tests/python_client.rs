@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use hydratecache_conformance::{next_message, unique_topic};
 use hydratecache_core::{Envelope, PublisherId, StartFrom, SubscribeOptions, Transport, Ttl};
 use hydratecache_kafka::record::{partition_for, to_record};
-use hydratecache_kafka::{KafkaConfig, KafkaTransport};
+use hydratecache_kafka::KafkaTransport;
 use hydratecache_testkit::kafka;
 
 const SCRIPT: &str = r#"
@@ -94,7 +94,7 @@ async fn confluent_kafka_reads_what_we_write_and_writes_what_we_read() {
     common::create_topic(&admin, &topic, 3)
         .await
         .expect("topic");
-    let t = KafkaTransport::connect(KafkaConfig::from_url(&server.url()).expect("url"))
+    let t = KafkaTransport::connect(&server.url())
         .await
         .expect("connect");
     let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_007);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hydratecache_conformance::{next_message, unique_topic};
 use hydratecache_core::{Envelope, PublisherId, SubscribeOptions, Transport};
-use hydratecache_kafka::{KafkaConfig, KafkaTransport, TopicSettings};
+use hydratecache_kafka::{KafkaBuilder, KafkaConfig, KafkaTransport, TopicSettings};
 use hydratecache_testkit::kafka::TansuServer;
 use hydratecache_testkit::tls::TestCerts;
 use tokio::net::{TcpListener, TcpStream};
@@ -101,8 +101,11 @@ async fn setup() -> Setup {
 }
 
 fn config(url: &str) -> KafkaConfig {
-    KafkaConfig::from_url(url)
-        .expect("url")
+    KafkaConfig::from_url(url).expect("url")
+}
+
+fn builder() -> KafkaBuilder {
+    KafkaTransport::builder()
         .request_timeout(Duration::from_secs(3))
         .create_topics(TopicSettings::default())
 }
@@ -113,7 +116,8 @@ fn config(url: &str) -> KafkaConfig {
 async fn publish_and_subscribe_over_tls() {
     let s = setup().await;
     let url = format!("kafkas://127.0.0.1:{}", s.proxy_port);
-    let t = KafkaTransport::connect(config(&url).tls(client_tls(Some(&s.certs))))
+    let t = builder()
+        .connect_with(config(&url).tls(client_tls(Some(&s.certs))))
         .await
         .expect("connect over TLS");
     let topic = unique_topic("tls");
@@ -145,7 +149,8 @@ async fn publish_and_subscribe_over_tls() {
 async fn tls_failures_are_errors_not_plaintext() {
     let s = setup().await;
     let url = format!("kafkas://127.0.0.1:{}", s.proxy_port);
-    let e = KafkaTransport::connect(config(&url))
+    let e = builder()
+        .connect_with(config(&url))
         .await
         .expect_err("a kafkas:// URL connected without a TLS configuration");
     let e = format!("{:#}", anyhow::Error::from(e));
@@ -153,12 +158,14 @@ async fn tls_failures_are_errors_not_plaintext() {
     assert!(e.contains("TLS"), "{e}");
 
     let plain = format!("kafkas://127.0.0.1:{}", s.tansu.port());
-    let e = KafkaTransport::connect(config(&plain).tls(client_tls(Some(&s.certs))))
+    let e = builder()
+        .connect_with(config(&plain).tls(client_tls(Some(&s.certs))))
         .await
         .expect_err("TLS to a plaintext listener connected");
     println!("TLS to a plaintext listener: {:#}", anyhow::Error::from(e));
 
-    let e = KafkaTransport::connect(config(&url).tls(client_tls(None)))
+    let e = builder()
+        .connect_with(config(&url).tls(client_tls(None)))
         .await
         .expect_err("connected to a broker whose certificate is not trusted");
     println!("untrusted certificate: {:#}", anyhow::Error::from(e));

@@ -1,8 +1,8 @@
 //! `kafka://host:port[,host:port]`: hydratecache-kafka.
 //!
-//! Adapter API used: `KafkaConfig::from_url`,
-//! `KafkaConfig::{request_timeout, create_topics}`, `TopicSettings::default`,
-//! `KafkaTransport::connect(config)`, `KafkaTransport::config().brokers()`,
+//! Adapter API used: `KafkaConfig::{from_url, client_id}`,
+//! `KafkaBuilder::{request_timeout, create_topics, connect_with}`, `TopicSettings::default`,
+//! `KafkaTransport::builder()`, `KafkaTransport::config().brokers()`,
 //! `record::to_record` (for the record size).
 
 use std::sync::Arc;
@@ -18,13 +18,12 @@ use super::{ConnectOptions, ServerInfo, WireSize};
 pub(super) struct Kafka(KafkaTransport);
 
 pub(super) async fn connect(url: &str, options: &ConnectOptions) -> Result<Kafka> {
-    let mut config = KafkaConfig::from_url(url)?
-        .client_id("hydratecache-cli")
-        .request_timeout(options.timeout);
+    let config = KafkaConfig::from_url(url)?.client_id("hydratecache-cli");
+    let mut builder = KafkaTransport::builder().request_timeout(options.timeout);
     if options.create_topics {
-        config = config.create_topics(TopicSettings::default());
+        builder = builder.create_topics(TopicSettings::default());
     }
-    Ok(Kafka(KafkaTransport::connect(config).await?))
+    Ok(Kafka(builder.connect_with(config).await?))
 }
 
 impl super::Adapter for Kafka {

@@ -169,6 +169,22 @@ impl Fanout {
         true
     }
 
+    /// Delivers to every subscription of `topic` the per-message error for a
+    /// frame that is not an envelope, naming `key` when the adapter could
+    /// still read it (so the subscriber can forget that key). Not logged:
+    /// the adapter knows more about where the frame came from. Returns false
+    /// when the topic has no local subscription.
+    pub fn deliver_malformed(&self, topic: &str, key: Option<&str>, source: EnvelopeError) -> bool {
+        let topics = self.topics();
+        let Some(subs) = topics.get(topic) else {
+            return false;
+        };
+        for (_, queue) in subs {
+            queue.push(Err(malformed(topic, key, source.clone())), 0);
+        }
+        true
+    }
+
     /// Messages of `topic` may have been lost here.
     pub fn gap(&self, topic: &str, gap: Gap) {
         for (_, queue) in self.topics().get(topic).into_iter().flatten() {
@@ -355,6 +371,21 @@ mod tests {
         assert!(matches!(held.next().await, Some(Ok(Event::Gap(_)))));
         fanout.close_all();
         assert!(free.next().await.is_none(), "b never got a gap");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_frame_can_name_its_key() {
+        let fanout = Fanout::new(4, usize::MAX);
+        let mut a = fanout.register("t", Box::new(|_| {})).into_subscription();
+        let source = EnvelopeError::UnknownKind(9);
+        assert!(fanout.deliver_malformed("t", Some("k"), source.clone()));
+        assert!(!fanout.deliver_malformed("nobody", None, source));
+        match a.next().await {
+            Some(Err(Error::Malformed { topic, key, .. })) => {
+                assert_eq!((topic.as_str(), key.as_deref()), ("t", Some("k")));
+            }
+            other => panic!("expected a malformed error, got {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //!
 //! Live subscriptions ([`StartFrom::Latest`]) of one transport share one
 //! reader per topic, which fans out to one queue per subscription; a
-//! subscription that falls `subscriber_buffer` messages or
+//! subscription that falls `subscription_buffer` messages or
 //! `subscription_buffer_bytes` bytes behind gets a [`GapReason::Lagged`]
 //! gap. A replaying subscription ([`StartFrom::Earliest`]) has its own
 //! reader, with backpressure instead of loss under the same bounds: Kafka
@@ -28,63 +28,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use futures::StreamExt;
-use hydratecache_core::{
-    EnvelopeError, Error, Event, Gap, GapReason, Result, StartFrom, Subscription,
-};
+use hydratecache_core::adapter::Backoff;
+use hydratecache_core::{Error, Event, Gap, GapReason, Result, StartFrom};
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
 use rskafka::record::RecordAndOffset;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::cursor::{Check, Cursor, Fingerprint, Step};
-use crate::queue::{Fanout, Gated, GatedSender, Queue, Received};
 use crate::record::read_record;
+use crate::sink::{Item, Sink};
 use crate::{KafkaError, BACKEND};
-
-/// What a reader sends to its subscriptions.
-#[derive(Debug, Clone)]
-pub(crate) enum Item {
-    Event(Event),
-    /// With the record key, when readable.
-    Malformed(EnvelopeError, Option<String>),
-}
-
-impl Item {
-    /// What it holds in memory, for the byte bound of buffers.
-    fn size(&self) -> usize {
-        match self {
-            Item::Event(Event::Message(e)) => e.key.len().saturating_add(e.payload.len()),
-            _ => 0,
-        }
-    }
-}
-
-/// Where a reader delivers.
-#[derive(Debug, Clone)]
-pub(crate) enum Sink {
-    /// Every live subscription of the topic; slow ones lag.
-    Shared(Arc<Fanout<Item>>),
-    /// One replaying subscription, with backpressure.
-    Private(GatedSender<Item>),
-}
-
-impl Sink {
-    /// Delivers `item`; false once nobody can receive it any more.
-    async fn send(&self, item: Item) -> bool {
-        let size = item.size();
-        match self {
-            // With no receiver left the reader is about to be dropped.
-            Sink::Shared(fanout) => {
-                fanout.send(item, size);
-                true
-            }
-            Sink::Private(tx) => tx.send(item, size).await,
-        }
-    }
-}
 
 /// What a reader needs.
 #[derive(Debug, Clone)]
@@ -119,26 +75,10 @@ pub(crate) struct ReaderHandle {
     _supervisor: AbortOnDrop,
 }
 
-/// A topic's reader shared by the transport's live subscriptions.
-#[derive(Debug)]
-pub(crate) struct SharedReader {
-    _handle: ReaderHandle,
-    fanout: Arc<Fanout<Item>>,
-}
-
-impl SharedReader {
-    pub(crate) fn new(handle: ReaderHandle, fanout: Arc<Fanout<Item>>) -> SharedReader {
-        SharedReader {
-            _handle: handle,
-            fanout,
-        }
-    }
-}
-
 /// Marks a partition's replay done when it reached the end it had at
 /// subscribe time (or its log was reset); the last partition to get there
 /// sends [`Event::ReplayDone`]. False once nobody receives.
-async fn check_replay(cur: &mut Cursor, sink: &Sink, reset: bool) -> bool {
+async fn check_replay(topic: &str, cur: &mut Cursor, sink: &Sink, reset: bool) -> bool {
     let Some((end, remaining)) = &cur.replay else {
         return true;
     };
@@ -147,12 +87,16 @@ async fn check_replay(cur: &mut Cursor, sink: &Sink, reset: bool) -> bool {
     }
     let last = remaining.fetch_sub(1, Ordering::AcqRel) == 1;
     cur.replay = None;
-    !last || sink.send(Item::Event(Event::ReplayDone)).await
+    !last || sink.send(topic, Item::Event(Event::ReplayDone)).await
 }
 
 /// Wait of fetches that only probe the log. Not zero: tansu 0.6 answers a
 /// fetch with `max_wait_ms` 0 with no topic at all, even when it has data.
 const PROBE_WAIT: Duration = Duration::from_millis(1);
+
+/// First pause between attempts to open or fetch a partition; it doubles up
+/// to the configured `retry_backoff_max`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Pause before fetching a hole again.
 const HOLE_WAIT: Duration = Duration::from_millis(20);
@@ -326,13 +270,13 @@ async fn open(
     // A bound too far to represent is no bound.
     let deadline = now.checked_add(limit).unwrap_or(now + FAR_FUTURE);
     let opening = async {
-        let mut backoff = Backoff::new(ctx.retry_backoff_max);
+        let mut backoff = Backoff::new(FIRST_BACKOFF, ctx.retry_backoff_max);
         loop {
             match attempt().await {
                 Ok(opened) => return Ok(opened),
                 Err(e)
                     if tokio::time::Instant::now()
-                        .checked_add(backoff.next)
+                        .checked_add(backoff.peek())
                         .is_none_or(|retry_at| retry_at >= deadline) =>
                 {
                     return Err(e)
@@ -381,37 +325,10 @@ async fn log_end(
     Err(KafkaError::Protocol("the log's end keeps moving"))
 }
 
-/// Exponential pause between attempts, cut short by close (the task is
-/// dropped then).
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-
-    fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: Self::FIRST,
-            max: max.max(Self::FIRST),
-        }
-    }
-
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = self.next.saturating_mul(2).min(self.max);
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
 async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink) {
-    let mut backoff = Backoff::new(ctx.retry_backoff_max);
+    let mut backoff = Backoff::new(FIRST_BACKOFF, ctx.retry_backoff_max);
     loop {
-        if !check_replay(&mut cur, sink, false).await {
+        if !check_replay(&ctx.topic, &mut cur, sink, false).await {
             return;
         }
         let verifying = cur.verify && cur.position > 0;
@@ -483,7 +400,7 @@ async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink
                     }
                 },
             };
-            if !sink.send(item).await {
+            if !sink.send(&ctx.topic, item).await {
                 return;
             }
         }
@@ -508,101 +425,18 @@ async fn reset(ctx: &ReaderCtx, pc: &PartitionClient, cur: &mut Cursor, sink: &S
     };
     let missed = (start > cur.position).then(|| u64::try_from(start - cur.position).unwrap_or(0));
     tracing::warn!(topic = %ctx.topic, partition = cur.partition, from = cur.position, to = start, ?missed, "log reset: gap");
-    if !check_replay(cur, sink, true).await {
+    if !check_replay(&ctx.topic, cur, sink, true).await {
         return false;
     }
     cur.restart_at(start);
     // The topic may have been recreated with other partitions.
     ctx.refresh.notify_one();
-    sink.send(Item::Event(Event::Gap(Gap {
-        reason: GapReason::Reset,
-        missed,
-    })))
+    sink.send(
+        &ctx.topic,
+        Item::Event(Event::Gap(Gap {
+            reason: GapReason::Reset,
+            missed,
+        })),
+    )
     .await
-}
-
-fn to_result(topic: &str, item: Item) -> Result<Event> {
-    match item {
-        Item::Event(event) => Ok(event),
-        Item::Malformed(source, key) => Err(Error::Malformed {
-            topic: topic.to_owned(),
-            key,
-            source,
-        }),
-    }
-}
-
-/// The stream of a live subscription on `reader`.
-pub(crate) fn shared_subscription(
-    topic: &str,
-    reader: Arc<SharedReader>,
-    closed: Arc<watch::Sender<bool>>,
-) -> Subscription {
-    struct State {
-        topic: String,
-        queue: Arc<Queue<Item>>,
-        closed: watch::Receiver<bool>,
-        // Keeps the reader (and the close signal) alive while subscribed.
-        _reader: Arc<SharedReader>,
-        _closed: Arc<watch::Sender<bool>>,
-    }
-    let state = State {
-        topic: topic.to_owned(),
-        queue: reader.fanout.subscribe(),
-        closed: closed.subscribe(),
-        _reader: reader,
-        _closed: closed,
-    };
-    let stream = futures::stream::unfold(state, |mut s| async move {
-        let received = tokio::select! {
-            biased;
-            _ = s.closed.wait_for(|c| *c) => return None,
-            r = s.queue.recv() => r,
-        };
-        let item = match received {
-            Received::Item(item) => to_result(&s.topic, item),
-            Received::Lagged(n) => {
-                tracing::warn!(topic = %s.topic, missed = n, "subscriber lagged: gap");
-                Ok(Event::Gap(Gap {
-                    reason: GapReason::Lagged,
-                    missed: Some(n),
-                }))
-            }
-        };
-        Some((item, s))
-    });
-    Subscription::new(topic, stream.boxed())
-}
-
-/// The stream of a replaying subscription with its own reader.
-pub(crate) fn private_subscription(
-    topic: &str,
-    rx: mpsc::Receiver<Gated<Item>>,
-    handle: ReaderHandle,
-    closed: Arc<watch::Sender<bool>>,
-) -> Subscription {
-    struct State {
-        topic: String,
-        rx: mpsc::Receiver<Gated<Item>>,
-        closed: watch::Receiver<bool>,
-        _handle: ReaderHandle,
-        _closed: Arc<watch::Sender<bool>>,
-    }
-    let state = State {
-        topic: topic.to_owned(),
-        rx,
-        closed: closed.subscribe(),
-        _handle: handle,
-        _closed: closed,
-    };
-    let stream = futures::stream::unfold(state, |mut s| async move {
-        let item = tokio::select! {
-            biased;
-            _ = s.closed.wait_for(|c| *c) => return None,
-            r = s.rx.recv() => r?,
-        };
-        // Taking the item out releases its share of the byte bound.
-        Some((to_result(&s.topic, item.item), s))
-    });
-    Subscription::new(topic, stream.boxed())
 }
