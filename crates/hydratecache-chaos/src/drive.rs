@@ -8,6 +8,10 @@
 //! drawn from the seed. At the end the writer stops, the instances must
 //! agree with the table within the quiet period, and their logs are checked
 //! (see `check.rs`).
+//!
+//! This file runs the phases; the parts live beside it: `servers.rs`,
+//! `fleet.rs` (the instance processes), `writer.rs`, `schedule.rs` and
+//! `faults.rs`, then `check.rs` and `report.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

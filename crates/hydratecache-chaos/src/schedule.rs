@@ -107,3 +107,29 @@ pub(crate) fn schedule(seed: u64, duration_ms: u64, instances: usize) -> Vec<Fau
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_is_seeded_and_has_every_kind_first() {
+        let a = schedule(7, 60_000, 4);
+        assert_eq!(a, schedule(7, 60_000, 4));
+        assert_ne!(a, schedule(8, 60_000, 4));
+        let mut first: Vec<FaultKind> = a
+            .iter()
+            .take(FaultKind::ALL.len())
+            .map(|f| f.kind)
+            .collect();
+        first.sort();
+        assert_eq!(first, FaultKind::ALL);
+        assert!(a
+            .iter()
+            .all(|f| f.at_ms >= WARMUP_MS && f.at_ms < 60_000 && f.target < 4));
+        assert!(
+            schedule(7, 2_000, 4).is_empty(),
+            "no fault fits before the warm-up ends"
+        );
+    }
+}
