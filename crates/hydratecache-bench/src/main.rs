@@ -12,11 +12,10 @@ mod pipe;
 mod raw;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hydratecache_core::Transport;
+use hydratecache_testkit::connect::{connect, ConnectOptions};
 use serde::Serialize;
 
 use measure::{Flow, Latency};
@@ -105,15 +104,7 @@ async fn main() -> Result<()> {
     let rows = match args.backend.as_str() {
         "redis" => {
             let server = hydratecache_testkit::redis::shared_or_private()?;
-            let url = server.url();
-            let lib = library(move || {
-                let url = url.clone();
-                async move {
-                    Ok(hydratecache_redis::RedisTransport::connect(&url)
-                        .await?
-                        .into_arc())
-                }
-            });
+            let lib = library(server.url(), ConnectOptions::default());
             compare(
                 "redis",
                 &lib,
@@ -127,15 +118,7 @@ async fn main() -> Result<()> {
         }
         "nats" => {
             let server = hydratecache_testkit::nats::shared_or_private()?;
-            let url = server.url();
-            let lib = library(move || {
-                let url = url.clone();
-                async move {
-                    Ok(hydratecache_nats::NatsTransport::connect(&url)
-                        .await?
-                        .into_arc())
-                }
-            });
+            let lib = library(server.url(), ConnectOptions::default());
             compare(
                 "nats",
                 &lib,
@@ -149,15 +132,7 @@ async fn main() -> Result<()> {
         }
         "postgres" => {
             let server = hydratecache_testkit::postgres::shared_or_private()?;
-            let url = server.url();
-            let lib = library(move || {
-                let url = url.clone();
-                async move {
-                    Ok(hydratecache_postgres::PostgresTransport::connect(&url)
-                        .await?
-                        .into_arc())
-                }
-            });
+            let lib = library(server.url(), ConnectOptions::default());
             compare(
                 "postgres",
                 &lib,
@@ -171,21 +146,18 @@ async fn main() -> Result<()> {
         }
         "kafka" => {
             let server = hydratecache_testkit::kafka::shared_or_private()?;
-            let url = server.url();
-            let lib = library(move || {
-                let url = url.clone();
-                async move {
-                    // One partition, as the raw side's topics; created on
-                    // first use (the raw pipe creates its own in prepare).
-                    // The raw consumer's fetch wait (100 ms), not the 500 ms default.
-                    Ok(hydratecache_kafka::KafkaTransport::builder()
+            let options = ConnectOptions {
+                // One partition, as the raw side's topics; created on first
+                // use (the raw pipe creates its own in prepare). The raw
+                // consumer's fetch wait (100 ms), not the 500 ms default.
+                kafka: Some(|builder| {
+                    builder
                         .create_topics(hydratecache_kafka::TopicSettings::new(1, 1))
                         .fetch_max_wait(Duration::from_millis(100))
-                        .connect(&url)
-                        .await?
-                        .into_arc())
-                }
-            });
+                }),
+                ..ConnectOptions::default()
+            };
+            let lib = library(server.url(), options);
             let naive = raw::kafka::RawKafka {
                 bootstrap: server.bootstrap(),
                 batched: false,
@@ -285,13 +257,13 @@ async fn redis_get_baseline() -> Result<Vec<Row>> {
     ])
 }
 
-fn library<F, Fut>(connect: F) -> Library
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Arc<dyn Transport>>> + Send + 'static,
-{
+/// The library side on the backend at `url`: a new client at each connect.
+fn library(url: String, options: ConnectOptions) -> Library {
     Library {
-        connect: Box::new(move || Box::pin(connect())),
+        connect: Box::new(move || {
+            let (url, options) = (url.clone(), options.clone());
+            Box::pin(async move { connect(&url, &options).await })
+        }),
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
+use hydratecache_testkit::memory_kib;
 use tokio::sync::mpsc;
 
 use crate::pipe::{Pipe, Received};
@@ -56,12 +57,6 @@ fn index_of(payload: &[u8]) -> Option<u64> {
 /// covers only what follows.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// One publisher sends as fast as the API allows for `duration` (WINDOW in
@@ -142,7 +137,7 @@ pub(crate) async fn flow(
     for t in tasks {
         t.await.context("subscriber task")?;
     }
-    let peak_rss_kib = peak_rss_kib();
+    let peak_rss_kib = memory_kib("self").0;
     let mut flow = Flow {
         sent,
         errors: errors.load(Ordering::Relaxed),

@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hydratecache_cache::{Loaded, LocalCache, RepairPolicy};
 use hydratecache_core::{BoxError, Channel};
+use hydratecache_testkit::connect::connect;
+use hydratecache_testkit::memory_kib;
+use hydratecache_testkit::workload::{key_name, SplitMix64, Zipf};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row as _};
 
-use crate::common::{
-    connect_backend, key_name, memory_kb, now_us, truth_pool, Args, Row, SplitMix64, TruthFile,
-    Zipf, TABLE, TOPIC, ZIPF_S,
-};
+use crate::common::{connect_options, now_us, truth_pool, Args, Row, TABLE, TOPIC, ZIPF_S};
+use crate::truth::TruthFile;
 use crate::witness::{Shared, Witness};
 
 /// How long an instance keeps trying to connect and subscribe at start.
@@ -39,7 +40,6 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 const STATUS_EVERY: Duration = Duration::from_millis(500);
 
 struct Config {
-    backend: String,
     url: String,
     truth_url: String,
     truth_file: PathBuf,
@@ -114,7 +114,6 @@ fn say(value: &Value) {
 
 pub(crate) fn main(args: &Args) -> Result<()> {
     let config = Config {
-        backend: args.need("backend")?.to_owned(),
         url: args.need("url")?.to_owned(),
         truth_url: args.need("truth-url")?.to_owned(),
         truth_file: PathBuf::from(args.need("truth-file")?),
@@ -245,7 +244,7 @@ async fn start(config: &Config, shared: &Arc<Shared>) -> Result<LocalCache<Row>>
 
 async fn try_start(config: &Config, shared: &Arc<Shared>) -> Result<LocalCache<Row>> {
     let pool = truth_pool(&config.truth_url, 4).await?;
-    let inner = connect_backend(&config.backend, &config.url, Some(&pool)).await?;
+    let inner = connect(&config.url, &connect_options(&pool)).await?;
     let witness = Witness {
         inner,
         shared: Arc::clone(shared),
@@ -297,7 +296,7 @@ fn read_loop(
     window_us: u64,
 ) {
     let zipf = Zipf::new(keys, ZIPF_S);
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let names: Vec<String> = (0..keys).map(key_name).collect();
     while !stop.load(Ordering::Acquire) {
         let tick = Instant::now();
@@ -422,7 +421,8 @@ fn report(
         }));
     }
     let s = cache.stats();
-    let (hwm, rss) = memory_kb("self");
+    let (hwm, rss) = memory_kib("self");
+    let (hwm, rss) = (hwm.unwrap_or(0), rss.unwrap_or(0));
     let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let status = json!({
         "e": "status", "t": now_us(),

@@ -11,8 +11,15 @@
 mod check;
 mod common;
 mod drive;
+mod faults;
+mod fleet;
 mod instance;
+mod report;
+mod schedule;
+mod servers;
+mod truth;
 mod witness;
+mod writer;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -104,7 +111,7 @@ fn drive_all(args: &Args) -> Result<bool> {
             Ok(summary) => summary,
             Err(e) => {
                 eprintln!("chaos: {backend}: the run itself failed: {e:#}");
-                check::Summary {
+                report::Summary {
                     backend: backend.clone(),
                     passed: false,
                     json: json!({"backend": backend, "passed": false, "seed": seed,
@@ -160,7 +167,7 @@ fn drive_all(args: &Args) -> Result<bool> {
 }
 
 /// One markdown table, a column per backend.
-fn overview(summaries: &[check::Summary]) -> String {
+fn overview(summaries: &[report::Summary]) -> String {
     let mut out = String::from("| |");
     for s in summaries {
         out.push_str(&format!(" {} |", s.backend));
@@ -174,7 +181,7 @@ fn overview(summaries: &[check::Summary]) -> String {
         .iter()
         .map(|s| {
             if s.json.get("stale_reads").is_some() {
-                check::rows(&s.json)
+                report::rows(&s.json)
             } else {
                 vec![(
                     "result",

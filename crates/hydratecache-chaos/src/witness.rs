@@ -16,9 +16,10 @@ use hydratecache_core::{
     Capabilities, Envelope, Event, Kind, PublisherId, Result, SubscribeOptions, Subscription,
     Transport,
 };
+use hydratecache_testkit::workload::key_index;
 use serde_json::{json, Value};
 
-use crate::common::{key_index, now_us};
+use crate::common::now_us;
 
 /// What the witness and the instance's reader share.
 #[derive(Debug)]

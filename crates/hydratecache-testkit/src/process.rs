@@ -223,6 +223,21 @@ pub fn run_quiet(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Resident memory of process `pid` (`self` for this one), in KiB, from
+/// `/proc/<pid>/status`: the peak (`VmHWM`) and the current (`VmRSS`), each
+/// `None` when unreadable.
+pub fn memory_kib(pid: &str) -> (Option<u64>, Option<u64>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
 /// Every descendant of `root`, from `/proc/<pid>/stat`.
 fn descendants(root: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
