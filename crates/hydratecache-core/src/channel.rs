@@ -13,8 +13,9 @@ use serde::Serialize;
 use crate::adapter;
 use crate::channel_subscription::{ChannelEvent, ChannelSubscription};
 use crate::codec::{CborCodec, Codec, FnCodec};
-use crate::envelope::{Envelope, Kind, PublisherId};
+use crate::envelope::Envelope;
 use crate::error::{BoxError, Error, Result};
+use crate::fields::{Kind, PublisherId};
 use crate::publish_options::PublishOptions;
 use crate::transport::{SubscribeOptions, Transport};
 

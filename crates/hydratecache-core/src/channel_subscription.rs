@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 use futures::Stream;
 
 use crate::codec::{Codec, CodecPanicked};
-use crate::envelope::{Envelope, Kind, PublisherId, Ttl};
+use crate::envelope::Envelope;
 use crate::error::{BoxError, Error, Result};
+use crate::fields::{Kind, PublisherId, Ttl};
 use crate::transport::{Event, Gap, Subscription};
 
 /// A received update.

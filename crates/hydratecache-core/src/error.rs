@@ -1,6 +1,7 @@
 //! The one error type of hydratecache.
 
-use crate::envelope::{EnvelopeError, PublisherId};
+use crate::envelope::EnvelopeError;
+use crate::fields::PublisherId;
 
 /// A boxed error from a backend client or codec, kept as the `source`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -7,6 +7,7 @@ mod channel_subscription;
 mod codec;
 mod envelope;
 mod error;
+mod fields;
 mod memory;
 mod publish_options;
 mod transport;
@@ -14,8 +15,9 @@ mod transport;
 pub use channel::{Channel, ChannelBuilder, Receipt};
 pub use channel_subscription::{ChannelEvent, ChannelSubscription, Deletion, Heartbeat, Message};
 pub use codec::{CborCodec, Codec, CodecPanicked, FnCodec};
-pub use envelope::{Envelope, EnvelopeError, Kind, PublisherId, Ttl};
+pub use envelope::{Envelope, EnvelopeError};
 pub use error::{BoxError, Error, Result};
+pub use fields::{Kind, PublisherId, Ttl};
 pub use memory::MemoryTransport;
 pub use publish_options::PublishOptions;
 pub use transport::{

@@ -4,8 +4,9 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::envelope::{from_micros, micros, Envelope, EnvelopeError, Kind, PublisherId, Ttl};
+use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{Error, Result};
+use crate::fields::{from_micros, micros, Kind, PublisherId, Ttl};
 use crate::publish_options::PublishOptions;
 use crate::transport::{Capabilities, Event, StartFrom, SubscribeOptions};
 
@@ -126,7 +127,7 @@ pub fn refuse_replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::duration_micros;
+    use crate::fields::duration_micros;
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]

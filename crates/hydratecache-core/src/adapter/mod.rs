@@ -20,9 +20,9 @@ mod queue;
 mod sync;
 
 pub use crate::envelope::{
-    duration_micros, from_micros, micros, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_KEY_LEN,
-    OPTIONAL_FIELDS_LEN,
+    FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_KEY_LEN, OPTIONAL_FIELDS_LEN,
 };
+pub use crate::fields::{duration_micros, from_micros, micros};
 pub use backoff::Backoff;
 pub use fanout::{Fanout, FanoutStream, OnLast, Registered};
 pub use frame::{
