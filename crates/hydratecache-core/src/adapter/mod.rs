@@ -9,7 +9,7 @@
 //!   and lost confirmations into [`Gap`](crate::Gap)s, never silence;
 //! - [`Backoff`] for reconnect loops, [`ClosedFlag`] for `close()`;
 //! - frame decoding and size checks ([`decode_frame`], [`check_envelope`]),
-//!   the wire constants, [`envelope_for`] from [`PublishOptions`];
+//!   the wire constants, [`envelope_for`] from [`PublishOptions`](crate::PublishOptions);
 //! - small helpers: [`lock`], [`micros`], [`from_micros`],
 //!   [`refuse_replay`].
 
