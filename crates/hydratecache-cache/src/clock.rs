@@ -1,11 +1,10 @@
 //! The clock entries expire by.
 //!
 //! A hit checks expiry on the kernel's coarse monotonic clock
-//! (`CLOCK_MONOTONIC_COARSE`, about 7 ns a read here), which lags the exact
-//! clock by less than one kernel tick (4 ms at 250 Hz). Reading the exact
-//! clock on every hit cost about a third of the hit (`benches/cache_get.rs`;
-//! see docs/benchmarks.md), and a shared timestamp advanced by a thread every
-//! millisecond cost 2.5% of a core with the cache idle. So an entry can be
+//! (`CLOCK_MONOTONIC_COARSE`), which lags the exact clock by less than one
+//! kernel tick. Reading the exact clock on every hit, or a shared timestamp
+//! advanced by a thread every millisecond, cost more (figures in
+//! docs/benchmarks.md, from `benches/cache_get.rs`). So an entry can be
 //! served up to one kernel tick past its expiry, never before it. Writes,
 //! loads and version checks use the exact clock. Both clocks count from the
 //! same origin (boot), so their readings compare.

@@ -192,9 +192,8 @@ fn tombstone_bound(capacity: u64, by_entries: bool) -> u64 {
 /// (`max_entries`); `None` for a byte-bounded one.
 ///
 /// quick_cache's default (4 per core) leaves two threads' hits contending on
-/// the shard locks: on 2 cores a hit took 143 ns with 8 shards, 88 ns with
-/// 64 and 83 ns with 1024, against 46 ns on one thread
-/// (`benches/cache_get.rs`). So an entry-bounded cache starts from 256
+/// the shard locks (measured with `benches/cache_get.rs`; the figures are in
+/// docs/benchmarks.md). So an entry-bounded cache starts from 256
 /// shards (or the default, where that is more: over 64 cores) and halves
 /// that until each shard keeps at least 256 entries: every shard has an
 /// equal share of the bound, and small shards fill unevenly and evict while

@@ -108,7 +108,7 @@ impl<T: Send + Sync + 'static> ChannelBuilder<T> {
         self
     }
 
-    /// Uses a pair of functions for values (the seed's `WithEncoder` / `WithDecoder`).
+    /// Uses a pair of functions for values.
     pub fn encoder_decoder(
         self,
         encode: impl Fn(&T) -> Result<Vec<u8>, BoxError> + Send + Sync + 'static,
@@ -404,7 +404,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
     }
 
     /// Runs `handler` on every event until `shutdown` resolves or the
-    /// subscription ends (the seed's `Subscribe(ctx, handler)`).
+    /// subscription ends.
     ///
     /// `shutdown` is any future: a `CancellationToken::cancelled()`, a
     /// `oneshot::Receiver`, `tokio::signal::ctrl_c()`...
