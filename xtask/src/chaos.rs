@@ -1,5 +1,6 @@
 //! `cargo xtask chaos <redis|nats|postgres|kafka|all> [--duration 60s]
-//! [--seed N] [--repair clear|reload|ignore]`: the chaos run of
+//! [--seed N] [--repair clear|reload|ignore] [--liveness on|off]
+//! [--bound-ms 1000]`: the chaos run of
 //! `crates/hydratecache-chaos` (release build), on private servers; prints a
 //! table per backend and writes `target/chaos/summary.json`. Fails, naming
 //! the seed and the first violated invariant, when an invariant broke.
@@ -22,7 +23,7 @@ fn cargo() -> String {
 /// `cargo xtask chaos ...`.
 pub(crate) fn run(args: &[&str]) -> Result<()> {
     let Some((backend, options)) = args.split_first() else {
-        bail!("usage: cargo xtask chaos <redis|nats|postgres|kafka|all> [--duration 60s] [--seed N] [--repair clear|reload|ignore]");
+        bail!("usage: cargo xtask chaos <redis|nats|postgres|kafka|all> [--duration 60s] [--seed N] [--repair clear|reload|ignore] [--liveness on|off] [--bound-ms 1000]");
     };
     let backends = crate::common::selected(backend)?;
     if backends.is_empty() {
@@ -33,7 +34,8 @@ pub(crate) fn run(args: &[&str]) -> Result<()> {
     while let Some(option) = it.next() {
         match *option {
             "--duration" | "--seed" | "--repair" | "--keys" | "--instances" | "--write-rate"
-            | "--reads-per-ms" | "--window-ms" | "--quiet" | "--memory-limit-mb" => {
+            | "--reads-per-ms" | "--window-ms" | "--quiet" | "--memory-limit-mb" | "--bound-ms"
+            | "--liveness" => {
                 let value = it
                     .next()
                     .with_context(|| format!("{option} needs a value"))?;

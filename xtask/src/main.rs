@@ -29,7 +29,7 @@ Tasks:
   bench <backend|codec|cache|all|summary> [--seconds S]
                            release benchmarks against each raw client in the same run;
                            writes target/bench/summary.json and docs/benchmarks.md
-  chaos <backend|all> [--duration 60s] [--seed N] [--repair clear|reload|ignore]  fault-injection run of a 4-process LocalCache fleet, invariants checked; target/chaos/summary.json
+  chaos <backend|all> [--duration 60s] [--seed N] [--repair clear|reload|ignore] [--liveness on|off]  fault-injection run of a 4-process LocalCache fleet, invariants checked; target/chaos/summary.json
   provision <backend|all>  make sure the server binaries a suite needs are installed
   release-check            package, semver-checks, cargo-deny and MSRV checks of every
                            publishable crate (docs/releasing.md)

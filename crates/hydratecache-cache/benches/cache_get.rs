@@ -1,4 +1,5 @@
-//! `LocalCache::get` on a hit (expiry check and value handle included),
+//! `LocalCache::get` on a hit (trust and expiry checks and value handle
+//! included; also without the staleness bound's liveness checks),
 //! against the same read on moka and on bare quick_cache (default shards, and
 //! 64 shards as LocalCache uses for this bound), and against the value handle alone (an
 //! `Arc` clone): 10,000 String keys, 128-byte values, 1 and 2 threads.
@@ -45,32 +46,10 @@ fn threaded(threads: usize, iters: u64, read: impl Fn(usize) + Sync) -> Duration
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let keys = Arc::new(keys());
-    let local: LocalCache<Vec<u8>> = rt.block_on(async {
-        let cache = LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), "bench"))
-            .max_entries(2 * KEYS as u64)
-            .heartbeat_interval(None)
-            .build()
-            .await
-            .expect("cache");
-        for k in keys.iter() {
-            cache
-                .get_or_load(k, |_| async { Ok(Some(Loaded::new(value()))) })
-                .await
-                .expect("load");
-        }
-        // Half the entries carry a TTL, so the expiry check is on the path.
-        for k in keys.iter().step_by(2) {
-            cache
-                .put_with(
-                    k,
-                    value(),
-                    PublishOptions::new().ttl(Duration::from_secs(3600)),
-                )
-                .await
-                .expect("put");
-        }
-        cache
-    });
+    let local = filled(&rt, &keys, Some(hydratecache_cache::DEFAULT_MAX_STALENESS));
+    // The same without the staleness bound's liveness checks: the difference
+    // is the trust check's cost on the hit path (a coarse-clock read).
+    let unbounded = filled(&rt, &keys, None);
     assert_eq!(local.len(), KEYS);
     let moka: moka::sync::Cache<String, Arc<Vec<u8>>> = moka::sync::Cache::new(2 * KEYS as u64);
     let quick: quick_cache::sync::Cache<String, Arc<Vec<u8>>> =
@@ -104,6 +83,9 @@ fn bench(c: &mut Criterion) {
         hits(&mut group, "local_cache", threads, |i| {
             black_box(local.get(&keys[i]).expect("hit"));
         });
+        hits(&mut group, "local_cache_unbounded", threads, |i| {
+            black_box(unbounded.get(&keys[i]).expect("hit"));
+        });
         hits(&mut group, "moka", threads, |i| {
             black_box(moka.get(&keys[i]).expect("hit"));
         });
@@ -118,6 +100,41 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// A cache holding every key (half with a TTL, so the expiry check is on
+/// the path), with `max_staleness` as given.
+fn filled(
+    rt: &tokio::runtime::Runtime,
+    keys: &[String],
+    max_staleness: Option<Duration>,
+) -> LocalCache<Vec<u8>> {
+    rt.block_on(async {
+        let cache = LocalCache::builder(Channel::new(MemoryTransport::new().into_arc(), "bench"))
+            .max_entries(2 * KEYS as u64)
+            .max_staleness(max_staleness)
+            .heartbeat_interval(None)
+            .build()
+            .await
+            .expect("cache");
+        for k in keys {
+            cache
+                .get_or_load(k, |_| async { Ok(Some(Loaded::new(value()))) })
+                .await
+                .expect("load");
+        }
+        for k in keys.iter().step_by(2) {
+            cache
+                .put_with(
+                    k,
+                    value(),
+                    PublishOptions::new().ttl(Duration::from_secs(3600)),
+                )
+                .await
+                .expect("put");
+        }
+        cache
+    })
 }
 
 /// One variant, `<name>/<threads>t`: `read(i)` of key `i` on each thread.

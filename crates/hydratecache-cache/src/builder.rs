@@ -14,14 +14,17 @@ use crate::cache::LocalCache;
 use crate::clock;
 use crate::config::{
     RepairPolicy, Weigher, DEFAULT_CAPACITY, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LOAD_TIMEOUT,
-    DEFAULT_RELOAD_CONCURRENCY, DEFAULT_RELOAD_JITTER, DEFAULT_TOMBSTONE_TTL,
+    DEFAULT_MAX_STALENESS, DEFAULT_RELOAD_CONCURRENCY, DEFAULT_RELOAD_JITTER,
+    DEFAULT_TOMBSTONE_TTL,
 };
 use crate::entry::Table;
 use crate::error::{Error, Result};
+use crate::health::Trust;
 use crate::hydrate;
 use crate::inner::{Flights, Inner};
 use crate::loader::{Loaded, Loader, WarmStream};
 use crate::stats::Counters;
+use crate::watchdog::{self, Liveness};
 
 /// Builds a [`LocalCache`].
 pub struct LocalCacheBuilder<T> {
@@ -35,6 +38,8 @@ pub struct LocalCacheBuilder<T> {
     reload_concurrency: usize,
     reload_jitter: Duration,
     load_timeout: Duration,
+    serve_stale_on_error: bool,
+    max_staleness: Option<Duration>,
     subscribe: SubscribeOptions,
     warm: Option<WarmStream<T>>,
 }
@@ -63,6 +68,8 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
             reload_concurrency: DEFAULT_RELOAD_CONCURRENCY,
             reload_jitter: DEFAULT_RELOAD_JITTER,
             load_timeout: DEFAULT_LOAD_TIMEOUT,
+            serve_stale_on_error: false,
+            max_staleness: Some(DEFAULT_MAX_STALENESS),
             subscribe: SubscribeOptions::default(),
             warm: None,
         }
@@ -112,7 +119,11 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
     }
 
     /// Heartbeat interval of this cache's own publisher, and of the channel
-    /// it was built from once that published (default 1 s); `None` sends none.
+    /// it was built from once that published (default
+    /// [`DEFAULT_HEARTBEAT_INTERVAL`], a quarter of the
+    /// [`max_staleness`](Self::max_staleness)); each heartbeat's lease is
+    /// three intervals. `None` sends none: subscribers then notice neither a
+    /// lost last message nor this publisher's silence.
     pub fn heartbeat_interval(mut self, interval: Option<Duration>) -> Self {
         self.heartbeat_interval = interval;
         self
@@ -129,6 +140,45 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
     /// get an error and the next caller loads afresh.
     pub fn load_timeout(mut self, timeout: Duration) -> Self {
         self.load_timeout = timeout;
+        self
+    }
+
+    /// The bound on staleness this cache keeps (default
+    /// [`DEFAULT_MAX_STALENESS`], 1 s): no read returns a value whose
+    /// successor was committed at the source of truth longer than this
+    /// before the read began, whatever fails, provided the transport notices
+    /// a broken connection within half of it (each adapter's keepalive plus
+    /// probe timeout; their defaults: 500 ms or less). How
+    /// (docs/reliability.md has the derivation and the measurements):
+    /// - the transport reports a broken connection at the moment it notices
+    ///   it ([`Event::Interrupted`](hydratecache_core::Event::Interrupted)):
+    ///   the cache stops serving then (see [`LocalCache::health`]);
+    /// - publishers heartbeat every quarter of it (this sets the
+    ///   [`heartbeat_interval`](Self::heartbeat_interval); set that after
+    ///   this to change it), each heartbeat promising the next within three
+    ///   intervals; a publisher silent past that may have lost its last
+    ///   writes (a crash between commit and publish): repaired by policy;
+    /// - reads are served only while the hydration task ran within three
+    ///   tenths of it; after a stall of the process the cache catches up
+    ///   (a marker through the backend) before it serves again.
+    ///
+    /// `None` turns the last two off (the heartbeat interval stays as set),
+    /// leaving only what the transport reports.
+    pub fn max_staleness(mut self, bound: Option<Duration>) -> Self {
+        self.max_staleness = bound;
+        if let Some(bound) = bound {
+            self.heartbeat_interval = Some((bound / 4).max(Duration::from_millis(1)));
+        }
+        self
+    }
+
+    /// While the cache is untrusted (see [`LocalCache::health`]), `fetch`
+    /// and `get_or_load` read through the loader; with this set, a read
+    /// whose loader fails gets the value held instead, if any, like HTTP's
+    /// stale-if-error (default off: the error). Each such read is counted in
+    /// [`CacheStats::stale_served`](crate::CacheStats::stale_served).
+    pub fn serve_stale_on_error(mut self, serve: bool) -> Self {
+        self.serve_stale_on_error = serve;
         self
     }
 
@@ -163,6 +213,11 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
         let entries = Table::new(self.capacity, self.weigher.is_none())?;
         let (ready_tx, _) = watch::channel(false);
         let ordered = self.channel.transport().capabilities().ordered;
+        // `Ignore` accepts stale values: no bound to keep.
+        let liveness = self
+            .max_staleness
+            .filter(|_| self.policy != RepairPolicy::Ignore)
+            .map(Liveness::for_bound);
         let inner = Arc::new(Inner {
             // Its own publisher id: it skips its own echoes, and only those.
             channel: self.channel.with_new_publisher(),
@@ -175,10 +230,12 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             reload_concurrency: self.reload_concurrency,
             reload_jitter: self.reload_jitter,
             generation: AtomicU64::new(0),
+            repaired_wall_ms: AtomicU64::new(0),
             store_lock: Mutex::new(()),
             in_flight: Mutex::new(Flights::new()),
             next_flight: AtomicU64::new(0),
             load_timeout: self.load_timeout,
+            serve_stale_on_error: self.serve_stale_on_error,
             reload_task: Mutex::new(None),
             closed: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
@@ -188,7 +245,13 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             pending_warm: AtomicBool::new(self.warm.is_some()),
             pending_replay: AtomicBool::new(self.subscribe.start == StartFrom::Earliest),
             pending_gap: AtomicBool::new(false),
+            pending_marker: AtomicBool::new(false),
+            liveness,
+            fresh_until: AtomicU64::new(
+                liveness.map_or(clock::NEVER, |l| watchdog::fresh_until(clock::now(), &l)),
+            ),
             counters: Counters::default(),
+            trust: Mutex::new(Trust::starting()),
         });
         let subscription = hydrate::subscribe(&inner, self.subscribe.clone()).await?;
         let subscribed_at = clock::now();

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::health::{Health, Untrusted};
 use crate::inner::{lock, Inner, Origin};
 use crate::loader::Loaded;
 use crate::stats::CacheStats;
@@ -133,7 +134,8 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
         if let Some(value) = self.inner.get(key) {
             return Ok(Some(value));
         }
-        Inner::load(&self.inner, key, |k| loader(k).boxed()).await
+        let loaded = Inner::load(&self.inner, key, |k| loader(k).boxed()).await;
+        self.inner.stale_if_error(key, loaded)
     }
 
     /// [`get_or_load`](Self::get_or_load) with the builder's loader.
@@ -146,7 +148,8 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
         if let Some(value) = self.inner.get(key) {
             return Ok(Some(value));
         }
-        Inner::load(&self.inner, key, |k| loader.load(k)).await
+        let loaded = Inner::load(&self.inner, key, |k| loader.load(k)).await;
+        self.inner.stale_if_error(key, loaded)
     }
 
     /// Stores `value` locally, then publishes it.
@@ -197,9 +200,41 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
         let _ = rx.wait_for(|ready| *ready).await;
     }
 
-    /// Whether the cache is warm.
+    /// Whether the cache serves what it holds now: warm and trusted (see
+    /// [`health`](Self::health)).
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
+        self.inner.serving()
+    }
+
+    /// Whether the cache serves what it holds, since when, and why not.
+    ///
+    /// It stops as soon as it cannot know that what it holds is current:
+    /// the transport reports its connection broken (at the moment it detects
+    /// it), reports that it is losing messages, or hydration fails. While
+    /// untrusted, `get` misses and `fetch` reads through the loader; it is
+    /// trusted again once delivery is back and what may have been missed is
+    /// repaired. Each change is logged (`warn`).
+    ///
+    /// ```
+    /// use hydratecache_cache::LocalCache;
+    /// use hydratecache_core::{Channel, MemoryTransport, Transport};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), hydratecache_cache::Error> {
+    /// let bus = MemoryTransport::new().into_arc();
+    /// let cache: LocalCache<String> = LocalCache::builder(Channel::new(bus, "users")).build().await?;
+    /// let health = cache.health();
+    /// assert!(health.is_trusted(), "untrusted since {:?}: {:?}", health.since, health.untrusted);
+    /// # Ok(()) }
+    /// ```
+    pub fn health(&self) -> Health {
+        let health = lock(&self.inner.trust).health();
+        match self.inner.stalled_since() {
+            Some(since) if health.is_trusted() => Health {
+                untrusted: Some(Untrusted::Stalled),
+                since,
+            },
+            _ => health,
+        }
     }
 
     /// A snapshot of the counters.
@@ -212,7 +247,10 @@ impl<T: Send + Sync + 'static> LocalCache<T> {
     /// totals, and gauges `hydratecache_cache_entries` and
     /// `hydratecache_cache_lag_p99_seconds`. Call it on your scrape interval.
     pub fn stats(&self) -> CacheStats {
-        let stats = self.inner.counters.snapshot(self.inner.entries.len());
+        let stats = self.inner.counters.snapshot(
+            self.inner.entries.len(),
+            self.inner.ready.load(Ordering::Acquire),
+        );
         #[cfg(feature = "metrics")]
         crate::export::export_metrics(self.inner.channel.topic(), &stats);
         stats

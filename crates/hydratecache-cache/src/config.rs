@@ -16,7 +16,9 @@ pub enum RepairPolicy {
     /// dropping or closing the cache cancels it. Needs a
     /// [`loader`](crate::LocalCacheBuilder::loader).
     Reload,
-    /// Keep serving what is held; only count the gap. Stale values may stay.
+    /// Keep serving what is held; only count the gap. Stale values may stay:
+    /// this opts out of the staleness bound (interruptions are counted, not
+    /// acted on, and the cache's own liveness checks are off).
     Ignore,
 }
 
@@ -25,8 +27,12 @@ pub type Weigher<T> = dyn Fn(&str, &T) -> u64 + Send + Sync;
 
 /// Default maximum number of entries.
 pub const DEFAULT_CAPACITY: u64 = 10_000;
-/// Default heartbeat interval of the cache's own publisher.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default heartbeat interval of the cache's own publisher: a quarter of
+/// [`DEFAULT_MAX_STALENESS`], so its lease (three intervals) fits in it.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
+/// Default bound on how stale a read may be, whatever fails (see
+/// [`LocalCacheBuilder::max_staleness`](crate::LocalCacheBuilder::max_staleness)).
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(1);
 /// Default time a versioned delete's tombstone is kept.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 /// Default time a loader call may take before its waiters get an error.

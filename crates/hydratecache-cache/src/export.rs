@@ -26,12 +26,22 @@ pub(crate) fn export_metrics(topic: &str, s: &CacheStats) {
             s.hydration_failures,
         ),
         ("hydratecache_cache_gaps", s.gaps + s.sequence_gaps),
+        ("hydratecache_cache_interruptions", s.interruptions),
+        ("hydratecache_cache_untrusted", s.untrusted),
+        ("hydratecache_cache_stale_served", s.stale_served),
+        ("hydratecache_cache_stalls", s.stalls),
+        ("hydratecache_cache_silent_publishers", s.silent_publishers),
         ("hydratecache_cache_repairs", s.repairs()),
     ];
     for (name, value) in counters {
         metrics::counter!(name, "topic" => topic.clone()).absolute(value);
     }
     metrics::gauge!("hydratecache_cache_entries", "topic" => topic.clone()).set(s.entries as f64);
+    metrics::gauge!("hydratecache_cache_trusted", "topic" => topic.clone()).set(if s.trusted {
+        1.0
+    } else {
+        0.0
+    });
     if let Some(p99) = s.lag_p99 {
         metrics::gauge!("hydratecache_cache_lag_p99_seconds", "topic" => topic)
             .set(p99.as_secs_f64());

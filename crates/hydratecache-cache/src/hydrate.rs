@@ -30,16 +30,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::OptionFuture;
 use futures::{FutureExt, StreamExt};
-use hydratecache_core::{
-    ChannelEvent, ChannelSubscription, CodecPanicked, EnvelopeError, Error as CoreError,
-    PublisherId, StartFrom, SubscribeOptions,
-};
+use hydratecache_core::{ChannelSubscription, Error as CoreError, StartFrom, SubscribeOptions};
 use tokio::sync::oneshot;
 
-use crate::clock::Nanos;
+use crate::apply::{apply, unreadable, Tracking};
+use crate::clock::{self, Nanos};
+use crate::health::Untrusted;
 use crate::inner::{Inner, Origin};
 use crate::loader::WarmStream;
-use crate::sequences::Sequences;
+use crate::watchdog::{self, Liveness};
 
 /// First wait before resubscribing after a failure; doubles up to the max.
 const RESTART_MIN: Duration = Duration::from_millis(100);
@@ -133,7 +132,7 @@ pub(crate) async fn supervise<T: Send + Sync + 'static>(
             }
             Err(panic) => {
                 inner.counters.hydration_failures.incr();
-                stop_serving(&inner);
+                inner.untrust(Untrusted::HydrationFailed);
                 tracing::error!(
                     topic = inner.channel.topic(),
                     panic = panic_message(&*panic),
@@ -155,10 +154,12 @@ struct Unsupervised<T: Send + Sync + 'static>(Option<Arc<Inner<T>>>);
 impl<T: Send + Sync + 'static> Drop for Unsupervised<T> {
     fn drop(&mut self) {
         if let Some(inner) = self.0.take() {
-            if !inner.closed.load(Ordering::Acquire) {
+            if inner.closed.load(Ordering::Acquire) {
+                inner.untrust(Untrusted::Closed);
+            } else {
                 inner.counters.hydration_failures.incr();
+                inner.untrust(Untrusted::HydrationFailed);
             }
-            stop_serving(&inner);
         }
     }
 }
@@ -226,12 +227,6 @@ async fn resubscribe<T: Send + Sync + 'static>(
     }
 }
 
-/// The cache stops serving: reads miss (and load) until hydration is back.
-fn stop_serving<T: Send + Sync + 'static>(inner: &Inner<T>) {
-    inner.ready.store(false, Ordering::Release);
-    inner.ready_tx.send_replace(false);
-}
-
 fn panic_message(panic: &(dyn Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
@@ -272,24 +267,35 @@ async fn run<T: Send + Sync + 'static>(
     let mut warm_done = false;
     // Both optional futures finish once: never poll them again after that.
     let mut heartbeats_done = false;
-    let mut sequences = Sequences::new(subscribed_ms, Instant::now());
+    let mut tracking = Tracking::new(subscribed_ms, Instant::now());
+    let mut ticks = inner.liveness.map(|l| {
+        let mut ticks = tokio::time::interval(l.tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        (l, ticks)
+    });
+    let mut last_tick = clock::now();
     let outcome = loop {
         tokio::select! {
             _ = &mut *stop => break Outcome::Stopped,
+            () = next_tick(&mut ticks) => {
+                if let Some((liveness, _)) = &ticks {
+                    watchdog::tick(&inner, &mut tracking, liveness, &mut last_tick);
+                }
+            }
             _ = &mut heartbeats, if !heartbeats_done => heartbeats_done = true,
             _ = &mut warming, if !warm_done => {
                 warm_done = true;
                 inner.warm_done();
             }
             item = subscription.next() => match item {
-                Some(Ok(event)) => apply(&inner, &mut sequences, event),
-                Some(Err(e)) => unreadable(&inner, &mut sequences, &e),
+                Some(Ok(event)) => apply(&inner, &mut tracking, event),
+                Some(Err(e)) => unreadable(&inner, &mut tracking, &e),
                 None => {
                     // Without a subscription the cache can no longer know
                     // what changed: stop serving rather than serve stale values.
                     tracing::error!(topic = inner.channel.topic(), "subscription ended: the cache stops serving");
                     inner.counters.hydration_failures.incr();
-                    stop_serving(&inner);
+                    inner.untrust(Untrusted::HydrationFailed);
                     inner.retire();
                     break Outcome::Ended;
                 }
@@ -346,181 +352,12 @@ async fn warm_up<T: Send + Sync + 'static>(
     tracing::debug!(topic = inner.channel.topic(), stored, "warm-up done");
 }
 
-/// An error item of the subscription.
-///
-/// One that is not about one message (the transport reports it is dropping
-/// messages, a re-subscribe that keeps failing) means messages are being
-/// missed from now on: the cache stops serving until the transport's next
-/// gap, which marks the end of the loss, has been applied (see [`apply`]).
-///
-/// A message this build cannot read.
-///
-/// Bytes that are not an envelope at all (another client on the topic) are
-/// skipped. Anything else is an envelope we cannot read (a newer release's,
-/// during a rolling upgrade, or damaged), so a possible lost update: with its
-/// key (Kafka's record key, the unit of change and of compaction there) that
-/// key is forgotten; without, it is a gap, repaired by policy.
-///
-/// A value the codec could not decode (or panicked on) is a message
-/// received: its sequence counts, and its key is forgotten.
-fn unreadable<T: Send + Sync + 'static>(
-    inner: &Arc<Inner<T>>,
-    sequences: &mut Sequences,
-    error: &CoreError,
-) {
-    let topic = inner.channel.topic();
-    if let CoreError::Decode {
-        key,
-        publisher,
-        sequence,
-        source,
-        ..
-    } = error
-    {
-        observe(inner, sequences, *publisher, *sequence, false);
-        match source.downcast_ref::<CodecPanicked>() {
-            Some(panic) => user_code_panicked(inner, key, &panic.message),
-            None => {
-                // The key changed to something we cannot read: forget it
-                // rather than keep serving the old value.
-                inner.counters.decode_errors.incr();
-                inner.forget(key);
-                tracing::warn!(topic, key, error = %source, "cannot decode value: key invalidated");
-            }
+/// The next tick, or never without liveness checks.
+async fn next_tick(ticks: &mut Option<(Liveness, tokio::time::Interval)>) {
+    match ticks {
+        Some((_, ticks)) => {
+            ticks.tick().await;
         }
-        return;
+        None => std::future::pending().await,
     }
-    if !error.is_per_message() {
-        if !inner.pending_gap.swap(true, Ordering::AcqRel) {
-            inner.counters.hydration_failures.incr();
-        }
-        stop_serving(inner);
-        tracing::error!(
-            topic,
-            error = error as &dyn std::error::Error,
-            "subscription error: the cache stops serving until the transport's next gap"
-        );
-        return;
-    }
-    let CoreError::Malformed { key, source, .. } = error else {
-        tracing::warn!(
-            topic,
-            error = error as &dyn std::error::Error,
-            "subscription error item skipped"
-        );
-        return;
-    };
-    inner.counters.malformed.incr();
-    match (source, key) {
-        // Not even our magic byte (or nothing at all): not one of ours.
-        (EnvelopeError::BadMagic { .. } | EnvelopeError::Truncated { got: 0, needed: 1 }, _) => {
-            tracing::warn!(
-                topic,
-                error = error as &dyn std::error::Error,
-                "bytes that are not a message skipped"
-            );
-        }
-        (_, Some(key)) => {
-            inner.forget(key);
-            tracing::warn!(
-                topic,
-                key,
-                error = error as &dyn std::error::Error,
-                "unreadable message: key forgotten"
-            );
-        }
-        (_, None) => {
-            inner.counters.gaps.incr();
-            inner.repair(&format!("unreadable message ({source})"));
-        }
-    }
-}
-
-fn apply<T: Send + Sync + 'static>(
-    inner: &Arc<Inner<T>>,
-    sequences: &mut Sequences,
-    event: ChannelEvent<T>,
-) {
-    match event {
-        ChannelEvent::Gap(gap) => {
-            inner.counters.gaps.incr();
-            let why = format!("transport gap ({}, missed {:?})", gap.reason, gap.missed);
-            if inner.pending_gap.swap(false, Ordering::AcqRel) {
-                // The end of a loss the transport reported: nothing held or
-                // loaded since it began is known to be current.
-                inner.repair_outage(&why);
-                inner.ready_if_warm();
-            } else {
-                inner.repair(&why);
-            }
-        }
-        ChannelEvent::ReplayDone => inner.replay_done(),
-        // The subscription skipped this cache's own writes (its channel
-        // publishes under an id of its own; other clones of the user's
-        // channel are other publishers).
-        ChannelEvent::Update(msg) => {
-            observe(inner, sequences, msg.publisher, msg.sequence, false);
-            // A weigher panic is caught there: the key is forgotten.
-            let _ = inner.store_update(
-                &msg.key,
-                Arc::new(msg.value),
-                msg.version,
-                msg.ttl.map(|ttl| ttl.remaining()),
-                Some(msg.published_at),
-                Origin::Remote,
-            );
-        }
-        ChannelEvent::Delete(delete) => {
-            observe(inner, sequences, delete.publisher, delete.sequence, false);
-            inner.store_delete(&delete.key, delete.version, Origin::Remote);
-        }
-        ChannelEvent::Heartbeat(heartbeat) => {
-            observe(
-                inner,
-                sequences,
-                heartbeat.publisher,
-                heartbeat.sequence,
-                true,
-            );
-        }
-        // An event of a newer core release: nothing for the cache to apply.
-        _ => {}
-    }
-}
-
-/// Records a message's sequence, repairing on the loss it reveals.
-///
-/// Sequence numbers reveal a loss only where one publisher's messages
-/// arrive in order; elsewhere the transport's gap events are the signal.
-fn observe<T: Send + Sync + 'static>(
-    inner: &Arc<Inner<T>>,
-    sequences: &mut Sequences,
-    publisher: PublisherId,
-    sequence: u64,
-    heartbeat: bool,
-) {
-    if !inner.ordered {
-        return;
-    }
-    let loss = sequences.observe(publisher, sequence, heartbeat, Instant::now(), now_ms());
-    if let Some(loss) = loss {
-        inner.counters.sequence_gaps.incr();
-        inner.repair(&format!(
-            "publisher {publisher}: {} (missed {:?}, at sequence {sequence})",
-            loss.why, loss.missed
-        ));
-    }
-}
-
-/// The codec panicked on `key`'s value: the key is forgotten, as for a value
-/// that cannot be decoded.
-fn user_code_panicked<T: Send + Sync + 'static>(inner: &Inner<T>, key: &str, panic: &str) {
-    inner.counters.hydration_panics.incr();
-    inner.forget(key);
-    tracing::error!(
-        topic = inner.channel.topic(),
-        key,
-        panic,
-        "codec panicked: key invalidated"
-    );
 }

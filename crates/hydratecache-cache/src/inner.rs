@@ -13,8 +13,10 @@ use tokio::task::JoinHandle;
 use crate::clock::{self, Nanos};
 use crate::config::{RepairPolicy, Weigher};
 use crate::entry::Table;
+use crate::health::{Trust, Untrusted};
 use crate::loader::Loader;
 use crate::stats::Counters;
+use crate::watchdog::Liveness;
 
 /// State shared by the cache handle and its hydration task.
 pub(crate) struct Inner<T> {
@@ -32,11 +34,14 @@ pub(crate) struct Inner<T> {
     pub(crate) reload_jitter: Duration,
     /// Bumped by every repair: loads started before it do not store.
     pub(crate) generation: AtomicU64,
+    /// When the last repair happened, in ms since the epoch (0: none).
+    pub(crate) repaired_wall_ms: AtomicU64,
     /// Serialises "check then store" between the hydration task and loads.
     pub(crate) store_lock: Mutex<()>,
     pub(crate) in_flight: Mutex<Flights<T>>,
     pub(crate) next_flight: AtomicU64,
     pub(crate) load_timeout: Duration,
+    pub(crate) serve_stale_on_error: bool,
     /// The running `Reload` repair: at most one.
     pub(crate) reload_task: Mutex<Option<JoinHandle<()>>>,
     /// Set first by drop and `close`: no reload starts after it.
@@ -54,7 +59,17 @@ pub(crate) struct Inner<T> {
     /// The transport reported that messages are being dropped: not ready
     /// until its next gap has been applied.
     pub(crate) pending_gap: AtomicBool,
+    /// Caught up after a stall: not ready until the marker came back.
+    pub(crate) pending_marker: AtomicBool,
+    /// The cache's own liveness checks (`None`: off).
+    pub(crate) liveness: Option<Liveness>,
+    /// Reads serve until this coarse-clock time, refreshed by each tick of
+    /// the hydration task ([`clock::NEVER`] without liveness checks).
+    pub(crate) fresh_until: AtomicU64,
     pub(crate) counters: Counters,
+    /// Why `ready` is false, and since when; changed with `ready`, under
+    /// this lock.
+    pub(crate) trust: Mutex<Trust>,
 }
 
 pub(crate) fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
@@ -76,12 +91,43 @@ impl<T: Send + Sync + 'static> Inner<T> {
     /// Ready once neither a warm-up stream, a replay nor the gap that ends
     /// a reported loss is pending.
     pub(crate) fn ready_if_warm(&self) {
-        if !self.pending_warm.load(Ordering::Acquire)
-            && !self.pending_replay.load(Ordering::Acquire)
-            && !self.pending_gap.load(Ordering::Acquire)
+        let mut trust = lock(&self.trust);
+        if self.pending_warm.load(Ordering::Acquire)
+            || self.pending_replay.load(Ordering::Acquire)
+            || self.pending_gap.load(Ordering::Acquire)
+            || self.pending_marker.load(Ordering::Acquire)
         {
-            self.ready.store(true, Ordering::Release);
-            self.ready_tx.send_replace(true);
+            return;
+        }
+        self.ready.store(true, Ordering::Release);
+        self.ready_tx.send_replace(true);
+        if let Some(was) = trust.untrusted.take() {
+            let untrusted_for = trust.since_instant.elapsed();
+            trust.since = std::time::SystemTime::now();
+            trust.since_instant = std::time::Instant::now();
+            if was == Untrusted::Starting {
+                tracing::debug!(topic = self.channel.topic(), "cache ready");
+            } else {
+                tracing::warn!(topic = self.channel.topic(), was = %was, ?untrusted_for, "cache trusted again");
+            }
+        }
+    }
+
+    /// The cache stops serving what it holds: reads miss (and load) until
+    /// it is current again.
+    pub(crate) fn untrust(&self, why: Untrusted) {
+        let mut trust = lock(&self.trust);
+        self.ready.store(false, Ordering::Release);
+        self.ready_tx.send_replace(false);
+        if trust.untrusted.is_none() {
+            trust.untrusted = Some(why);
+            trust.since = std::time::SystemTime::now();
+            trust.since_instant = std::time::Instant::now();
+            if why == Untrusted::Closed {
+                return;
+            }
+            self.counters.untrusted.incr();
+            tracing::warn!(topic = self.channel.topic(), why = %why, "cache untrusted: reads miss until it is current again");
         }
     }
 
@@ -97,22 +143,83 @@ impl<T: Send + Sync + 'static> Inner<T> {
 
     #[inline]
     pub(crate) fn get(&self, key: &str) -> Option<Arc<T>> {
-        if !self.ready.load(Ordering::Acquire) {
+        if !self.serving() {
             self.counters.misses.incr();
             return None;
         }
-        let hit = self.entries.get(key).and_then(|entry| {
-            // Entries without a TTL skip the clock read.
-            if entry.expires_at != clock::NEVER && entry.is_expired(clock::coarse_now()) {
-                return None;
-            }
-            entry.value
-        });
+        let hit = self.held(key);
         match &hit {
             Some(_) => self.counters.hits.incr(),
             None => self.counters.misses.incr(),
         }
         hit
+    }
+
+    /// Whether reads may return what is held: trusted, and the hydration
+    /// task ticked recently enough (one atomic load, and a coarse-clock
+    /// read with liveness checks on).
+    #[inline]
+    pub(crate) fn serving(&self) -> bool {
+        if !self.ready.load(Ordering::Acquire) {
+            return false;
+        }
+        let until = self.fresh_until.load(Ordering::Acquire);
+        until == clock::NEVER || clock::coarse_now() <= until
+    }
+
+    /// When the hydration task's deadline passed, if it has: the task has
+    /// not run since (a stall not yet noticed by the task itself).
+    pub(crate) fn stalled_since(&self) -> Option<std::time::SystemTime> {
+        let until = self.fresh_until.load(Ordering::Acquire);
+        let now = clock::coarse_now();
+        if until == clock::NEVER || now <= until {
+            return None;
+        }
+        let ago = Duration::from_nanos(now - until);
+        Some(
+            std::time::SystemTime::now()
+                .checked_sub(ago)
+                .unwrap_or(std::time::UNIX_EPOCH),
+        )
+    }
+
+    /// The live value held for `key`, trusted or not.
+    #[inline]
+    pub(crate) fn held(&self, key: &str) -> Option<Arc<T>> {
+        self.entries.get(key).and_then(|entry| {
+            // Entries without a TTL skip the clock read.
+            if entry.expires_at != clock::NEVER && entry.is_expired(clock::coarse_now()) {
+                return None;
+            }
+            entry.value
+        })
+    }
+}
+
+impl<T: Send + Sync + 'static> Inner<T> {
+    /// `result` of a read through the loader, or, when it failed while the
+    /// cache is untrusted and `serve_stale_on_error` is set, the live value
+    /// held (counted).
+    pub(crate) fn stale_if_error(
+        &self,
+        key: &str,
+        result: crate::error::Result<Option<Arc<T>>>,
+    ) -> crate::error::Result<Option<Arc<T>>> {
+        if result.is_ok() || !self.serve_stale_on_error || self.serving() {
+            return result;
+        }
+        match self.held(key) {
+            Some(value) => {
+                self.counters.stale_served.incr();
+                tracing::debug!(
+                    topic = self.channel.topic(),
+                    key,
+                    "loader failed while untrusted: the value held is served"
+                );
+                Ok(Some(value))
+            }
+            None => result,
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod apply;
 mod builder;
 mod cache;
 mod clock;
@@ -9,8 +10,10 @@ mod entry;
 mod error;
 #[cfg(feature = "metrics")]
 mod export;
+mod health;
 mod hydrate;
 mod inner;
+mod leases;
 mod load;
 mod loader;
 mod repair;
@@ -19,14 +22,16 @@ mod stats;
 mod store;
 #[cfg(test)]
 mod tests;
+mod watchdog;
 
 pub use builder::LocalCacheBuilder;
 pub use cache::LocalCache;
 pub use config::{
     RepairPolicy, Weigher, DEFAULT_CAPACITY, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LOAD_TIMEOUT,
-    DEFAULT_TOMBSTONE_TTL,
+    DEFAULT_MAX_STALENESS, DEFAULT_TOMBSTONE_TTL,
 };
 pub use error::{Error, Result};
+pub use health::{Health, Untrusted};
 pub use loader::{Loaded, Loader};
 pub use stats::CacheStats;
 

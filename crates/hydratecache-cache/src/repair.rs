@@ -81,6 +81,19 @@ impl<T: Send + Sync + 'static> Inner<T> {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let now = clock::now();
         self.entries.repaired_at.fetch_max(now, Ordering::AcqRel);
+        self.repaired_wall_ms
+            .fetch_max(crate::hydrate::now_ms(), Ordering::AcqRel);
+    }
+
+    /// Whether an update published at `at` (the publisher's clock) predates
+    /// the last repair (this cache's clock): a publisher clock ahead by `s`
+    /// lets updates up to `s` older through, one behind drops more (safe).
+    pub(crate) fn predates_repair(&self, at: std::time::SystemTime) -> bool {
+        let repaired = self.repaired_wall_ms.load(Ordering::Acquire);
+        repaired != 0
+            && at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(true, |d| d.as_millis() < u128::from(repaired))
     }
 
     /// Starts a reload, superseding the one running: that one is cancelled

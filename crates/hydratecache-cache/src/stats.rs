@@ -69,6 +69,12 @@ pub(crate) struct Counters {
     pub(crate) reloaded_keys: Counter,
     pub(crate) hydration_panics: Counter,
     pub(crate) hydration_failures: Counter,
+    pub(crate) interruptions: Counter,
+    pub(crate) untrusted: Counter,
+    pub(crate) stale_served: Counter,
+    pub(crate) stalls: Counter,
+    pub(crate) silent_publishers: Counter,
+    pub(crate) predating_repair: Counter,
     lag_micros: Mutex<VecDeque<u64>>,
 }
 
@@ -104,7 +110,7 @@ impl Counters {
         (Some(at(0.50)), Some(at(0.99)))
     }
 
-    pub(crate) fn snapshot(&self, entries: usize) -> CacheStats {
+    pub(crate) fn snapshot(&self, entries: usize, trusted: bool) -> CacheStats {
         let (lag_p50, lag_p99) = self.lag_percentiles();
         CacheStats {
             hits: self.hits.get(),
@@ -126,6 +132,13 @@ impl Counters {
             reloaded_keys: self.reloaded_keys.get(),
             hydration_panics: self.hydration_panics.get(),
             hydration_failures: self.hydration_failures.get(),
+            interruptions: self.interruptions.get(),
+            untrusted: self.untrusted.get(),
+            stale_served: self.stale_served.get(),
+            stalls: self.stalls.get(),
+            silent_publishers: self.silent_publishers.get(),
+            predating_repair: self.predating_repair.get(),
+            trusted,
             entries,
             lag_p50,
             lag_p99,
@@ -189,6 +202,27 @@ pub struct CacheStats {
     /// transport's next gap; then it invalidates every value (reloads them
     /// under `Reload`) and serves again.
     pub hydration_failures: u64,
+    /// Interruptions the transport reported at the moment it detected them
+    /// (a lost or unresponsive connection).
+    pub interruptions: u64,
+    /// Times the cache stopped trusting what it holds (see
+    /// [`LocalCache::health`](crate::LocalCache::health)).
+    pub untrusted: u64,
+    /// Reads answered with a held value while untrusted because the loader
+    /// failed ([`serve_stale_on_error`](crate::LocalCacheBuilder::serve_stale_on_error)).
+    pub stale_served: u64,
+    /// Times the hydration task was found to have stalled (the process
+    /// paused, or its runtime starved): the cache caught up before serving.
+    pub stalls: u64,
+    /// Publishers that fell silent past their lease (crashed, hung or cut
+    /// off): each a possible loss, repaired by policy.
+    pub silent_publishers: u64,
+    /// Updates published before the last repair and delivered after it
+    /// (held by their publisher's client through an outage): applied as an
+    /// invalidation of their key, since a newer write may have been lost.
+    pub predating_repair: u64,
+    /// Whether the cache served what it holds when the snapshot was taken.
+    pub trusted: bool,
     /// Entries now held: values and tombstones, including values a repair
     /// invalidated (never served) until they are overwritten or evicted.
     pub entries: usize,

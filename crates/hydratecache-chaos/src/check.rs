@@ -22,6 +22,10 @@
 //! - **silent** (violation): the instance received a later version without
 //!   ever receiving the next one and without a gap in between, or never
 //!   received anything newer and never signalled a gap.
+//!
+//! Whatever its class, a read staler than the bound (`--bound-ms`, 1 s by
+//! default, as `LocalCache`'s `max_staleness`) is a violation (invariant 4),
+//! and counted under the fault it falls in.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -60,6 +64,8 @@ pub(crate) struct RunFacts {
     pub(crate) duration_s: f64,
     pub(crate) repair: String,
     pub(crate) window_us: u64,
+    /// The staleness bound: a read staler than this is a violation.
+    pub(crate) bound_us: u64,
     pub(crate) memory_limit_kb: u64,
     pub(crate) commits: Vec<Vec<u64>>,
     pub(crate) writer: WriterStats,
@@ -189,6 +195,29 @@ struct Tally {
     memory_peak_kb: u64,
     crashed: u64,
     hung: u64,
+    /// Stale reads past the bound (violations whatever came before).
+    beyond_bound: u64,
+    /// Per fault kind (or `none`): max staleness (µs) and reads past the bound.
+    by_fault: BTreeMap<String, (u64, u64)>,
+}
+
+/// How long after a fault ends stale reads are still put down to it.
+const FAULT_AFTERMATH_US: u64 = 5_000_000;
+
+/// The kind of the fault a stale read at `at` falls under: the latest one
+/// that began before it and ended less than [`FAULT_AFTERMATH_US`] before it.
+fn fault_at(fault_log: &[Value], at: u64) -> String {
+    fault_log
+        .iter()
+        .rev()
+        .find(|f| {
+            let start = f["t_us"].as_u64().unwrap_or(u64::MAX);
+            let end = start + f["took_ms"].as_u64().unwrap_or(0) * 1000;
+            start <= at && at <= end + FAULT_AFTERMATH_US
+        })
+        .and_then(|f| f["kind"].as_str())
+        .unwrap_or("none")
+        .to_owned()
 }
 
 fn overlaps(pauses: &[(u64, u64)], from: u64, to: u64) -> bool {
@@ -259,6 +288,16 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
             };
             let stale_last = e.last.saturating_sub(c1);
             t.max_stale_us = t.max_stale_us.max(stale_last);
+            let beyond = stale_last > facts.bound_us;
+            let fault = t
+                .by_fault
+                .entry(fault_at(&facts.fault_log, e.first))
+                .or_default();
+            fault.0 = fault.0.max(stale_last);
+            if beyond {
+                fault.1 += e.n;
+                t.beyond_bound += e.n;
+            }
             let detail = |class: &str| {
                 json!({
                     "class": class, "instance": record.name, "key": key_name(k), "version_read": v,
@@ -270,6 +309,17 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
                     "t_us": e.first,
                 })
             };
+            // 4. Whatever was signalled before: past the bound.
+            if beyond {
+                violations.push(Violation {
+                    invariant: 4,
+                    what: format!(
+                        "{}: {} read at version {v}, {} ms after version {} committed: past the staleness bound of {} ms",
+                        record.name, key_name(k), stale_last / 1000, v + 1, facts.bound_us / 1000
+                    ),
+                    detail: detail("beyond-bound"),
+                });
+            }
             // 1. A gap had been signalled after the update, yet the old version was served.
             let acquired_after_gap = e.delivered == v && e.delivered_at >= e.last_gap;
             if e.last_gap >= c1 && e.first > e.last_gap + w && !acquired_after_gap {
@@ -382,15 +432,26 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
     let first = violations
         .first()
         .map(|v| json!({"invariant": v.invariant, "what": v.what, "detail": v.detail}));
-    let mut by_invariant = [0u64; 4];
+    let mut by_invariant = [0u64; 5];
     for v in &violations {
-        by_invariant[usize::from(v.invariant.min(3))] += 1;
+        by_invariant[usize::from(v.invariant.min(4))] += 1;
     }
     let faults_total: u64 = facts.fault_counts.values().sum();
+    let by_fault: serde_json::Map<String, Value> = t
+        .by_fault
+        .iter()
+        .map(|(kind, (max, n))| {
+            let fault = json!({"max_staleness_ms": *max as f64 / 1000.0, "beyond_bound": n});
+            (kind.clone(), fault)
+        })
+        .collect();
     let json = json!({
         "backend": facts.backend, "passed": passed, "seed": facts.seed,
         "duration_s": facts.duration_s, "repair": facts.repair,
         "window_ms": w as f64 / 1000.0,
+        "bound_ms": facts.bound_us as f64 / 1000.0,
+        "beyond_bound": t.beyond_bound,
+        "by_fault": by_fault,
         "faults": facts.fault_counts, "faults_total": faults_total, "fault_log": facts.fault_log,
         "garbage_messages": facts.garbage_sent,
         "writer": {
@@ -421,7 +482,8 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
         "memory_peak_mib": t.memory_peak_kb as f64 / 1024.0,
         "crashed": t.crashed, "hung": t.hung,
         "violations": {"invariant_1": by_invariant[1], "invariant_2": by_invariant[2],
-                       "invariant_3": by_invariant[3], "total": violations.len()},
+                       "invariant_3": by_invariant[3], "invariant_4": by_invariant[4],
+                       "total": violations.len()},
         "first_violation": first,
         "violation_samples": violations.iter().take(20).map(|v| json!({"invariant": v.invariant, "what": v.what})).collect::<Vec<_>>(),
         "notes": facts.notes,

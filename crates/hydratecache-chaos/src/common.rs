@@ -53,6 +53,7 @@ pub(crate) fn connect_options(pool: &PgPool) -> ConnectOptions {
                 .request_timeout(Duration::from_secs(5))
                 .retry_backoff_max(Duration::from_millis(500))
         }),
+        without_liveness: false,
     }
 }
 

@@ -123,6 +123,7 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
     let s = settings.clone();
     let truth_url = servers.truth_url();
     let backend_url = servers.url();
+    let instance_url = servers.instance_url();
     let servers = Arc::new(Mutex::new(servers));
     println!(
         "chaos: {} for {:?}, seed {}, repair {}, {} keys, {} instances; truth {truth_url}, backend {backend_url}",
@@ -140,6 +141,7 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
         dir: dir.clone(),
         truth_url: truth_url.clone(),
         backend_url: Mutex::new(backend_url.clone()),
+        instance_url,
         exe: std::env::current_exe()?,
         fleet: Mutex::new((0..s.instances).map(|_| Vec::new()).collect()),
         violations: Mutex::new(Vec::new()),
@@ -368,6 +370,7 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
         duration_s: s.duration.as_secs_f64(),
         repair: s.repair.clone(),
         window_us: s.window_us,
+        bound_us: s.bound_us,
         memory_limit_kb: s.memory_limit_kb,
         commits: writer.commits,
         writer: writer.stats,

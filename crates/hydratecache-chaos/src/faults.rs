@@ -1,6 +1,8 @@
-//! Running one fault: kill -9 and restart of the server, killed subscriber
-//! connections, SIGSTOP/SIGCONT of an instance, third-party garbage on the
-//! topic, an oversize publish, kill -9 and restart of an instance.
+//! Running one fault: kill -9 and restart of the server (and a 10 s
+//! outage), killed subscriber connections, half-open connections (the
+//! instances' proxy stops forwarding), SIGSTOP/SIGCONT of an instance,
+//! third-party garbage on the topic, an oversize publish, kill -9 and
+//! restart of an instance.
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,33 @@ pub(crate) async fn execute(
                 fault.hold_ms,
                 started.elapsed().as_millis()
             ))
+        }
+        FaultKind::LongOutage => {
+            let s = Arc::clone(servers);
+            tokio::task::spawn_blocking(move || lock(&s).kill9()).await?;
+            tokio::time::sleep(Duration::from_millis(fault.hold_ms)).await;
+            let s = Arc::clone(servers);
+            tokio::task::spawn_blocking(move || lock(&s).start_again()).await??;
+            Ok(format!("down {} ms, restarted", fault.hold_ms))
+        }
+        FaultKind::HalfOpen => {
+            lock(servers).proxy().freeze();
+            tokio::time::sleep(Duration::from_millis(fault.hold_ms)).await;
+            // Seeded: the path comes back, or the middlebox resets the flows.
+            let servers = lock(servers);
+            if fault.target.is_multiple_of(2) {
+                servers.proxy().thaw();
+                Ok(format!(
+                    "instances' connections silent for {} ms, then forwarded again",
+                    fault.hold_ms
+                ))
+            } else {
+                servers.proxy().reset();
+                Ok(format!(
+                    "instances' connections silent for {} ms, then reset",
+                    fault.hold_ms
+                ))
+            }
         }
         FaultKind::ConnKill => match backend.as_str() {
             "redis" => {

@@ -36,6 +36,10 @@ pub(crate) struct Settings {
     pub(crate) window_us: u64,
     pub(crate) quiet: Duration,
     pub(crate) memory_limit_kb: u64,
+    /// The staleness bound reads are checked against.
+    pub(crate) bound_us: u64,
+    /// The adapters' keepalives and the caches' liveness checks.
+    pub(crate) liveness: bool,
 }
 
 /// The processes' view of one instance process.
@@ -97,6 +101,8 @@ pub(crate) struct Run {
     pub(crate) dir: PathBuf,
     pub(crate) truth_url: String,
     pub(crate) backend_url: Mutex<String>,
+    /// The backend as the instances reach it: through the proxy.
+    pub(crate) instance_url: String,
     pub(crate) exe: PathBuf,
     pub(crate) fleet: Mutex<Vec<Vec<Incarnation>>>,
     pub(crate) violations: Mutex<Vec<Violation>>,
@@ -133,7 +139,7 @@ impl Run {
         let seed = SplitMix64::derive(s.seed, &format!("{}/instance/{id}/{inc}", s.backend));
         let mut child = Command::new(&self.exe)
             .arg("instance")
-            .args(["--url", &lock(&self.backend_url)])
+            .args(["--url", &self.instance_url])
             .args(["--truth-url", &self.truth_url])
             .arg("--truth-file")
             .arg(self.dir.join("truth.bin"))
@@ -144,6 +150,7 @@ impl Run {
             .args(["--seed", &seed.to_string()])
             .args(["--reads-per-ms", &s.reads_per_ms.to_string()])
             .args(["--window-us", &s.window_us.to_string()])
+            .args(["--liveness", if s.liveness { "on" } else { "off" }])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))

@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hydratecache_cache::{Loaded, LocalCache, RepairPolicy};
+use hydratecache_cache::{Loaded, LocalCache, RepairPolicy, DEFAULT_MAX_STALENESS};
 use hydratecache_core::{BoxError, Channel};
-use hydratecache_testkit::connect::connect;
+use hydratecache_testkit::connect::{connect, ConnectOptions};
 use hydratecache_testkit::memory_kib;
 use hydratecache_testkit::workload::{key_name, SplitMix64, Zipf};
 use serde_json::{json, Value};
@@ -49,6 +49,9 @@ struct Config {
     seed: u64,
     reads_per_ms: u32,
     window_us: u64,
+    /// Off: the adapters' keepalives and the cache's liveness checks are
+    /// off, as before bounded staleness.
+    liveness: bool,
 }
 
 pub(crate) fn parse_policy(name: &str) -> Result<RepairPolicy> {
@@ -123,6 +126,7 @@ pub(crate) fn main(args: &Args) -> Result<()> {
         seed: args.num("seed", 1)?,
         reads_per_ms: args.num("reads-per-ms", 5)?,
         window_us: args.num("window-us", 10_000)?,
+        liveness: args.get("liveness").unwrap_or("on") != "off",
     };
     // A panic anywhere (the reader thread included) ends the process: the
     // driver counts it as a crash instead of watching a half-dead instance.
@@ -244,7 +248,14 @@ async fn start(config: &Config, shared: &Arc<Shared>) -> Result<LocalCache<Row>>
 
 async fn try_start(config: &Config, shared: &Arc<Shared>) -> Result<LocalCache<Row>> {
     let pool = truth_pool(&config.truth_url, 4).await?;
-    let inner = connect(&config.url, &connect_options(&pool)).await?;
+    // Its own connection through the proxy (not the truth pool, which the
+    // writer's transport shares on PostgreSQL).
+    let options = ConnectOptions {
+        postgres_pool: None,
+        without_liveness: !config.liveness,
+        ..connect_options(&pool)
+    };
+    let inner = connect(&config.url, &options).await?;
     let witness = Witness {
         inner,
         shared: Arc::clone(shared),
@@ -260,6 +271,7 @@ async fn try_start(config: &Config, shared: &Arc<Shared>) -> Result<LocalCache<R
         .max_entries(config.keys as u64 * 2)
         .loader(loader)
         .repair(config.policy)
+        .max_staleness((config.liveness).then_some(DEFAULT_MAX_STALENESS))
         // This instance never publishes: no heartbeats of its own.
         .heartbeat_interval(None)
         .build()

@@ -8,6 +8,8 @@
 //! the driver). `cargo xtask chaos` builds and runs it; see
 //! `docs/reliability.md` for what is checked.
 
+#![recursion_limit = "256"]
+
 mod check;
 mod common;
 mod drive;
@@ -34,7 +36,8 @@ hydratecache-chaos drive --backend <redis|nats|postgres|kafka|all|a,b> [--durati
                          [--seed N] [--repair clear|reload|ignore] [--out target/chaos]
                          [--keys 2000] [--instances 4] [--write-rate 200]
                          [--reads-per-ms 5] [--window-ms 10] [--quiet 5s]
-                         [--memory-limit-mb 256] [--command TEXT]
+                         [--memory-limit-mb 256] [--bound-ms 1000] [--liveness on|off]
+                         [--command TEXT]
 hydratecache-chaos instance ...   (one subscriber; started by drive)";
 
 fn main() {
@@ -79,13 +82,19 @@ fn drive_all(args: &Args) -> Result<bool> {
     let duration = parse_duration(args.get("duration").unwrap_or("60s"))?;
     let repair = args.get("repair").unwrap_or("clear").to_owned();
     instance::parse_policy(&repair)?;
+    let liveness = match args.get("liveness").unwrap_or("on") {
+        "on" => true,
+        "off" => false,
+        other => bail!("--liveness {other:?}: on or off"),
+    };
     let out = PathBuf::from(args.get("out").unwrap_or("target/chaos"));
     std::fs::create_dir_all(&out)?;
     let command = args.get("command").map_or_else(
         || {
             format!(
-                "hydratecache-chaos drive --backend {selection} --duration {}s --seed {seed} --repair {repair}",
-                duration.as_secs()
+                "hydratecache-chaos drive --backend {selection} --duration {}s --seed {seed} --repair {repair}{}",
+                duration.as_secs(),
+                if liveness { "" } else { " --liveness off" }
             )
         },
         str::to_owned,
@@ -106,6 +115,8 @@ fn drive_all(args: &Args) -> Result<bool> {
             window_us: args.num::<u64>("window-ms", 10)? * 1000,
             quiet: parse_duration(args.get("quiet").unwrap_or("5s"))?,
             memory_limit_kb: args.num::<u64>("memory-limit-mb", 256)? * 1024,
+            bound_us: args.num::<u64>("bound-ms", 1000)? * 1000,
+            liveness,
         };
         let summary = match drive::main(settings) {
             Ok(summary) => summary,

@@ -115,6 +115,29 @@ pub(crate) fn rows(j: &Value) -> Vec<(&'static str, String)> {
         ),
         ("max staleness", format!("{} ms", n(&j["max_staleness_ms"]))),
         (
+            "reads past the bound",
+            format!("{} (bound {} ms)", n(&j["beyond_bound"]), n(&j["bound_ms"])),
+        ),
+        (
+            "max staleness by fault",
+            j["by_fault"]
+                .as_object()
+                .map(|faults| {
+                    faults
+                        .iter()
+                        .map(|(kind, f)| {
+                            format!(
+                                "{kind} {} ms ({} past the bound)",
+                                n(&f["max_staleness_ms"]),
+                                n(&f["beyond_bound"])
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default(),
+        ),
+        (
             "divergent entries at the end",
             match j["converged_after_ms"].as_u64() {
                 Some(ms) => format!("{} (all agree {ms} ms after writes stopped)", n(&j["divergent_entries"])),
@@ -168,10 +191,11 @@ pub(crate) fn table(j: &Value) -> String {
             j["repair"].as_str().unwrap_or("?"),
         ));
         out.push_str(&format!(
-            "  violations: invariant 1: {}, invariant 2: {}, invariant 3: {}\n",
+            "  violations: invariant 1: {}, invariant 2: {}, invariant 3: {}, invariant 4: {}\n",
             j["violations"]["invariant_1"],
             j["violations"]["invariant_2"],
-            j["violations"]["invariant_3"]
+            j["violations"]["invariant_3"],
+            j["violations"]["invariant_4"]
         ));
     }
     for note in j["notes"].as_array().into_iter().flatten() {

@@ -14,16 +14,20 @@ pub(crate) enum FaultKind {
     Garbage,
     Oversize,
     InstanceRestart,
+    HalfOpen,
+    LongOutage,
 }
 
 impl FaultKind {
-    pub(crate) const ALL: [FaultKind; 6] = [
+    pub(crate) const ALL: [FaultKind; 8] = [
         FaultKind::ServerKill,
         FaultKind::ConnKill,
         FaultKind::Pause,
         FaultKind::Garbage,
         FaultKind::Oversize,
         FaultKind::InstanceRestart,
+        FaultKind::HalfOpen,
+        FaultKind::LongOutage,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -34,6 +38,8 @@ impl FaultKind {
             FaultKind::Garbage => "third-party garbage",
             FaultKind::Oversize => "oversize publish",
             FaultKind::InstanceRestart => "instance kill -9 + restart",
+            FaultKind::HalfOpen => "half-open connections (proxy stops forwarding)",
+            FaultKind::LongOutage => "server down 10 s",
         }
     }
 
@@ -45,6 +51,8 @@ impl FaultKind {
             FaultKind::Garbage => "garbage",
             FaultKind::Oversize => "oversize",
             FaultKind::InstanceRestart => "instance_restart",
+            FaultKind::HalfOpen => "half_open",
+            FaultKind::LongOutage => "long_outage",
         }
     }
 }
@@ -74,7 +82,8 @@ pub(crate) fn schedule(seed: u64, duration_ms: u64, instances: usize) -> Vec<Fau
         let kind = kinds
             .get(i)
             .copied()
-            .unwrap_or_else(|| FaultKind::ALL[rng.range(0, 5) as usize]);
+            // Seeded picks among the short kinds; the long outage once.
+            .unwrap_or_else(|| FaultKind::ALL[rng.range(0, 6) as usize]);
         let target = rng.range(0, instances.max(1) as u64 - 1) as usize;
         let (hold_ms, cost) = match kind {
             FaultKind::ServerKill => {
@@ -90,6 +99,11 @@ pub(crate) fn schedule(seed: u64, duration_ms: u64, instances: usize) -> Vec<Fau
                 (h, h + 1500)
             }
             FaultKind::ConnKill => (0, 300),
+            FaultKind::HalfOpen => {
+                let h = rng.range(3000, 5000);
+                (h, h + 1000)
+            }
+            FaultKind::LongOutage => (10_000, 11_000),
             FaultKind::Garbage | FaultKind::Oversize => (0, 50),
         };
         let spacing = rng.range(700, 2000);

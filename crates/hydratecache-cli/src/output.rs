@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use hydratecache_core::{Envelope, Gap, Kind, PublisherId};
+use hydratecache_core::{Envelope, Gap, InterruptReason, Kind, PublisherId};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -22,6 +22,10 @@ pub(crate) struct Line {
 pub(crate) enum Body {
     Message(Box<Envelope>),
     Gap(Gap),
+    /// The path to the server broke (see `Event::Interrupted`).
+    Interrupted(InterruptReason),
+    /// Delivery is back and nothing was lost (see `Event::Resumed`).
+    Resumed,
     Error(String),
 }
 
@@ -37,6 +41,8 @@ impl Line {
                 _ => "unknown",
             },
             Body::Gap(_) => "gap",
+            Body::Interrupted(_) => "interrupted",
+            Body::Resumed => "resumed",
             Body::Error(_) => "error",
         }
     }
@@ -142,6 +148,8 @@ impl Printer {
                 out.reason = Some(gap.reason.to_string());
                 out.missed = gap.missed;
             }
+            Body::Interrupted(reason) => out.reason = Some(reason.to_string()),
+            Body::Resumed => {}
             Body::Error(message) => out.error = Some(message),
         }
         // Serialising plain strings and numbers cannot fail.
@@ -189,6 +197,11 @@ impl Printer {
                 }
                 text.push_str(" (messages may have been missed here)");
             }
+            Body::Interrupted(reason) => {
+                text.push_str(&format!(" reason={reason}"));
+                text.push_str(" (messages may be missed until a gap or resumed line)");
+            }
+            Body::Resumed => text.push_str(" (delivery is back; nothing was missed)"),
             Body::Error(message) => {
                 text.push(' ');
                 text.push_str(&message.replace(['\n', '\r'], " "));

@@ -79,6 +79,8 @@ pub(crate) async fn run(args: TailArgs) -> Result<()> {
                 Body::Message(Box::new(envelope))
             }
             Some(Ok(Event::Gap(gap))) => Body::Gap(gap),
+            Some(Ok(Event::Interrupted(interruption))) => Body::Interrupted(interruption.reason),
+            Some(Ok(Event::Resumed)) => Body::Resumed,
             Some(Ok(other)) => Body::Error(format!("unknown event: {other:?}")),
             Some(Err(e)) => {
                 if e.is_per_message() {

@@ -21,6 +21,9 @@ pub struct CutReport {
     pub stale_reads: u64,
     /// Gaps the cut-off cache saw.
     pub gaps: u64,
+    /// Interruptions the cut-off cache was told of at the moment of the
+    /// loss (an adapter that detects the loss as it happens: at least 1).
+    pub interruptions: u64,
     /// Updates the cut-off cache received of the ones written during the cut.
     pub updates_received_during_cut: u64,
 }
@@ -112,6 +115,7 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let gaps_before = b.stats().gaps + b.stats().sequence_gaps;
+    let interruptions_before = b.stats().interruptions;
     let applied_before = b.stats().updates_applied;
     if let Err(e) = cut().await {
         panic!("cutting B's subscription failed: {e:?}");
@@ -152,6 +156,7 @@ where
     }
     let mut report = CutReport {
         gaps: b.stats().gaps + b.stats().sequence_gaps - gaps_before,
+        interruptions: b.stats().interruptions - interruptions_before,
         updates_received_during_cut: b.stats().updates_applied - applied_before,
         ..CutReport::default()
     };

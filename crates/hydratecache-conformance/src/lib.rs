@@ -5,6 +5,7 @@ mod config;
 mod cut;
 mod harness;
 mod memory;
+mod silence;
 
 pub use cases::{
     all_byte_values, concurrent_publishers_all_arrive, delete_round_trip,
@@ -21,3 +22,4 @@ pub use harness::{
     RECEIVE_TIMEOUT,
 };
 pub use memory::MemoryHarness;
+pub use silence::{interrupted_when_the_connection_goes_silent, SilenceReport};

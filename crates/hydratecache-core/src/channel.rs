@@ -15,9 +15,14 @@ use crate::channel_subscription::{ChannelEvent, ChannelSubscription};
 use crate::codec::{CborCodec, Codec, FnCodec};
 use crate::envelope::Envelope;
 use crate::error::{BoxError, Error, Result};
-use crate::fields::{Kind, PublisherId};
+use crate::fields::{Kind, PublisherId, Ttl};
 use crate::publish_options::PublishOptions;
 use crate::transport::{SubscribeOptions, Transport};
+
+/// How many heartbeat intervals the lease of each heartbeat of
+/// [`Channel::run_heartbeats`] lasts: one lost or late heartbeat is no
+/// departure.
+pub const LEASE_INTERVALS: u32 = 3;
 
 /// A typed topic: publish values of `T` under string keys, subscribe to the
 /// updates and deletes of every publisher.
@@ -250,14 +255,48 @@ impl<T: Send + Sync + 'static> Channel<T> {
     /// Sends a heartbeat with the latest sequence number, so that subscribers
     /// notice a lost last message. Does nothing before the first publish.
     pub async fn heartbeat(&self) -> Result<Option<Receipt>> {
+        self.send_heartbeat(None, false).await
+    }
+
+    /// Sends a heartbeat that carries `lease`: a promise that this channel's
+    /// next message or heartbeat follows within it. A subscriber that tracks
+    /// leases (such as `LocalCache`) treats a publisher silent past its lease
+    /// as gone, and its last writes as possibly lost (a crash between a
+    /// commit and its publish looks exactly like that). A zero lease is a
+    /// goodbye: nothing more will come, and that is no loss. On the wire the
+    /// lease is the heartbeat's TTL. Does nothing before the first publish.
+    pub async fn heartbeat_with_lease(&self, lease: Duration) -> Result<Option<Receipt>> {
+        self.send_heartbeat(Some(lease), false).await
+    }
+
+    /// Sends a marker: a heartbeat even before the first publish (with
+    /// sequence 0 then), without a lease. On a transport that keeps order,
+    /// a subscriber that receives it has received everything the backend
+    /// accepted on this topic before it; `LocalCache` uses one to catch up
+    /// after its process stalled.
+    pub async fn mark(&self) -> Result<Receipt> {
+        match self.send_heartbeat(None, true).await? {
+            Some(receipt) => Ok(receipt),
+            None => Err(Error::Closed {
+                backend: self.inner.transport.backend(),
+            }),
+        }
+    }
+
+    async fn send_heartbeat(
+        &self,
+        lease: Option<Duration>,
+        always: bool,
+    ) -> Result<Option<Receipt>> {
         let mut envelope = Envelope {
             kind: Kind::Heartbeat,
             publisher: self.inner.publisher,
+            ttl: lease.map(Ttl::starting_now),
             ..Envelope::update(String::new(), bytes::Bytes::new())
         };
         // After the message of that sequence number, never before it.
         let Some(result) = self
-            .publish_in_order(&mut envelope, || self.last_sequence())
+            .publish_in_order(&mut envelope, always, || self.last_sequence())
             .await
         else {
             return Ok(None);
@@ -280,11 +319,12 @@ impl<T: Send + Sync + 'static> Channel<T> {
     async fn publish_in_order(
         &self,
         envelope: &mut Envelope,
+        zero_too: bool,
         sequence: impl FnOnce() -> u64,
     ) -> Option<Result<()>> {
         let order = self.inner.order.lock().await;
         envelope.sequence = sequence();
-        if envelope.sequence == 0 {
+        if envelope.sequence == 0 && !zero_too {
             return None;
         }
         let mut publish = self.inner.transport.publish(&self.inner.topic, envelope);
@@ -308,21 +348,26 @@ impl<T: Send + Sync + 'static> Channel<T> {
         (last != 0).then(|| Duration::from_micros(micros_now().saturating_sub(last)))
     }
 
-    /// Sends a [`heartbeat`](Self::heartbeat) whenever this channel has been
-    /// idle for `interval`, until `shutdown` resolves; then sends a last one.
-    /// A channel that never published sends nothing.
+    /// Sends a heartbeat whenever this channel has been idle for `interval`,
+    /// each with a lease of [`LEASE_INTERVALS`] intervals (see
+    /// [`heartbeat_with_lease`](Self::heartbeat_with_lease)), until
+    /// `shutdown` resolves; then a last one with a zero lease: a goodbye, so
+    /// an orderly departure is no loss. A channel that never published sends
+    /// nothing, so readers that never write add no traffic.
     ///
     /// Subscribers that track sequences (such as `LocalCache`) use heartbeats
-    /// to notice a lost *last* message within about one interval. Spawn it
-    /// next to a channel that publishes:
-    /// `tokio::spawn(channel.clone().run_heartbeats(Duration::from_secs(1), token.cancelled_owned()))`.
+    /// to notice a lost *last* message within about one interval, and a
+    /// publisher gone silent within its lease. Spawn it next to a channel
+    /// that publishes:
+    /// `tokio::spawn(channel.clone().run_heartbeats(Duration::from_millis(250), token.cancelled_owned()))`.
     pub async fn run_heartbeats<S: Future>(self, interval: Duration, shutdown: S) {
         let interval = interval.max(Duration::from_millis(1));
+        let lease = interval.saturating_mul(LEASE_INTERVALS);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let wait = match self.idle_for() {
                 Some(idle) if idle >= interval => {
-                    if let Err(e) = self.heartbeat().await {
+                    if let Err(e) = self.heartbeat_with_lease(lease).await {
                         tracing::debug!(topic = %self.inner.topic, error = &e as &dyn std::error::Error, "heartbeat failed");
                     }
                     interval
@@ -335,8 +380,8 @@ impl<T: Send + Sync + 'static> Channel<T> {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        if let Err(e) = self.heartbeat().await {
-            tracing::debug!(topic = %self.inner.topic, error = &e as &dyn std::error::Error, "last heartbeat failed");
+        if let Err(e) = self.heartbeat_with_lease(Duration::ZERO).await {
+            tracing::debug!(topic = %self.inner.topic, error = &e as &dyn std::error::Error, "goodbye heartbeat failed");
         }
     }
 
@@ -360,7 +405,7 @@ impl<T: Send + Sync + 'static> Channel<T> {
         let transport = &self.inner.transport;
         adapter::check_envelope(transport.backend(), &transport.capabilities(), &envelope)?;
         let result = self
-            .publish_in_order(&mut envelope, || {
+            .publish_in_order(&mut envelope, false, || {
                 self.inner.sequence.fetch_add(1, Ordering::AcqRel) + 1
             })
             .await

@@ -14,7 +14,7 @@ use crate::codec::{Codec, CodecPanicked};
 use crate::envelope::Envelope;
 use crate::error::{BoxError, Error, Result};
 use crate::fields::{Kind, PublisherId, Ttl};
-use crate::transport::{Event, Gap, Subscription};
+use crate::transport::{Event, Gap, Interruption, Subscription};
 
 /// A received update.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +67,10 @@ pub struct Heartbeat {
     pub publisher: PublisherId,
     /// The publisher's latest sequence number.
     pub sequence: u64,
+    /// Its promise: its next message or heartbeat within this (zero: a
+    /// goodbye); `None` when it promised nothing (see
+    /// [`Channel::heartbeat_with_lease`](crate::Channel::heartbeat_with_lease)).
+    pub lease: Option<Duration>,
 }
 
 /// One item of a [`ChannelSubscription`].
@@ -81,6 +85,13 @@ pub enum ChannelEvent<T> {
     Heartbeat(Heartbeat),
     /// Messages may have been missed here: repair what depends on them.
     Gap(Gap),
+    /// The path to the server is broken: what is published from now on may
+    /// not arrive until a gap or [`Resumed`](ChannelEvent::Resumed) follows
+    /// (see [`Event::Interrupted`]).
+    Interrupted(Interruption),
+    /// Delivery is back after an interruption and nothing was missed (see
+    /// [`Event::Resumed`]).
+    Resumed,
     /// A replay from the earliest message has caught up with the log as it
     /// was at subscribe time (see [`Event::ReplayDone`]).
     ReplayDone,
@@ -206,6 +217,7 @@ impl<T: 'static> ChannelSubscription<T> {
             Kind::Heartbeat => ChannelEvent::Heartbeat(Heartbeat {
                 publisher: envelope.publisher,
                 sequence: envelope.sequence,
+                lease: envelope.ttl.map(|ttl| ttl.duration),
             }),
         })
     }
@@ -233,6 +245,11 @@ impl<T: 'static> Stream for ChannelSubscription<T> {
                     Ok(ChannelEvent::Gap(gap))
                 }
                 Event::ReplayDone => Ok(ChannelEvent::ReplayDone),
+                Event::Interrupted(interruption) => {
+                    tracing::warn!(topic = self.inner.topic(), reason = %interruption.reason, "subscription interrupted");
+                    Ok(ChannelEvent::Interrupted(interruption))
+                }
+                Event::Resumed => Ok(ChannelEvent::Resumed),
                 Event::Message(envelope) if self.skips(&envelope) => continue,
                 Event::Message(envelope) => self.typed(envelope),
             }));

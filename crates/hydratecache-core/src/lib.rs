@@ -12,7 +12,7 @@ mod memory;
 mod publish_options;
 mod transport;
 
-pub use channel::{Channel, ChannelBuilder, Receipt};
+pub use channel::{Channel, ChannelBuilder, Receipt, LEASE_INTERVALS};
 pub use channel_subscription::{ChannelEvent, ChannelSubscription, Deletion, Heartbeat, Message};
 pub use codec::{CborCodec, Codec, CodecPanicked, FnCodec};
 pub use envelope::{Envelope, EnvelopeError};
@@ -21,5 +21,6 @@ pub use fields::{Kind, PublisherId, Ttl};
 pub use memory::MemoryTransport;
 pub use publish_options::PublishOptions;
 pub use transport::{
-    Capabilities, Event, Gap, GapReason, StartFrom, SubscribeOptions, Subscription, Transport,
+    Capabilities, Event, Gap, GapReason, InterruptReason, Interruption, StartFrom,
+    SubscribeOptions, Subscription, Transport,
 };

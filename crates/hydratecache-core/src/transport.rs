@@ -225,6 +225,42 @@ impl Gap {
     }
 }
 
+/// Why a subscription's path to the server is known to be broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InterruptReason {
+    /// The connection failed or was closed.
+    Disconnected,
+    /// The server did not answer a probe in time: the connection may be
+    /// half-open (the peer vanished without closing it).
+    Unresponsive,
+}
+
+impl fmt::Display for InterruptReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InterruptReason::Disconnected => "disconnected",
+            InterruptReason::Unresponsive => "unresponsive",
+        })
+    }
+}
+
+/// From now on messages may be missed: the subscription's path to the
+/// server is broken. See [`Event::Interrupted`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Interruption {
+    /// Why.
+    pub reason: InterruptReason,
+}
+
+impl Interruption {
+    /// An interruption for `reason`.
+    pub fn new(reason: InterruptReason) -> Interruption {
+        Interruption { reason }
+    }
+}
+
 /// One item of a [`Subscription`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -233,6 +269,16 @@ pub enum Event {
     Message(Envelope),
     /// Messages may have been missed here.
     Gap(Gap),
+    /// The subscription's path to the server is known broken, reported at
+    /// the moment the adapter detects it (not when it is restored): what is
+    /// published from now on may not arrive. Once delivery is back, a [`Gap`](Event::Gap)
+    /// follows, or [`Resumed`](Event::Resumed) where the backend lost nothing;
+    /// if the transport is closed first, the stream ends.
+    Interrupted(Interruption),
+    /// Delivery is back after an [`Interrupted`](Event::Interrupted) and
+    /// nothing was missed: what was published meanwhile came before this
+    /// event (a log-based backend that resumed from its position).
+    Resumed,
     /// A subscription from [`StartFrom::Earliest`] has delivered everything
     /// the log held when it started (on every partition); what follows is
     /// live. Sent once, only by backends with [`Capabilities::replay`].

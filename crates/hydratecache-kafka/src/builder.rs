@@ -10,6 +10,14 @@ use crate::record::KAFKA_OVERHEAD;
 /// The longest [`KafkaBuilder::linger`]; a longer one is capped to it.
 pub const MAX_LINGER: Duration = Duration::from_secs(1);
 
+/// Default time the broker holds an idle fetch open.
+pub const DEFAULT_FETCH_MAX_WAIT: Duration = Duration::from_millis(200);
+
+/// Default bound on a fetch beyond its wait: with
+/// [`DEFAULT_FETCH_MAX_WAIT`], a dead or half-open broker connection is
+/// noticed within 500 ms.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// Default broker limit on a record batch: 1 MiB, Kafka's
 /// `message.max.bytes` rounded down.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
@@ -60,6 +68,7 @@ pub(crate) struct Settings {
     pub(crate) max_batch_bytes: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) fetch_max_wait: Duration,
+    pub(crate) probe_timeout: Duration,
     pub(crate) fetch_max_bytes: Option<usize>,
     pub(crate) subscription_buffer: usize,
     pub(crate) subscription_buffer_bytes: usize,
@@ -78,7 +87,8 @@ impl Default for Settings {
             linger: Duration::ZERO,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             request_timeout: Duration::from_secs(10),
-            fetch_max_wait: Duration::from_millis(500),
+            fetch_max_wait: DEFAULT_FETCH_MAX_WAIT,
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
             fetch_max_bytes: None,
             subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
             subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
@@ -161,9 +171,23 @@ impl KafkaBuilder {
     }
 
     /// How long the broker holds a fetch open when there is nothing new
-    /// (default 500 ms).
+    /// (default [`DEFAULT_FETCH_MAX_WAIT`]).
     pub fn fetch_max_wait(mut self, wait: Duration) -> Self {
         self.settings.fetch_max_wait = wait.min(LONGEST_DURATION);
+        self
+    }
+
+    /// How much longer than the [`fetch_max_wait`](Self::fetch_max_wait) a
+    /// fetch may take (default [`DEFAULT_PROBE_TIMEOUT`]). Each fetch is the
+    /// readers' probe of the broker: one that fails or overruns this
+    /// interrupts the subscriptions at that moment
+    /// ([`Event::Interrupted`](hydratecache_core::Event::Interrupted)) until
+    /// the reader has delivered what the broker held when it answered again
+    /// ([`Event::Resumed`](hydratecache_core::Event::Resumed)), or until the
+    /// gap of a log reset. A dead or half-open broker connection is noticed
+    /// within the two together.
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.probe_timeout = timeout.clamp(Duration::from_millis(1), LONGEST_DURATION);
         self
     }
 

@@ -59,6 +59,11 @@ pub(crate) struct Cursor {
     pub(crate) low_watermarks: u32,
     /// Whether the current outage was already logged at `warn`.
     pub(crate) warned: bool,
+    /// The subscriptions were told this partition lost the broker.
+    pub(crate) interrupted: bool,
+    /// Once interrupted and fetching again: the high watermark of the first
+    /// answer; the interruption ends when the position reaches it.
+    pub(crate) resume_at: Option<i64>,
     /// Fetches that found missing offsets right at `position`, or no record
     /// at `position - 1` while checking the log.
     pub(crate) hole_retries: u32,
@@ -109,6 +114,8 @@ impl Cursor {
             verify: false,
             low_watermarks: 0,
             warned: false,
+            interrupted: false,
+            resume_at: None,
             hole_retries: 0,
             replay: None,
         }

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use builder::{
-    KafkaBuilder, TopicSettings, DEFAULT_MAX_BATCH_BYTES, DEFAULT_SUBSCRIPTION_BUFFER,
-    DEFAULT_SUBSCRIPTION_BUFFER_BYTES, MAX_LINGER,
+    KafkaBuilder, TopicSettings, DEFAULT_FETCH_MAX_WAIT, DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_PROBE_TIMEOUT, DEFAULT_SUBSCRIPTION_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
+    MAX_LINGER,
 };
 pub use config::KafkaConfig;
 pub use transport::KafkaTransport;

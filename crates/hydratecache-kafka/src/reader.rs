@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use futures::future::try_join_all;
 use hydratecache_core::adapter::Backoff;
-use hydratecache_core::{Error, Event, Gap, GapReason, Result, StartFrom};
+use hydratecache_core::{Error, Event, Gap, GapReason, InterruptReason, Result, StartFrom};
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
@@ -48,6 +48,8 @@ pub(crate) struct ReaderCtx {
     pub(crate) client: Arc<Client>,
     pub(crate) topic: String,
     pub(crate) request_timeout: Duration,
+    /// How much longer than its wait a fetch may take.
+    pub(crate) probe_timeout: Duration,
     pub(crate) fetch_max_wait: Duration,
     pub(crate) fetch_bytes: usize,
     pub(crate) retry_backoff_max: Duration,
@@ -118,7 +120,9 @@ async fn fetch(
 ) -> std::result::Result<Fetched, KafkaError> {
     let bytes = 1..i32::try_from(ctx.fetch_bytes).unwrap_or(i32::MAX);
     let wait_ms = i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX);
-    let limit = ctx.request_timeout.saturating_add(max_wait);
+    // The fetch is the reader's probe of the broker: bounded tightly, so a
+    // dead or half-open connection interrupts the subscriptions quickly.
+    let limit = ctx.probe_timeout.saturating_add(max_wait);
     match tokio::time::timeout(limit, pc.fetch_records(offset, bytes, wait_ms)).await {
         Err(_) => Err(KafkaError::Timeout(limit)),
         Ok(Ok((records, hw))) => Ok(Fetched::Records(records, hw)),
@@ -347,6 +351,17 @@ async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink
                     cur.warned = true;
                 }
                 cur.verify = true;
+                cur.resume_at = None;
+                if !cur.interrupted {
+                    cur.interrupted = true;
+                    let reason = match &e {
+                        KafkaError::Timeout(_) => InterruptReason::Unresponsive,
+                        _ => InterruptReason::Disconnected,
+                    };
+                    if !sink.interrupted(&ctx.topic, cur.partition, reason).await {
+                        return;
+                    }
+                }
                 backoff.wait().await;
                 continue;
             }
@@ -359,6 +374,10 @@ async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink
         let (records, hw) = match fetched {
             Fetched::Records(records, hw) if hw >= cur.position => {
                 cur.low_watermarks = 0;
+                if cur.interrupted && !verifying && cur.resume_at.is_none() {
+                    // Back: resumed once what the broker holds now is delivered.
+                    cur.resume_at = Some(hw);
+                }
                 (records, hw)
             }
             // The log ends before our position, or our position is gone.
@@ -404,6 +423,13 @@ async fn run(ctx: &ReaderCtx, pc: &PartitionClient, mut cur: Cursor, sink: &Sink
                 return;
             }
         }
+        if cur.resume_at.is_some_and(|at| cur.position >= at) {
+            cur.interrupted = false;
+            cur.resume_at = None;
+            if !sink.resumed(&ctx.topic, cur.partition).await {
+                return;
+            }
+        }
         if taken.hole {
             tokio::time::sleep(HOLE_WAIT).await;
         } else if taken.idle {
@@ -431,12 +457,12 @@ async fn reset(ctx: &ReaderCtx, pc: &PartitionClient, cur: &mut Cursor, sink: &S
     cur.restart_at(start);
     // The topic may have been recreated with other partitions.
     ctx.refresh.notify_one();
-    sink.send(
-        &ctx.topic,
-        Item::Event(Event::Gap(Gap {
-            reason: GapReason::Reset,
-            missed,
-        })),
-    )
-    .await
+    // The gap also ends this partition's interruption.
+    cur.interrupted = false;
+    cur.resume_at = None;
+    let gap = Gap {
+        reason: GapReason::Reset,
+        missed,
+    };
+    sink.gap(&ctx.topic, cur.partition, gap).await
 }

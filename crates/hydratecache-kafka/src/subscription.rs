@@ -5,27 +5,28 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use hydratecache_core::adapter::{Fanout, Registered};
+use hydratecache_core::adapter::Registered;
 use hydratecache_core::{Event, GapReason, Subscription};
 use tokio::sync::{mpsc, watch};
 
 use crate::reader::ReaderHandle;
 use crate::replay::Gated;
-use crate::sink::Item;
+use crate::sink::{Item, Sink};
 
 /// A topic's reader shared by the transport's live subscriptions; dropped
 /// (and its tasks aborted) with the last of them.
 #[derive(Debug)]
 pub(crate) struct SharedReader {
     _handle: ReaderHandle,
-    pub(crate) fanout: Arc<Fanout>,
+    /// Where the reader delivers: new subscriptions register there.
+    pub(crate) sink: Sink,
 }
 
 impl SharedReader {
-    pub(crate) fn new(handle: ReaderHandle, fanout: Arc<Fanout>) -> SharedReader {
+    pub(crate) fn new(handle: ReaderHandle, sink: Sink) -> SharedReader {
         SharedReader {
             _handle: handle,
-            fanout,
+            sink,
         }
     }
 }

@@ -314,6 +314,7 @@ impl KafkaTransport {
             topic: topic.to_owned(),
             request_timeout: self.inner.settings.request_timeout,
             fetch_max_wait: self.inner.settings.fetch_max_wait,
+            probe_timeout: self.inner.settings.probe_timeout,
             fetch_bytes: self.inner.settings.fetch_bytes(),
             retry_backoff_max: self.inner.settings.retry_backoff_max,
             reset_confirmations: self.inner.settings.reset_confirmations,
@@ -326,7 +327,7 @@ impl KafkaTransport {
             StartFrom::Earliest => {
                 let (tx, rx) = gated(REPLAY_BUFFER, self.inner.settings.subscription_buffer_bytes);
                 let handle =
-                    reader::start(ctx, &partitions, StartFrom::Earliest, Sink::Private(tx)).await?;
+                    reader::start(ctx, &partitions, StartFrom::Earliest, Sink::private(tx)).await?;
                 Ok(private_subscription(topic, rx, handle, closed))
             }
             // Latest, and anything a later core may add.
@@ -343,10 +344,10 @@ impl KafkaTransport {
                 // Registered before a new reader starts: what it reads from
                 // its start position on reaches this subscription.
                 let (reader, registered) = match guard.upgrade() {
-                    Some(reader) => {
-                        let registered = reader.fanout.register(topic, Box::new(|_| {}));
-                        (reader, registered)
-                    }
+                    Some(reader) => match reader.sink.register(topic).await {
+                        Some(registered) => (reader, registered),
+                        None => return Err(Error::Closed { backend: BACKEND }),
+                    },
                     None => {
                         let settings = &self.inner.settings;
                         let fanout = Fanout::new(
@@ -356,14 +357,11 @@ impl KafkaTransport {
                         // The reader stops when the last subscription drops
                         // its share of it, not through the fan-out's hook.
                         let registered = fanout.register(topic, Box::new(|_| {}));
-                        let handle = reader::start(
-                            ctx,
-                            &partitions,
-                            StartFrom::Latest,
-                            Sink::Shared(Arc::clone(&fanout)),
-                        )
-                        .await?;
-                        let reader = Arc::new(SharedReader::new(handle, fanout));
+                        let sink = Sink::shared(fanout);
+                        let handle =
+                            reader::start(ctx, &partitions, StartFrom::Latest, sink.clone())
+                                .await?;
+                        let reader = Arc::new(SharedReader::new(handle, sink));
                         *guard = Arc::downgrade(&reader);
                         (reader, registered)
                     }

@@ -180,5 +180,56 @@ async fn local_cache_never_serves_pre_gap_values_after_a_broker_restart() {
         };
         let report = local_cache_never_serves_pre_gap_values(harness, policy, cut).await;
         println!("{policy:?}: {report:?}");
+        assert!(
+            report.interruptions >= 1,
+            "the restart was not reported as it happened: {report:?}"
+        );
     }
+}
+
+/// A broker connection that goes silent without closing (a proxy that stops
+/// forwarding both ways; tansu advertises the proxy, so every connection
+/// goes through it): the readers' fetches overrun their bound and the
+/// subscription is interrupted at that moment; once the broker answers
+/// again and the reader has delivered what it holds, `Resumed` (a log keeps
+/// what was published meanwhile: nothing to repair).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_connection_is_interrupted() {
+    use hydratecache_core::InterruptReason;
+    use hydratecache_kafka::{DEFAULT_FETCH_MAX_WAIT, DEFAULT_PROBE_TIMEOUT};
+
+    let proxy_port = match hydratecache_testkit::free_port() {
+        Ok(p) => p,
+        Err(e) => panic!("port: {e:#}"),
+    };
+    let server = match TansuServer::start_advertising(proxy_port) {
+        Ok(s) => s,
+        Err(e) => panic!("cannot start tansu: {e:#}"),
+    };
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], server.port()));
+    let proxy = match hydratecache_testkit::Proxy::start_on(proxy_port, upstream) {
+        Ok(p) => p,
+        Err(e) => panic!("proxy: {e:#}"),
+    };
+    let bootstrap = format!("127.0.0.1:{proxy_port}");
+    let harness = KafkaHarness::at(&format!("kafka://{bootstrap}"), &bootstrap, None).await;
+    let subscriber = match harness.connect().await {
+        Ok(t) => t,
+        Err(e) => panic!("connect through the proxy: {e:?}"),
+    };
+    let bound = DEFAULT_FETCH_MAX_WAIT + DEFAULT_PROBE_TIMEOUT;
+    let report = hydratecache_conformance::interrupted_when_the_connection_goes_silent(
+        &harness,
+        subscriber,
+        bound,
+        || proxy.freeze(),
+        || async { proxy.thaw() },
+    )
+    .await;
+    println!("kafka: {report:?} (bound {bound:?})");
+    assert_eq!(report.reason, InterruptReason::Unresponsive);
+    assert!(
+        !report.gap,
+        "the log kept what was published meanwhile: Resumed"
+    );
 }

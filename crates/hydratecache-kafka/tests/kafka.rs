@@ -605,6 +605,7 @@ async fn broker_restart_mid_stream_reports_a_gap_and_resumes() {
         "publish took {:?} to fail",
         started.elapsed()
     );
+    expect_interruption(&mut sub).await;
     expect_silence(&mut sub, Duration::from_millis(500)).await;
 
     // 3. Restart empty, recreate the topic and write 80 records at once
@@ -638,6 +639,7 @@ async fn broker_restart_mid_stream_reports_a_gap_and_resumes() {
     // 4. Again, with a new log shorter than the position (80): the
     // watermark shows it.
     server.kill9();
+    expect_interruption(&mut sub).await;
     expect_silence(&mut sub, Duration::from_millis(300)).await;
     server.start_again().expect("restart");
     let restarted = Instant::now();
@@ -735,6 +737,7 @@ async fn replaying_subscription_survives_a_restart() {
         assert!(Instant::now() < deadline, "publish after restart: {err}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    expect_interruption(&mut sub).await;
     match next_item(&mut sub, "the gap").await {
         Ok(Event::Gap(gap)) => assert_eq!(gap.reason, GapReason::Reset),
         other => panic!("expected a reset gap, got {other:?}"),
@@ -886,4 +889,12 @@ async fn concurrent_publishing_clients_lose_nothing() {
     }
     expect_silence(&mut live, Duration::from_millis(200)).await;
     expect_silence(&mut replay, Duration::from_millis(200)).await;
+}
+
+/// The next item is the interruption of a broker that went away.
+async fn expect_interruption(sub: &mut hydratecache_core::Subscription) {
+    match next_item(sub, "the interruption").await {
+        Ok(Event::Interrupted(_)) => {}
+        other => panic!("expected the interruption first, got {other:?}"),
+    }
 }

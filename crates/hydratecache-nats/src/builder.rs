@@ -26,6 +26,11 @@ pub const DEFAULT_SUBSCRIPTION_BUFFER_BYTES: usize = 32 << 20;
 /// client's connection count for reconnects (it cannot receive the client's
 /// connection events).
 pub const DEFAULT_RECONNECT_CHECK: Duration = Duration::from_millis(250);
+/// Default interval of the client's pings to the server (async-nats' own
+/// default is 60 s): a silent connection is pinged after this long, and
+/// dropped on the third unanswered ping, so a dead or half-open connection
+/// is noticed within three times this (450 ms).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_millis(150);
 /// The same check for a transport that receives connection events (a safety
 /// net only).
 pub(crate) const EVENT_RECONNECT_CHECK: Duration = Duration::from_secs(1);
@@ -51,6 +56,7 @@ pub struct NatsBuilder {
     subscription_buffer: usize,
     subscription_buffer_bytes: usize,
     pub(crate) reconnect_check: Duration,
+    pub(crate) ping_interval: Option<Duration>,
 }
 
 impl Default for NatsBuilder {
@@ -62,6 +68,7 @@ impl Default for NatsBuilder {
             subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
             subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
             reconnect_check: DEFAULT_RECONNECT_CHECK,
+            ping_interval: Some(DEFAULT_PING_INTERVAL),
         }
     }
 }
@@ -112,6 +119,19 @@ impl NatsBuilder {
     /// is always preceded by its gap, whatever this interval.
     pub fn reconnect_check(mut self, interval: Duration) -> Self {
         self.reconnect_check = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The ping interval set on the client [`connect`](Self::connect) and
+    /// [`connect_with`](Self::connect_with) make (default
+    /// [`DEFAULT_PING_INTERVAL`], at least 10 ms); `None` keeps the one in the
+    /// `ConnectOptions`. A connection that does not answer three pings in a
+    /// row is dropped: its subscriptions get
+    /// [`Event::Interrupted`](hydratecache_core::Event::Interrupted) at that
+    /// moment, and a gap once reconnected. A client passed to
+    /// [`from_client`](Self::from_client) keeps its own.
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval.map(|i| i.max(Duration::from_millis(10)));
         self
     }
 

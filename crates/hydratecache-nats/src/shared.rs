@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use hydratecache_core::adapter::{decode_frame, lock, ClosedFlag, SubscriptionQueue};
-use hydratecache_core::{Gap, GapReason};
+use hydratecache_core::{Gap, GapReason, InterruptReason, Interruption};
 use tokio::sync::{oneshot, Notify};
 
 /// State the connection-event callback and the subscriptions share. It holds
@@ -105,12 +105,22 @@ impl Shared {
                 self.kick.notify_one();
             }
             E::Disconnected => {
-                tracing::warn!("nats disconnected; subscriptions get a gap event once reconnected");
+                tracing::warn!(
+                    "nats disconnected: subscriptions are interrupted until reconnected"
+                );
+                self.interrupt_all(InterruptReason::Disconnected);
             }
             E::SlowConsumer(sid) => self.slow_consumer(sid),
             E::ServerError(e) => tracing::warn!(error = %e, "nats server error"),
             E::ClientError(e) => tracing::warn!(error = %e, "nats client error"),
             other => tracing::debug!(event = %other, "nats event"),
+        }
+    }
+
+    /// The connection is known broken: every subscription is told now.
+    pub(crate) fn interrupt_all(&self, reason: InterruptReason) {
+        for registered in self.subs().values() {
+            registered.sub.queue.interrupt(Interruption::new(reason));
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use async_nats::connection::State;
 use hydratecache_core::adapter::refuse_replay;
-use hydratecache_core::{Error, Result, SubscribeOptions, Subscription};
+use hydratecache_core::{Error, InterruptReason, Result, SubscribeOptions, Subscription};
 
 use crate::confirm::round_trip;
 use crate::inner::Inner;
@@ -97,6 +97,10 @@ impl Inner {
 /// report their gap. `confirmed` is the connection count at its start. Ends
 /// with the transport.
 async fn monitor(inner: Weak<Inner>, shared: Arc<Shared>, mut confirmed: u64) {
+    // The connection count at which the subscriptions were last told of a
+    // disconnect (a client built elsewhere gives no events: its state is
+    // polled).
+    let mut interrupted = None;
     loop {
         let interval = match inner.upgrade() {
             Some(inner) => inner.config.reconnect_check,
@@ -111,7 +115,13 @@ async fn monitor(inner: Weak<Inner>, shared: Arc<Shared>, mut confirmed: u64) {
         }
         let Some(inner) = inner.upgrade() else { return };
         let connects = inner.connects();
-        if connects <= confirmed || inner.client.connection_state() != State::Connected {
+        let state = inner.client.connection_state();
+        if !inner.owned && state == State::Disconnected && interrupted != Some(connects) {
+            interrupted = Some(connects);
+            tracing::warn!("nats disconnected: subscriptions are interrupted until reconnected");
+            shared.interrupt_all(InterruptReason::Disconnected);
+        }
+        if connects <= confirmed || state != State::Connected {
             continue;
         }
         match tokio::time::timeout(inner.config.confirm_timeout, round_trip(&inner.client)).await {

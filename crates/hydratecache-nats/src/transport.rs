@@ -25,7 +25,8 @@ impl NatsBuilder {
     ///
     /// The transport installs its own
     /// [`event_callback`](ConnectOptions::event_callback), to turn
-    /// disconnects and slow-consumer drops into gap events: one set in
+    /// disconnects into [`Event::Interrupted`](hydratecache_core::Event::Interrupted)
+    /// and slow-consumer drops into gap events: one set in
     /// `options` is replaced (build the client yourself and use
     /// [`from_client`](Self::from_client) to keep yours). The connection is
     /// named `hydratecache` unless `options` names it.
@@ -42,6 +43,10 @@ impl NatsBuilder {
         let (addrs, options) = checked_addrs(addrs, options)?;
         let shared = Arc::new(Shared::new());
         let events = Arc::downgrade(&shared);
+        let options = match self.ping_interval {
+            Some(interval) => options.ping_interval(interval),
+            None => options,
+        };
         let options = options.event_callback(move |event| {
             if let Some(shared) = events.upgrade() {
                 shared.on_event(event);

@@ -70,6 +70,50 @@ async fn local_cache_never_serves_pre_gap_values_after_a_server_restart() {
             };
             let report = local_cache_never_serves_pre_gap_values(&harness, policy, cut).await;
             println!("{mode:?} {policy:?}: {report:?}");
+            // A client built elsewhere gives no events: its state is polled,
+            // and a restart shorter than the poll may go unseen until the gap.
+            if mode == Mode::Url {
+                assert!(
+                    report.interruptions >= 1,
+                    "the kill was not reported as it happened: {report:?}"
+                );
+            }
         }
     }
+}
+
+/// A connection that goes silent without closing (a proxy that stops
+/// forwarding both ways) is dropped by async-nats on its third unanswered
+/// ping: the subscriptions are interrupted at that moment, then get a gap
+/// once reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_interrupted() {
+    use hydratecache_core::{InterruptReason, Transport};
+    use hydratecache_nats::{NatsTransport, DEFAULT_PING_INTERVAL};
+
+    let nats = match shared_or_private() {
+        Ok(n) => n,
+        Err(e) => panic!("no NATS server: {e:#}"),
+    };
+    let harness = NatsHarness::new(&nats, Mode::Url);
+    let (proxy, via) = match hydratecache_testkit::Proxy::in_front_of(&nats.url()) {
+        Ok(p) => p,
+        Err(e) => panic!("proxy: {e:#}"),
+    };
+    let subscriber = match NatsTransport::connect(&via).await {
+        Ok(t) => t.into_arc(),
+        Err(e) => panic!("connect through the proxy: {e:?}"),
+    };
+    let bound = DEFAULT_PING_INTERVAL * 3;
+    let report = hydratecache_conformance::interrupted_when_the_connection_goes_silent(
+        &harness,
+        subscriber,
+        bound,
+        || proxy.freeze(),
+        || async { proxy.thaw() },
+    )
+    .await;
+    println!("nats: {report:?} (bound {bound:?})");
+    assert_eq!(report.reason, InterruptReason::Disconnected);
+    assert!(report.gap);
 }

@@ -155,7 +155,12 @@ async fn tls_url_stays_tls_after_failover_to_a_discovered_server() {
     assert!(connections(&a).iter().all(Option::is_some));
 
     a.kill9();
-    // The subscription reports the reconnection once it is on B.
+    // The subscription reports the loss at once, and the reconnection once
+    // it is on B.
+    match next_item(&mut sub, "the interruption").await {
+        Ok(Event::Interrupted(_)) => {}
+        other => panic!("expected the interruption, got {other:?}"),
+    }
     match next_item(&mut sub, "the gap of the failover").await {
         Ok(Event::Gap(gap)) => assert_eq!(gap.reason, GapReason::Reconnected),
         other => panic!("expected a reconnection gap, got {other:?}"),

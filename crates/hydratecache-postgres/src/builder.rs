@@ -13,8 +13,9 @@ use crate::listener::ListenerConfig;
 use crate::publisher::{redacted_address, unreachable_reason, Health, Publisher};
 use crate::transport::PostgresTransport;
 use crate::{
-    tls_policy, BACKEND, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SUBSCRIPTION_BUFFER,
-    DEFAULT_SUBSCRIPTION_BUFFER_BYTES, LISTENER_APPLICATION_NAME,
+    tls_policy, BACKEND, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_PROBE_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SUBSCRIPTION_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
+    LISTENER_APPLICATION_NAME,
 };
 
 /// Settings of a [`PostgresTransport`]; start from [`PostgresTransport::builder`].
@@ -25,6 +26,7 @@ pub struct PostgresBuilder {
     connect_timeout: Duration,
     max_backoff: Duration,
     keepalive: Option<Duration>,
+    probe_timeout: Duration,
     request_timeout: Duration,
     subscription_buffer_bytes: usize,
 }
@@ -36,7 +38,8 @@ impl Default for PostgresBuilder {
             max_connections: 10,
             connect_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
-            keepalive: Some(Duration::from_secs(30)),
+            keepalive: Some(DEFAULT_KEEPALIVE_INTERVAL),
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
         }
@@ -78,8 +81,7 @@ impl PostgresBuilder {
         self
     }
 
-    /// How long to wait for a connection, and for the listener's keepalive
-    /// query to answer (default 10 s).
+    /// How long to wait for a connection (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout.min(LONGEST_DURATION);
         self
@@ -93,10 +95,23 @@ impl PostgresBuilder {
     }
 
     /// After this long without traffic the listener connection is checked
-    /// with `SELECT 1`, so that a silently dead connection is noticed (and
-    /// reported as a gap); `None` turns the check off. Default 30 s.
+    /// with `SELECT 1`, so that a dead or half-open connection is noticed:
+    /// one that does not answer within the [`probe_timeout`](Self::probe_timeout)
+    /// is dropped, its subscriptions get
+    /// [`Event::Interrupted`](hydratecache_core::Event::Interrupted) at that
+    /// moment and a gap once listening again. `None` turns the check off
+    /// (sqlx sets no TCP keepalive: a silently dead connection is then never
+    /// noticed). Default [`DEFAULT_KEEPALIVE_INTERVAL`].
     pub fn keepalive_interval(mut self, interval: Option<Duration>) -> Self {
         self.keepalive = interval.map(|i| i.min(LONGEST_DURATION));
+        self
+    }
+
+    /// How long the listener's keepalive query may take (default
+    /// [`DEFAULT_PROBE_TIMEOUT`]). A dead listener connection is noticed
+    /// within the keepalive interval plus this.
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.probe_timeout = timeout.clamp(Duration::from_millis(1), LONGEST_DURATION);
         self
     }
 
@@ -177,6 +192,7 @@ impl PostgresBuilder {
             connect_timeout: self.connect_timeout,
             max_backoff: self.max_backoff,
             keepalive: self.keepalive,
+            probe_timeout: self.probe_timeout,
             health,
         };
         let fanout = Fanout::new(self.subscription_buffer, self.subscription_buffer_bytes);

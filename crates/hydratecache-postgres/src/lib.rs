@@ -36,6 +36,14 @@ pub const DEFAULT_SUBSCRIPTION_BUFFER_BYTES: usize = 32 << 20;
 /// [`PostgresBuilder::request_timeout`]).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default idle time after which the listener connection is probed (see
+/// [`PostgresBuilder::keepalive_interval`]).
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Default bound on the listener's probe: with the keepalive interval, a
+/// dead or half-open listener connection is noticed within 500 ms.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// `application_name` of the listener connection, as `pg_stat_activity` shows it.
 pub const LISTENER_APPLICATION_NAME: &str = "hydratecache-listener";
 

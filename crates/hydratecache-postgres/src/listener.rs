@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hydratecache_core::adapter::{Backoff, Fanout};
-use hydratecache_core::{Envelope, EnvelopeError, Error, Gap, GapReason};
+use hydratecache_core::{
+    Envelope, EnvelopeError, Error, Gap, GapReason, InterruptReason, Interruption,
+};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -49,6 +51,7 @@ pub(crate) struct ListenerConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) keepalive: Option<Duration>,
+    pub(crate) probe_timeout: Duration,
     /// Told when the listener connects: the server is reachable again.
     pub(crate) health: Arc<crate::publisher::Health>,
 }
@@ -167,8 +170,8 @@ impl Task {
             // without an await after it is detected.
             received = conn.listener.try_recv() => match received {
                 Ok(Some(notification)) => self.dispatch(&notification),
-                Ok(None) => self.lost(&"the connection was closed"),
-                Err(e) => self.lost(&e),
+                Ok(None) => self.lost(&"the connection was closed", InterruptReason::Disconnected),
+                Err(e) => self.lost(&e, InterruptReason::Disconnected),
             },
             () = tokio::time::sleep(keepalive), if self.config.keepalive.is_some() => self.ping().await,
         }
@@ -182,14 +185,17 @@ impl Task {
             return;
         };
         let ping = sqlx::query("SELECT 1").execute(&mut conn.listener);
-        match tokio::time::timeout(self.config.connect_timeout, ping).await {
+        match tokio::time::timeout(self.config.probe_timeout, ping).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => self.lost(&e),
-            Err(_) => self.lost(&"the keepalive query timed out"),
+            Ok(Err(e)) => self.lost(&e, InterruptReason::Disconnected),
+            Err(_) => self.lost(
+                &"the keepalive query timed out",
+                InterruptReason::Unresponsive,
+            ),
         }
     }
 
-    fn lost(&mut self, why: &dyn std::fmt::Display) {
+    fn lost(&mut self, why: &dyn std::fmt::Display, reason: InterruptReason) {
         tracing::warn!(
             topics = self.listened.len(),
             "postgres listener connection lost ({why}); reconnecting"
@@ -204,6 +210,7 @@ impl Task {
             // is still to come gets no gap.
             self.epoch += 1;
             let topics: Vec<String> = self.listened.iter().cloned().collect();
+            self.fanout.interrupt(&topics, Interruption::new(reason));
             self.fanout
                 .hold(&topics, Gap::new(GapReason::Reconnected), self.epoch);
             self.gap_owed = true;
@@ -268,7 +275,7 @@ impl Task {
                         let _ = reply.send(Ok(()));
                     }
                     Err(e) if connection_lost(&e) => {
-                        self.lost(&e);
+                        self.lost(&e, InterruptReason::Disconnected);
                         self.waiting.push_back(Command::Subscribe { topic, reply });
                     }
                     Err(e) => {
@@ -285,7 +292,7 @@ impl Task {
                 let limit = self.config.request_timeout;
                 match bounded(limit, conn.listener.unlisten(&topic)).await {
                     Ok(()) => tracing::debug!(%topic, "UNLISTEN"),
-                    Err(e) if connection_lost(&e) => self.lost(&e),
+                    Err(e) if connection_lost(&e) => self.lost(&e, InterruptReason::Disconnected),
                     Err(e) => tracing::warn!(%topic, error = %e, "UNLISTEN failed"),
                 }
             }
@@ -302,7 +309,7 @@ impl Task {
                         }));
                     }
                     Err(e) if connection_lost(&e) => {
-                        self.lost(&e);
+                        self.lost(&e, InterruptReason::Disconnected);
                         self.waiting.push_back(Command::Info { reply });
                     }
                     Err(e) => {
@@ -390,7 +397,7 @@ impl Task {
                     let limit = self.config.request_timeout;
                     if let Err(e) = bounded(limit, conn.listener.unlisten(topic)).await {
                         if connection_lost(&e) {
-                            self.lost(&e);
+                            self.lost(&e, InterruptReason::Disconnected);
                         }
                     }
                 }

@@ -147,5 +147,40 @@ async fn local_cache_never_serves_pre_gap_values_after_pg_terminate_backend() {
         };
         let report = local_cache_never_serves_pre_gap_values(&harness, policy, cut).await;
         println!("{policy:?}: {report:?}");
+        assert!(
+            report.interruptions >= 1,
+            "the kill was not reported as it happened: {report:?}"
+        );
     }
+}
+
+/// A listener connection that goes silent without closing (a proxy that
+/// stops forwarding both ways) is interrupted within the keepalive interval
+/// plus the probe timeout, then listens again with a gap once the path is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_listener_connection_is_interrupted() {
+    use hydratecache_core::InterruptReason;
+    use hydratecache_postgres::{DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_PROBE_TIMEOUT};
+
+    let (_server, harness) = harness().await;
+    let (proxy, via) = match hydratecache_testkit::Proxy::in_front_of(&harness.url) {
+        Ok(p) => p,
+        Err(e) => panic!("proxy: {e:#}"),
+    };
+    let subscriber = match PostgresTransport::connect(&via).await {
+        Ok(t) => t.into_arc(),
+        Err(e) => panic!("connect through the proxy: {e:?}"),
+    };
+    let bound = DEFAULT_KEEPALIVE_INTERVAL + DEFAULT_PROBE_TIMEOUT;
+    let report = hydratecache_conformance::interrupted_when_the_connection_goes_silent(
+        &harness,
+        subscriber,
+        bound,
+        || proxy.freeze(),
+        || async { proxy.thaw() },
+    )
+    .await;
+    println!("postgres: {report:?} (bound {bound:?})");
+    assert_eq!(report.reason, InterruptReason::Unresponsive);
+    assert!(report.gap);
 }

@@ -88,16 +88,22 @@ async fn listener_pid(t: &PostgresTransport) -> i32 {
     }
 }
 
-/// Reads until a gap arrives; returns the sequence numbers of the messages
-/// read before it and the gap.
+/// Reads until a gap arrives, which must come after the interruption (the
+/// loss reported when the listener noticed it); returns the sequence
+/// numbers of the messages read before the gap and the gap.
 async fn read_until_gap(sub: &mut Subscription) -> (Vec<u64>, Gap) {
     let mut seen = Vec::new();
+    let mut interrupted = false;
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, sub.next()).await {
             Ok(Some(Ok(Event::Message(m)))) => seen.push(m.sequence),
-            Ok(Some(Ok(Event::Gap(gap)))) => return (seen, gap),
+            Ok(Some(Ok(Event::Interrupted(_)))) => interrupted = true,
+            Ok(Some(Ok(Event::Gap(gap)))) => {
+                assert!(interrupted, "a gap without the interruption before it");
+                return (seen, gap);
+            }
             Ok(other) => panic!("waiting for a gap, got {other:?}"),
             Err(_) => panic!("no gap within {WAIT:?} ({} messages read)", seen.len()),
         }
@@ -806,7 +812,12 @@ async fn non_utf8_payload_in_a_sql_ascii_database_never_panics_and_the_stream_go
     // UTF8 and drops the listener's session: a gap. A server that passed the
     // bytes on would give an error item. Either way, no panic, and the
     // stream goes on.
-    match next_event(&mut sub, "the outcome of a non-UTF-8 payload").await {
+    let mut outcome = next_event(&mut sub, "the outcome of a non-UTF-8 payload").await;
+    if matches!(outcome, Ok(Event::Interrupted(_))) {
+        // The session dropped: reported when noticed, then the gap.
+        outcome = next_event(&mut sub, "the gap after the dropped session").await;
+    }
+    match outcome {
         Ok(Event::Gap(Gap {
             reason: GapReason::Reconnected,
             ..

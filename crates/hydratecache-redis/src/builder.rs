@@ -7,6 +7,7 @@ use fred::error::{Error as FredError, ErrorKind};
 use fred::interfaces::ClientLike;
 use fred::types::config::{Config, ReconnectPolicy};
 use fred::types::Builder;
+use hydratecache_core::adapter::LONGEST_DURATION;
 use hydratecache_core::{Error, Result};
 
 use crate::settings::{Settings, MAX_BULK_LEN};
@@ -87,6 +88,31 @@ impl RedisBuilder {
     /// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT)).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// After this long, the subscriber connection is pinged (default
+    /// [`DEFAULT_KEEPALIVE_INTERVAL`](crate::DEFAULT_KEEPALIVE_INTERVAL)),
+    /// so that a dead or half-open connection is noticed: one that does not
+    /// answer within the [`probe_timeout`](Self::probe_timeout) is
+    /// reconnected, and its subscriptions get
+    /// [`Event::Interrupted`](hydratecache_core::Event::Interrupted) at that
+    /// moment and a gap once subscribed again. A connection fred sees fail
+    /// is reported at once, whatever this. `None` turns the pings off (fred
+    /// sets no TCP keepalive by default: a silently dead subscriber
+    /// connection is then never noticed).
+    pub fn keepalive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.settings.keepalive =
+            interval.map(|i| i.clamp(Duration::from_millis(1), LONGEST_DURATION));
+        self
+    }
+
+    /// How long a keepalive ping may take (default
+    /// [`DEFAULT_PROBE_TIMEOUT`](crate::DEFAULT_PROBE_TIMEOUT)). A dead
+    /// subscriber connection is noticed within the keepalive interval plus
+    /// this.
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.probe_timeout = timeout.clamp(Duration::from_millis(1), LONGEST_DURATION);
         self
     }
 

@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod liveness;
 mod publisher;
 mod settings;
 mod subscriber;
@@ -11,8 +12,8 @@ mod transport;
 pub use builder::{default_reconnect_policy, RedisBuilder};
 pub use settings::{
     DEFAULT_BROADCAST_CAPACITY, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SUBSCRIPTION_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
-    MAX_BULK_LEN,
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROBE_TIMEOUT,
+    DEFAULT_SUBSCRIPTION_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER_BYTES, MAX_BULK_LEN,
 };
 pub use transport::RedisTransport;
 

@@ -34,6 +34,14 @@ pub const DEFAULT_BROADCAST_CAPACITY: usize = 65_536;
 /// while the connection is known to be down fails at once).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default idle time after which the subscriber connection is pinged (see
+/// [`RedisBuilder::keepalive_interval`](crate::RedisBuilder::keepalive_interval)).
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Default bound on that ping: with the keepalive interval, a dead or
+/// half-open subscriber connection is noticed within 500 ms.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// Default bound on the first connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,6 +55,8 @@ pub(crate) struct Settings {
     pub(crate) command_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) sharded: bool,
+    pub(crate) keepalive: Option<Duration>,
+    pub(crate) probe_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -59,6 +69,8 @@ impl Default for Settings {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             sharded: false,
+            keepalive: Some(DEFAULT_KEEPALIVE_INTERVAL),
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! everything that can lose messages.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::config::{Options, Server};
 use fred::types::{ClusterHash, Message, MessageKind, Value};
 use hydratecache_core::adapter::{Backoff, ClosedFlag, Fanout, FanoutStream};
-use hydratecache_core::{Envelope, Error, Gap, GapReason, Result};
+use hydratecache_core::{Envelope, Error, Gap, GapReason, InterruptReason, Interruption, Result};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
 
@@ -58,6 +58,9 @@ pub(crate) struct Shared {
     /// Makes each confirming PING's message unique.
     next_ping: AtomicU64,
     pub(crate) closed: ClosedFlag,
+    /// The subscriptions were told the connection is broken, and no
+    /// reconnect happened since.
+    interrupted: AtomicBool,
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -89,12 +92,13 @@ impl Shared {
             epoch: AtomicU64::new(0),
             next_ping: AtomicU64::new(0),
             closed: ClosedFlag::new(),
+            interrupted: AtomicBool::new(false),
             control,
         });
         (shared, rx)
     }
 
-    fn options(&self) -> Options {
+    pub(crate) fn options(&self) -> Options {
         let mut options = Options {
             timeout: Some(self.command_timeout),
             ..Options::default()
@@ -284,16 +288,32 @@ impl Shared {
         }
     }
 
+    /// The subscriber connection is known broken: every subscription is
+    /// told once, until the next reconnect.
+    pub(crate) fn interrupt(&self, reason: InterruptReason) {
+        if !self.interrupted.swap(true, Ordering::AcqRel) {
+            self.fanout.interrupt_all(Interruption::new(reason));
+        }
+    }
+
+    pub(crate) fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Acquire)
+    }
+
     fn on_reconnect(&self, server: Option<&Server>) {
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        // Held before the flag clears: an interruption of the new connection
+        // then comes after this gap's hold, never lost in between.
+        self.fanout
+            .hold_all(Gap::new(GapReason::Reconnected), epoch);
+        self.interrupted.store(false, Ordering::Release);
         tracing::warn!(
             ?server,
             subscribed_channels = self.fanout.topics_subscribed().len(),
             "redis subscriber connection re-established: messages may have been missed"
         );
-        // Delivered once the re-subscribe on this connection is confirmed.
-        self.fanout
-            .hold_all(Gap::new(GapReason::Reconnected), epoch);
+        // The gap held above is delivered once the re-subscribe on this
+        // connection is confirmed.
         let _ = self.control.send(Control::resubscribe());
     }
 

@@ -20,6 +20,7 @@ use hydratecache_core::{
 };
 use tokio::task::JoinHandle;
 
+use crate::liveness;
 use crate::publisher::{self, publish, Health};
 use crate::settings::Settings;
 use crate::subscriber::{control, dispatch, Shared};
@@ -116,6 +117,7 @@ impl RedisTransport {
         // so nothing earlier matters.
         let messages = subscriber.message_rx();
         let reconnects = subscriber.reconnect_rx();
+        let subscriber_errors = subscriber.error_rx();
         let health = Arc::new(Health::new(&publisher));
         let publisher_events = (publisher.error_rx(), publisher.reconnect_rx());
         let (shared, control_rx) = Shared::new(
@@ -128,6 +130,12 @@ impl RedisTransport {
         let tasks = vec![
             tokio::spawn(dispatch(Arc::clone(&shared), messages, reconnects)),
             tokio::spawn(control(Arc::clone(&shared), control_rx)),
+            tokio::spawn(liveness::watch(
+                Arc::clone(&shared),
+                subscriber_errors,
+                settings.keepalive,
+                settings.probe_timeout,
+            )),
             tokio::spawn(publisher::watch(
                 Arc::clone(&health),
                 publisher_events.0,

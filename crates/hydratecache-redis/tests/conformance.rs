@@ -61,6 +61,10 @@ async fn local_cache_never_serves_pre_gap_values_after_client_kill() -> anyhow::
         )
         .await;
         println!("{policy:?}: {report:?}");
+        assert!(
+            report.interruptions >= 1,
+            "the kill was not reported as it happened: {report:?}"
+        );
     }
     Ok(())
 }
@@ -100,5 +104,85 @@ async fn with_repair_ignored_the_cut_check_fails() -> anyhow::Result<()> {
         message.contains("B served pre-cut values after the gap"),
         "{message}"
     );
+    Ok(())
+}
+
+/// A subscriber connection that goes silent without closing (a proxy that
+/// stops forwarding both ways: a crashed host, a dropped NAT flow) is
+/// interrupted within the keepalive interval plus the probe timeout, then
+/// reconnected with a gap once the path is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscriber_connection_is_interrupted() -> anyhow::Result<()> {
+    use hydratecache_core::{InterruptReason, Transport};
+    use hydratecache_redis::{RedisTransport, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_PROBE_TIMEOUT};
+
+    // Its own server: the CLIENT KILL of the cut test beside it would cut
+    // this subscriber too (a disconnect, not a silence).
+    let server = hydratecache_testkit::redis::RedisServer::start()?;
+    let harness = RedisHarness::new(&server.url(), false).await?;
+    let (proxy, via) = hydratecache_testkit::Proxy::in_front_of(&server.url())?;
+    let subscriber = RedisTransport::connect(&via).await?.into_arc();
+    let bound = DEFAULT_KEEPALIVE_INTERVAL + DEFAULT_PROBE_TIMEOUT;
+    let report = hydratecache_conformance::interrupted_when_the_connection_goes_silent(
+        &harness,
+        subscriber,
+        bound,
+        || proxy.freeze(),
+        || async { proxy.thaw() },
+    )
+    .await;
+    println!("redis: {report:?} (bound {bound:?})");
+    assert_eq!(report.reason, InterruptReason::Unresponsive);
+    assert!(
+        report.gap,
+        "a reconnect loses what was published meanwhile: a gap"
+    );
+    Ok(())
+}
+
+/// With the keepalive off, the same silence goes unnoticed: the check above
+/// can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keepalive_a_silent_connection_goes_unnoticed() -> anyhow::Result<()> {
+    use hydratecache_core::Transport;
+    use hydratecache_redis::RedisTransport;
+
+    let server = hydratecache_testkit::redis::RedisServer::start()?;
+    let (proxy, via) = hydratecache_testkit::Proxy::in_front_of(&server.url())?;
+    let proxy = std::sync::Arc::new(proxy);
+    let url = server.url();
+    let scenario = tokio::spawn({
+        let proxy = std::sync::Arc::clone(&proxy);
+        async move {
+            let harness = RedisHarness::new(&url, false).await.expect("harness");
+            let subscriber = RedisTransport::builder()
+                .keepalive_interval(None)
+                .connect(&via)
+                .await
+                .expect("connect through the proxy")
+                .into_arc();
+            let bound = std::time::Duration::from_millis(500);
+            hydratecache_conformance::interrupted_when_the_connection_goes_silent(
+                &harness,
+                subscriber,
+                bound,
+                || proxy.freeze(),
+                || async { proxy.thaw() },
+            )
+            .await
+        }
+    });
+    let err = scenario
+        .await
+        .expect_err("the silence was noticed without a keepalive");
+    assert!(err.is_panic(), "{err}");
+    let panic = err.into_panic();
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    assert!(message.contains("no interruption within"), "{message}");
+    proxy.reset();
     Ok(())
 }

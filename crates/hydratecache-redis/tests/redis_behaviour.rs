@@ -104,16 +104,22 @@ fn keep_publishing(
     (stop, sent, task)
 }
 
-/// After a connection loss: the next event must be a reconnect gap, and
-/// messages published afterwards must arrive. Returns (time to the gap, the
-/// first message's key).
+/// After a connection loss: the next event must be the interruption (at the
+/// moment fred saw the connection fail), then a reconnect gap, and messages
+/// published afterwards must arrive. Returns (time to the gap, the first
+/// message's key).
 async fn expect_gap_then_messages(sub: &mut Subscription, key: &str) -> (Duration, u64) {
     let start = Instant::now();
-    let mut event = next(sub, "the reconnect gap").await;
+    let mut event = next(sub, "the interruption").await;
     if matches!(event, Ok(Event::Message(ref m)) if m.key == "big") {
         // The output-buffer test's large message may get through first.
-        event = next(sub, "the reconnect gap").await;
+        event = next(sub, "the interruption").await;
     }
+    match event {
+        Ok(Event::Interrupted(_)) => {}
+        other => panic!("expected the interruption first, got {other:?}"),
+    }
+    let event = next(sub, "the reconnect gap").await;
     match event {
         Ok(Event::Gap(Gap {
             reason: GapReason::Reconnected,
@@ -127,6 +133,7 @@ async fn expect_gap_then_messages(sub: &mut Subscription, key: &str) -> (Duratio
             Ok(Event::Message(m)) if m.key == key => break m.sequence,
             // Further reconnects may happen while the server comes back.
             Ok(Event::Gap(g)) if g.reason == GapReason::Reconnected => continue,
+            Ok(Event::Interrupted(_)) => continue,
             other => panic!("expected a message after the gap, got {other:?}"),
         }
     };
@@ -221,7 +228,12 @@ async fn client_kill_pubsub_gives_a_gap_then_delivery_resumes() {
     let (to_gap, first) = expect_gap_then_messages(&mut sub, "after").await;
     stop.store(true, Ordering::Relaxed);
     let _ = task.await;
-    // The other subscription of the connection got its gap too.
+    // The other subscription of the connection was interrupted and got its
+    // gap too.
+    match next(&mut other, "the interruption on the other topic").await {
+        Ok(Event::Interrupted(_)) => {}
+        other => panic!("expected the interruption on the other subscription, got {other:?}"),
+    }
     match next(&mut other, "the gap on the other topic").await {
         Ok(Event::Gap(g)) => assert_eq!(g.reason, GapReason::Reconnected),
         other => panic!("expected a gap on the other subscription, got {other:?}"),

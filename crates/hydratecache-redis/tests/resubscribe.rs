@@ -138,6 +138,7 @@ async fn reconnect_gap_waits_for_the_confirmed_resubscribe_and_failures_surface(
     // begun then. Every later number must arrive.
     let mut gap_at: Option<u64> = None;
     let mut expected: Option<u64> = None;
+    let mut interrupted = false;
     loop {
         match next(&mut sub, "the resubscribe error, the gap, then messages").await {
             Err(e) => {
@@ -147,9 +148,15 @@ async fn reconnect_gap_waits_for_the_confirmed_resubscribe_and_failures_surface(
                 error_seen = Some(e);
                 allowed.get_or_insert_with(&allow);
             }
+            // The loss, when fred saw the connection fail.
+            Ok(Event::Interrupted(_)) => {
+                assert!(gap_at.is_none(), "an interruption after the gap");
+                interrupted = true;
+            }
             Ok(Event::Gap(g)) => {
                 assert_eq!(g.reason, GapReason::Reconnected, "{g:?}");
                 assert!(gap_at.is_none(), "a second gap: {g:?}");
+                assert!(interrupted, "the gap without the interruption before it");
                 let at = started.load(Ordering::SeqCst);
                 println!("reconnect gap after publish #{at} began");
                 gap_at = Some(at);

@@ -20,7 +20,15 @@ pub struct ConnectOptions {
     pub postgres_pool: Option<PgPool>,
     /// Kafka: adjusts the builder's options.
     pub kafka: Option<fn(KafkaBuilder) -> KafkaBuilder>,
+    /// Turns off what notices a dead or half-open connection quickly (the
+    /// adapters' keepalives and probes), as before bounded staleness: to
+    /// show that the chaos run fails without them.
+    pub without_liveness: bool,
 }
+
+/// A probe bound long enough to notice nothing (the adapters' earlier
+/// behaviour: only their request timeouts).
+const NO_PROBE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The adapters a URL can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,16 +57,38 @@ fn adapter(url: &str) -> Result<Adapter> {
 /// `tls://`, `postgres://`, `postgresql://` or `kafka://host:port[,host:port]`.
 pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Arc<dyn Transport>> {
     Ok(match adapter(url)? {
-        Adapter::Redis => RedisTransport::connect(url).await?.into_arc(),
-        Adapter::Nats => NatsTransport::connect(url).await?.into_arc(),
-        Adapter::Postgres => match &options.postgres_pool {
-            Some(pool) => PostgresTransport::from_pool(pool.clone()).into_arc(),
-            None => PostgresTransport::connect(url).await?.into_arc(),
-        },
+        Adapter::Redis => {
+            let mut builder = RedisTransport::builder();
+            if options.without_liveness {
+                builder = builder.keepalive_interval(None);
+            }
+            builder.connect(url).await?.into_arc()
+        }
+        Adapter::Nats => {
+            let mut builder = NatsTransport::builder();
+            if options.without_liveness {
+                // async-nats' own: a ping after 60 s of silence.
+                builder = builder.ping_interval(None);
+            }
+            builder.connect(url).await?.into_arc()
+        }
+        Adapter::Postgres => {
+            let mut builder = PostgresTransport::builder();
+            if options.without_liveness {
+                builder = builder.keepalive_interval(None);
+            }
+            match &options.postgres_pool {
+                Some(pool) => builder.from_pool(pool.clone()).into_arc(),
+                None => builder.connect(url).await?.into_arc(),
+            }
+        }
         Adapter::Kafka => {
             let mut builder = KafkaTransport::builder();
             if let Some(adjust) = options.kafka {
                 builder = adjust(builder);
+            }
+            if options.without_liveness {
+                builder = builder.probe_timeout(NO_PROBE);
             }
             builder.connect(url).await?.into_arc()
         }

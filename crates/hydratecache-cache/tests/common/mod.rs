@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub mod bus;
+
 use hydratecache_cache::LocalCache;
 
 /// How long a test waits for something to happen.

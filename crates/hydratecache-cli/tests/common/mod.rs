@@ -448,7 +448,8 @@ pub fn garbage_is_an_error_line(url: &str, topic: &str, extra: &[&str], inject: 
 }
 
 /// Across a server restart (`restart` kills it and starts it again) `tail`
-/// shows a gap line, then delivery again. Returns the text transcript.
+/// shows an interrupted line (when the loss is noticed), then a gap line,
+/// then delivery again. Returns the text transcript.
 pub fn restart_shows_a_gap(
     url: &str,
     topic: &str,
@@ -479,6 +480,7 @@ pub fn restart_shows_a_gap(
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut attempt = 0;
     let mut gap_at = None;
+    let mut interrupted_at = None;
     'outer: loop {
         attempt += 1;
         let value = format!(r#"{{"after":{attempt}}}"#);
@@ -499,6 +501,10 @@ pub fn restart_shows_a_gap(
             if words.starts_with("T gap ") {
                 assert!(line.contains("reason="), "{line}");
                 gap_at.get_or_insert(tail.seen.len() - 1);
+            } else if words.starts_with("T interrupted ") {
+                assert!(line.contains("reason="), "{line}");
+                interrupted_at.get_or_insert(tail.seen.len() - 1);
+            } else if words.starts_with("T resumed") {
             } else if line.contains(r#"value={"after":"#) {
                 break 'outer;
             } else {
@@ -525,6 +531,13 @@ pub fn restart_shows_a_gap(
         )
     });
     assert!(gap < first_after);
+    let interrupted = interrupted_at.unwrap_or_else(|| {
+        panic!(
+            "no interrupted line before the gap after the restart: {:#?}",
+            tail.seen
+        )
+    });
+    assert!(interrupted < gap, "{:#?}", tail.seen);
     println!(
         "delivery again {:?} after the restart ({attempt} publish attempts)",
         restarted.elapsed()

@@ -11,7 +11,7 @@ use futures::Stream;
 
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{Error, Result};
-use crate::transport::{Event, Gap, Subscription};
+use crate::transport::{Event, Gap, Interruption, Subscription};
 
 use super::frame::malformed;
 use super::queue::SubscriptionQueue;
@@ -155,8 +155,13 @@ impl Fanout {
         };
         match decoded {
             Ok(envelope) => {
-                for (_, queue) in subs {
-                    queue.push(Ok(Event::Message(envelope.clone())), size);
+                // The last subscription takes the envelope itself: with one
+                // subscription (the usual case), no copy of the key.
+                if let Some(((_, last), rest)) = subs.split_last() {
+                    for (_, queue) in rest {
+                        queue.push(Ok(Event::Message(envelope.clone())), size);
+                    }
+                    last.push(Ok(Event::Message(envelope)), size);
                 }
             }
             Err(source) => {
@@ -197,6 +202,38 @@ impl Fanout {
     pub fn gap_all(&self, gap: Gap) {
         for (_, queue) in self.topics().values().flatten() {
             queue.push_gap(gap.clone());
+        }
+    }
+
+    /// The connection that carries every topic is known broken: call it at
+    /// the moment of detection; each subscription gets
+    /// [`Event::Interrupted`] (see [`SubscriptionQueue::interrupt`]).
+    pub fn interrupt_all(&self, interruption: Interruption) {
+        for (_, queue) in self.topics().values().flatten() {
+            queue.interrupt(interruption.clone());
+        }
+    }
+
+    /// Like [`interrupt_all`](Self::interrupt_all), for the subscriptions of
+    /// `topics` only: those the broken connection carried (each must get its
+    /// gap or [`resume`](SubscriptionQueue::resume) later).
+    pub fn interrupt(&self, topics: &[String], interruption: Interruption) {
+        let subs = self.topics();
+        for topic in topics {
+            for (_, queue) in subs.get(topic).into_iter().flatten() {
+                queue.interrupt(interruption.clone());
+            }
+        }
+    }
+
+    /// Delivery is back on `topics` and nothing was lost (see
+    /// [`SubscriptionQueue::resume`]).
+    pub fn resume(&self, topics: &[String]) {
+        let subs = self.topics();
+        for topic in topics {
+            for (_, queue) in subs.get(topic).into_iter().flatten() {
+                queue.resume();
+            }
         }
     }
 

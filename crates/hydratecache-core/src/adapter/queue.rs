@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use crate::error::{Error, Result};
-use crate::transport::{Event, Gap, GapReason};
+use crate::transport::{Event, Gap, GapReason, Interruption};
 
 use super::sync::lock;
 
@@ -23,6 +23,10 @@ use super::sync::lock;
 /// delivering it earlier would let the consumer repair while messages can
 /// still be lost. Messages routed meanwhile are dropped into it (they were
 /// published before the gap is delivered, so the repair covers them).
+///
+/// An [`interrupt`](SubscriptionQueue::interrupt) is queued in order, after
+/// what arrived before the loss, and is never dropped: a gap read after it
+/// always ends it.
 ///
 /// ```
 /// use hydratecache_core::adapter::SubscriptionQueue;
@@ -172,6 +176,48 @@ impl SubscriptionQueue {
         if let Some((gap, _)) = state.held.take() {
             state.pending = Some(merge(state.pending.take(), gap));
         }
+        wake(state);
+    }
+
+    /// The path to the server is broken: [`Event::Interrupted`] after what
+    /// is queued, whatever the bound. Skipped when the last item queued is
+    /// already an unread interruption.
+    pub fn interrupt(&self, interruption: Interruption) {
+        let mut state = self.state();
+        let unread = state
+            .items
+            .back()
+            .is_some_and(|e| matches!(e.item, Ok(Event::Interrupted(_))));
+        if state.closed || (unread && state.pending.is_none()) {
+            return;
+        }
+        if let Some(gap) = state.pending.take() {
+            state.items.push_back(Entry::gap(gap));
+        }
+        state.items.push_back(Entry {
+            item: Ok(Event::Interrupted(interruption)),
+            bytes: 0,
+            message: false,
+        });
+        wake(state);
+    }
+
+    /// Delivery is back after an interruption and nothing was lost:
+    /// [`Event::Resumed`] after what is queued. Ignored while a reconnect gap
+    /// is held (that gap ends the interruption).
+    pub fn resume(&self) {
+        let mut state = self.state();
+        if state.closed || state.held.is_some() {
+            return;
+        }
+        if let Some(gap) = state.pending.take() {
+            state.items.push_back(Entry::gap(gap));
+        }
+        state.items.push_back(Entry {
+            item: Ok(Event::Resumed),
+            bytes: 0,
+            message: false,
+        });
         wake(state);
     }
 
@@ -370,6 +416,39 @@ mod tests {
         assert_eq!(gap(next(&q)).missed, Some(1));
         assert!(q.push(msg("huge2"), 50));
         assert_eq!(key(next(&q)), "huge2");
+    }
+
+    #[test]
+    fn an_interruption_comes_in_order_and_is_never_dropped() {
+        use crate::transport::InterruptReason;
+        let q = SubscriptionQueue::new(1, usize::MAX);
+        assert!(q.push(msg("before"), 1));
+        assert!(!q.push(msg("lost"), 1));
+        q.interrupt(Interruption::new(InterruptReason::Unresponsive));
+        q.interrupt(Interruption::new(InterruptReason::Disconnected));
+        q.hold(Gap::new(GapReason::Reconnected), 1);
+        assert_eq!(key(next(&q)), "before");
+        assert_eq!(
+            gap(next(&q)).missed,
+            Some(1),
+            "the lag came before the loss"
+        );
+        assert!(matches!(
+            next(&q),
+            Some(Some(Ok(Event::Interrupted(i)))) if i.reason == InterruptReason::Unresponsive
+        ));
+        assert!(
+            next(&q).is_none(),
+            "one interruption while unread; the gap is held"
+        );
+        q.release(1);
+        assert_eq!(gap(next(&q)), Gap::new(GapReason::Reconnected));
+        q.interrupt(Interruption::new(InterruptReason::Disconnected));
+        assert!(q.push(msg("backlog"), 1));
+        q.resume();
+        assert!(matches!(next(&q), Some(Some(Ok(Event::Interrupted(_))))));
+        assert_eq!(key(next(&q)), "backlog");
+        assert!(matches!(next(&q), Some(Some(Ok(Event::Resumed)))));
     }
 
     #[test]

@@ -75,16 +75,22 @@ pub(crate) fn signal(pid: i32, signal: &str) {
     assert!(status.success(), "kill -s {signal} {pid}");
 }
 
-/// Reads until a gap arrives; returns the sequence numbers of the messages
-/// read before it and the gap.
+/// Reads until a gap arrives, which must come after the interruption (the
+/// loss reported when the listener noticed it); returns the sequence
+/// numbers of the messages read before the gap and the gap.
 pub(crate) async fn read_until_gap(sub: &mut Subscription) -> (Vec<u64>, Gap) {
     let mut seen = Vec::new();
+    let mut interrupted = false;
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, sub.next()).await {
             Ok(Some(Ok(Event::Message(m)))) => seen.push(m.sequence),
-            Ok(Some(Ok(Event::Gap(gap)))) => return (seen, gap),
+            Ok(Some(Ok(Event::Interrupted(_)))) => interrupted = true,
+            Ok(Some(Ok(Event::Gap(gap)))) => {
+                assert!(interrupted, "a gap without the interruption before it");
+                return (seen, gap);
+            }
             Ok(other) => panic!("waiting for a gap, got {other:?}"),
             Err(_) => panic!("no gap within {WAIT:?} ({} messages read)", seen.len()),
         }

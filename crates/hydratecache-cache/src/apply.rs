@@ -1,0 +1,262 @@
+//! What the hydration task does with each item of the subscription:
+//! messages stored, sequences and leases tracked, gaps and interruptions
+//! turned into repairs and trust.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hydratecache_core::{
+    ChannelEvent, CodecPanicked, EnvelopeError, Error as CoreError, PublisherId,
+};
+
+use crate::config::RepairPolicy;
+use crate::health::Untrusted;
+use crate::hydrate::now_ms;
+use crate::inner::{Inner, Origin};
+use crate::leases::Leases;
+use crate::sequences::Sequences;
+
+/// What one run of the hydration task tracks about the stream.
+pub(crate) struct Tracking {
+    pub(crate) sequences: Sequences,
+    pub(crate) leases: Leases,
+    /// The marker sent to catch up after a stall, and when: the cache
+    /// serves again once it came back.
+    pub(crate) marker: Option<(PublisherId, Instant)>,
+}
+
+impl Tracking {
+    pub(crate) fn new(subscribed_ms: u64, now: Instant) -> Tracking {
+        Tracking {
+            sequences: Sequences::new(subscribed_ms, now),
+            leases: Leases::default(),
+            marker: None,
+        }
+    }
+}
+
+/// An error item of the subscription.
+///
+/// One that is not about one message (the transport reports it is dropping
+/// messages, a re-subscribe that keeps failing) means messages are being
+/// missed from now on: the cache stops serving until the transport's next
+/// gap, which marks the end of the loss, has been applied (see [`apply`]).
+///
+/// A message this build cannot read.
+///
+/// Bytes that are not an envelope at all (another client on the topic) are
+/// skipped. Anything else is an envelope we cannot read (a newer release's,
+/// during a rolling upgrade, or damaged), so a possible lost update: with its
+/// key (Kafka's record key, the unit of change and of compaction there) that
+/// key is forgotten; without, it is a gap, repaired by policy.
+///
+/// A value the codec could not decode (or panicked on) is a message
+/// received: its sequence counts, and its key is forgotten.
+pub(crate) fn unreadable<T: Send + Sync + 'static>(
+    inner: &Arc<Inner<T>>,
+    tracking: &mut Tracking,
+    error: &CoreError,
+) {
+    let topic = inner.channel.topic();
+    if let CoreError::Decode {
+        key,
+        publisher,
+        sequence,
+        source,
+        ..
+    } = error
+    {
+        observe(inner, tracking, *publisher, *sequence, false);
+        match source.downcast_ref::<CodecPanicked>() {
+            Some(panic) => user_code_panicked(inner, key, &panic.message),
+            None => {
+                // The key changed to something we cannot read: forget it
+                // rather than keep serving the old value.
+                inner.counters.decode_errors.incr();
+                inner.forget(key);
+                tracing::warn!(topic, key, error = %source, "cannot decode value: key invalidated");
+            }
+        }
+        return;
+    }
+    if !error.is_per_message() {
+        if !inner.pending_gap.swap(true, Ordering::AcqRel) {
+            inner.counters.hydration_failures.incr();
+        }
+        inner.untrust(Untrusted::SubscriptionError);
+        tracing::error!(
+            topic,
+            error = error as &dyn std::error::Error,
+            "subscription error: the cache stops serving until the transport's next gap"
+        );
+        return;
+    }
+    let CoreError::Malformed { key, source, .. } = error else {
+        tracing::warn!(
+            topic,
+            error = error as &dyn std::error::Error,
+            "subscription error item skipped"
+        );
+        return;
+    };
+    inner.counters.malformed.incr();
+    match (source, key) {
+        // Not even our magic byte (or nothing at all): not one of ours.
+        (EnvelopeError::BadMagic { .. } | EnvelopeError::Truncated { got: 0, needed: 1 }, _) => {
+            tracing::warn!(
+                topic,
+                error = error as &dyn std::error::Error,
+                "bytes that are not a message skipped"
+            );
+        }
+        (_, Some(key)) => {
+            inner.forget(key);
+            tracing::warn!(
+                topic,
+                key,
+                error = error as &dyn std::error::Error,
+                "unreadable message: key forgotten"
+            );
+        }
+        (_, None) => {
+            inner.counters.gaps.incr();
+            inner.repair(&format!("unreadable message ({source})"));
+        }
+    }
+}
+
+pub(crate) fn apply<T: Send + Sync + 'static>(
+    inner: &Arc<Inner<T>>,
+    tracking: &mut Tracking,
+    event: ChannelEvent<T>,
+) {
+    match event {
+        ChannelEvent::Gap(gap) => {
+            inner.counters.gaps.incr();
+            let why = format!("transport gap ({}, missed {:?})", gap.reason, gap.missed);
+            if inner.pending_gap.swap(false, Ordering::AcqRel) {
+                // The end of a loss the transport reported: nothing held or
+                // loaded since it began is known to be current. The repair
+                // covers whatever a publisher silent meanwhile may have lost.
+                tracking.leases.renew_all(Instant::now());
+                inner.repair_outage(&why);
+                inner.ready_if_warm();
+            } else {
+                inner.repair(&why);
+            }
+        }
+        ChannelEvent::ReplayDone => inner.replay_done(),
+        ChannelEvent::Interrupted(interruption) => {
+            // What is published from now on may be missed: stop serving at
+            // once; the gap (or `Resumed`) that ends the loss makes the
+            // cache current again.
+            inner.counters.interruptions.incr();
+            if inner.policy == RepairPolicy::Ignore {
+                // Stale values are accepted: only the gap after it counts.
+                return;
+            }
+            inner.pending_gap.store(true, Ordering::Release);
+            inner.untrust(Untrusted::Interrupted(interruption.reason));
+        }
+        // Nothing was lost: what was published meanwhile came first.
+        ChannelEvent::Resumed if inner.pending_gap.swap(false, Ordering::AcqRel) => {
+            inner.ready_if_warm();
+        }
+        // The subscription skipped this cache's own writes (its channel
+        // publishes under an id of its own; other clones of the user's
+        // channel are other publishers).
+        ChannelEvent::Update(msg) => {
+            observe(inner, tracking, msg.publisher, msg.sequence, false);
+            if inner.predates_repair(msg.published_at) {
+                // Published before the last repair and delivered after it
+                // (held by its publisher's client through an outage): a
+                // newer write may have been lost meanwhile, so the store
+                // answers for this key instead.
+                inner.counters.predating_repair.incr();
+                inner.forget(&msg.key);
+                return;
+            }
+            // A weigher panic is caught there: the key is forgotten.
+            let _ = inner.store_update(
+                &msg.key,
+                Arc::new(msg.value),
+                msg.version,
+                msg.ttl.map(|ttl| ttl.remaining()),
+                Some(msg.published_at),
+                Origin::Remote,
+            );
+        }
+        ChannelEvent::Delete(delete) => {
+            observe(inner, tracking, delete.publisher, delete.sequence, false);
+            inner.store_delete(&delete.key, delete.version, Origin::Remote);
+        }
+        ChannelEvent::Heartbeat(heartbeat) => {
+            if tracking
+                .marker
+                .is_some_and(|(id, _)| id == heartbeat.publisher)
+            {
+                // Everything accepted before the marker has been applied.
+                tracking.marker = None;
+                crate::watchdog::caught_up(inner);
+                return;
+            }
+            if inner.liveness.is_some() {
+                tracking
+                    .leases
+                    .heartbeat(heartbeat.publisher, heartbeat.lease, Instant::now());
+            }
+            observe(
+                inner,
+                tracking,
+                heartbeat.publisher,
+                heartbeat.sequence,
+                true,
+            );
+        }
+        // An event of a newer core release: nothing for the cache to apply.
+        _ => {}
+    }
+}
+
+/// Records a message's sequence, repairing on the loss it reveals.
+///
+/// Sequence numbers reveal a loss only where one publisher's messages
+/// arrive in order; elsewhere the transport's gap events are the signal.
+fn observe<T: Send + Sync + 'static>(
+    inner: &Arc<Inner<T>>,
+    tracking: &mut Tracking,
+    publisher: PublisherId,
+    sequence: u64,
+    heartbeat: bool,
+) {
+    if !heartbeat {
+        tracking.leases.heard(publisher, Instant::now());
+    }
+    if !inner.ordered {
+        return;
+    }
+    let loss = tracking
+        .sequences
+        .observe(publisher, sequence, heartbeat, Instant::now(), now_ms());
+    if let Some(loss) = loss {
+        inner.counters.sequence_gaps.incr();
+        inner.repair(&format!(
+            "publisher {publisher}: {} (missed {:?}, at sequence {sequence})",
+            loss.why, loss.missed
+        ));
+    }
+}
+
+/// The codec panicked on `key`'s value: the key is forgotten, as for a value
+/// that cannot be decoded.
+fn user_code_panicked<T: Send + Sync + 'static>(inner: &Inner<T>, key: &str, panic: &str) {
+    inner.counters.hydration_panics.incr();
+    inner.forget(key);
+    tracing::error!(
+        topic = inner.channel.topic(),
+        key,
+        panic,
+        "codec panicked: key invalidated"
+    );
+}
