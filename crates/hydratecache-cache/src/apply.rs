@@ -10,31 +10,11 @@ use hydratecache_core::{
     ChannelEvent, CodecPanicked, EnvelopeError, Error as CoreError, PublisherId,
 };
 
+use crate::clock::now_ms;
 use crate::config::RepairPolicy;
 use crate::health::Untrusted;
-use crate::hydrate::now_ms;
 use crate::inner::{Inner, Origin};
-use crate::leases::Leases;
-use crate::sequences::Sequences;
-
-/// What one run of the hydration task tracks about the stream.
-pub(crate) struct Tracking {
-    pub(crate) sequences: Sequences,
-    pub(crate) leases: Leases,
-    /// The marker sent to catch up after a stall, and when: the cache
-    /// serves again once it came back.
-    pub(crate) marker: Option<(PublisherId, Instant)>,
-}
-
-impl Tracking {
-    pub(crate) fn new(subscribed_ms: u64, now: Instant) -> Tracking {
-        Tracking {
-            sequences: Sequences::new(subscribed_ms, now),
-            leases: Leases::default(),
-            marker: None,
-        }
-    }
-}
+use crate::tracking::Tracking;
 
 /// An error item of the subscription.
 ///
@@ -169,7 +149,7 @@ pub(crate) fn apply<T: Send + Sync + 'static>(
         ChannelEvent::Update(msg) => {
             observe(inner, tracking, msg.publisher, msg.sequence, false);
             if inner.predates_repair(msg.published_at) {
-                // Published before the last repair and delivered after it
+                // Published before the last outage repair and delivered after it
                 // (held by its publisher's client through an outage): a
                 // newer write may have been lost meanwhile, so the store
                 // answers for this key instead.

@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::cache::LocalCache;
 use crate::clock;
+use crate::config::Liveness;
 use crate::config::{
     RepairPolicy, Weigher, DEFAULT_CAPACITY, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LOAD_TIMEOUT,
     DEFAULT_MAX_STALENESS, DEFAULT_RELOAD_CONCURRENCY, DEFAULT_RELOAD_JITTER,
@@ -24,7 +25,6 @@ use crate::hydrate;
 use crate::inner::{Flights, Inner};
 use crate::loader::{Loaded, Loader, WarmStream};
 use crate::stats::Counters;
-use crate::watchdog::{self, Liveness};
 
 /// Builds a [`LocalCache`].
 pub struct LocalCacheBuilder<T> {
@@ -248,14 +248,14 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             pending_marker: AtomicBool::new(false),
             liveness,
             fresh_until: AtomicU64::new(
-                liveness.map_or(clock::NEVER, |l| watchdog::fresh_until(clock::now(), &l)),
+                liveness.map_or(clock::NEVER, |l| l.fresh_until(clock::now())),
             ),
             counters: Counters::default(),
             trust: Mutex::new(Trust::starting()),
         });
         let subscription = hydrate::subscribe(&inner, self.subscribe.clone()).await?;
         let subscribed_at = clock::now();
-        let subscribed_ms = hydrate::now_ms();
+        let subscribed_ms = clock::now_ms();
         inner.ready_if_warm();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(hydrate::supervise(

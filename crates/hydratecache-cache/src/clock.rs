@@ -19,6 +19,13 @@ pub(crate) type Nanos = u64;
 /// The deadline of an entry that does not expire.
 pub(crate) const NEVER: Nanos = u64::MAX;
 
+/// Milliseconds since the Unix epoch, on this machine's clock.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// `ttl` after `from`; [`NEVER`] if that is out of range.
 pub(crate) fn deadline(from: Nanos, ttl: Duration) -> Nanos {
     u64::try_from(ttl.as_nanos())

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::clock::{self, Nanos};
+
 /// What a cache does when messages may have been missed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -41,3 +43,33 @@ pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_RELOAD_CONCURRENCY: usize = 8;
 /// Default maximum random delay before each load of a `Reload` repair.
 pub(crate) const DEFAULT_RELOAD_JITTER: Duration = Duration::from_millis(250);
+
+/// Timing derived from the cache's `max_staleness` (see
+/// [`LocalCacheBuilder::max_staleness`](crate::LocalCacheBuilder::max_staleness)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Liveness {
+    /// How often the task ticks.
+    pub(crate) tick: Duration,
+    /// How long after a tick reads are served without the next one.
+    pub(crate) fresh_for: Duration,
+    /// How long to wait for a marker before sending another.
+    pub(crate) marker_retry: Duration,
+}
+
+impl Liveness {
+    /// The timing for a bound of `max_staleness`: ticks at a twentieth of
+    /// it, reads served up to three tenths of it after the last tick.
+    pub(crate) fn for_bound(max_staleness: Duration) -> Liveness {
+        let bound = max_staleness.max(Duration::from_millis(20));
+        Liveness {
+            tick: bound / 20,
+            fresh_for: bound * 3 / 10,
+            marker_retry: bound,
+        }
+    }
+
+    /// The deadline a tick at `now` gives reads.
+    pub(crate) fn fresh_until(&self, now: Nanos) -> Nanos {
+        clock::deadline(now, self.fresh_for)
+    }
+}

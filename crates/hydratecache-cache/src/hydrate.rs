@@ -26,19 +26,21 @@ use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::future::OptionFuture;
 use futures::{FutureExt, StreamExt};
 use hydratecache_core::{ChannelSubscription, Error as CoreError, StartFrom, SubscribeOptions};
 use tokio::sync::oneshot;
 
-use crate::apply::{apply, unreadable, Tracking};
+use crate::apply::{apply, unreadable};
 use crate::clock::{self, Nanos};
+use crate::config::Liveness;
 use crate::health::Untrusted;
 use crate::inner::{Inner, Origin};
 use crate::loader::WarmStream;
-use crate::watchdog::{self, Liveness};
+use crate::tracking::Tracking;
+use crate::watchdog;
 
 /// First wait before resubscribing after a failure; doubles up to the max.
 const RESTART_MIN: Duration = Duration::from_millis(100);
@@ -78,13 +80,6 @@ pub(crate) async fn subscribe<T: Send + Sync + 'static>(
         .await?
         .skip_own(Arc::clone(&inner.counters.own_echoes_skipped))
         .catch_codec_panics())
-}
-
-/// Milliseconds since the Unix epoch, on this machine's clock.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Runs hydration until stopped, restarting it after a panic.
@@ -189,7 +184,7 @@ async fn resubscribe<T: Send + Sync + 'static>(
         };
         match attempt {
             Ok(Ok(Ok(subscription))) => {
-                let subscribed_ms = now_ms();
+                let subscribed_ms = clock::now_ms();
                 // Whatever changed while unsubscribed is unknown: repair,
                 // then serve once a replay (if any) is done. A warm-up cut
                 // short is not resumed.

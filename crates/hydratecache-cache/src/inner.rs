@@ -11,12 +11,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{self, Nanos};
-use crate::config::{RepairPolicy, Weigher};
+use crate::config::{Liveness, RepairPolicy, Weigher};
 use crate::entry::Table;
 use crate::health::{Trust, Untrusted};
 use crate::loader::Loader;
 use crate::stats::Counters;
-use crate::watchdog::Liveness;
 
 /// State shared by the cache handle and its hydration task.
 pub(crate) struct Inner<T> {
@@ -34,7 +33,7 @@ pub(crate) struct Inner<T> {
     pub(crate) reload_jitter: Duration,
     /// Bumped by every repair: loads started before it do not store.
     pub(crate) generation: AtomicU64,
-    /// When the last repair happened, in ms since the epoch (0: none).
+    /// When the last outage repair happened, in ms since the epoch (0: none).
     pub(crate) repaired_wall_ms: AtomicU64,
     /// Serialises "check then store" between the hydration task and loads.
     pub(crate) store_lock: Mutex<()>,

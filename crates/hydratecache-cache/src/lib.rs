@@ -22,6 +22,7 @@ mod stats;
 mod store;
 #[cfg(test)]
 mod tests;
+mod tracking;
 mod watchdog;
 
 pub use builder::LocalCacheBuilder;

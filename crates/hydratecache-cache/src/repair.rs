@@ -54,6 +54,10 @@ impl<T: Send + Sync + 'static> Inner<T> {
     /// is invalidated whatever the policy, and reloaded under `Reload`.
     /// `Ignore` tolerates gaps, not a cache that stopped hydrating.
     pub(crate) fn repair_outage(self: &Arc<Self>, why: &str) {
+        // What a publisher's client held through the outage arrives after
+        // this: such updates only invalidate (see `predates_repair`).
+        self.repaired_wall_ms
+            .fetch_max(clock::now_ms(), Ordering::AcqRel);
         self.invalidate_values();
         if self.policy == RepairPolicy::Reload {
             self.counters.repairs_reload.incr();
@@ -81,13 +85,12 @@ impl<T: Send + Sync + 'static> Inner<T> {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let now = clock::now();
         self.entries.repaired_at.fetch_max(now, Ordering::AcqRel);
-        self.repaired_wall_ms
-            .fetch_max(crate::hydrate::now_ms(), Ordering::AcqRel);
     }
 
     /// Whether an update published at `at` (the publisher's clock) predates
-    /// the last repair (this cache's clock): a publisher clock ahead by `s`
-    /// lets updates up to `s` older through, one behind drops more (safe).
+    /// the last outage repair (this cache's clock): a publisher clock ahead
+    /// by `s` lets updates up to `s` older through, one behind drops more
+    /// (safe).
     pub(crate) fn predates_repair(&self, at: std::time::SystemTime) -> bool {
         let repaired = self.repaired_wall_ms.load(Ordering::Acquire);
         repaired != 0

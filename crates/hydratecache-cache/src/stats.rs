@@ -217,7 +217,7 @@ pub struct CacheStats {
     /// Publishers that fell silent past their lease (crashed, hung or cut
     /// off): each a possible loss, repaired by policy.
     pub silent_publishers: u64,
-    /// Updates published before the last repair and delivered after it
+    /// Updates published before the last outage repair and delivered after it
     /// (held by their publisher's client through an outage): applied as an
     /// invalidation of their key, since a newer write may have been lost.
     pub predating_repair: u64,

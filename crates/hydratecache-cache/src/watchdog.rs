@@ -14,40 +14,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::apply::Tracking;
 use crate::clock::{self, Nanos};
+use crate::config::Liveness;
 use crate::health::Untrusted;
 use crate::inner::Inner;
-
-/// Timing derived from the cache's `max_staleness` (see
-/// [`LocalCacheBuilder::max_staleness`](crate::LocalCacheBuilder::max_staleness)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Liveness {
-    /// How often the task ticks.
-    pub(crate) tick: Duration,
-    /// How long after a tick reads are served without the next one.
-    pub(crate) fresh_for: Duration,
-    /// How long to wait for a marker before sending another.
-    pub(crate) marker_retry: Duration,
-}
-
-impl Liveness {
-    /// The timing for a bound of `max_staleness`: ticks at a twentieth of
-    /// it, reads served up to three tenths of it after the last tick.
-    pub(crate) fn for_bound(max_staleness: Duration) -> Liveness {
-        let bound = max_staleness.max(Duration::from_millis(20));
-        Liveness {
-            tick: bound / 20,
-            fresh_for: bound * 3 / 10,
-            marker_retry: bound,
-        }
-    }
-}
-
-/// The deadline a tick at `now` gives reads.
-pub(crate) fn fresh_until(now: Nanos, liveness: &Liveness) -> Nanos {
-    clock::deadline(now, liveness.fresh_for)
-}
+use crate::tracking::Tracking;
 
 /// One tick of the hydration task: `last` is the previous tick's time.
 pub(crate) fn tick<T: Send + Sync + 'static>(
@@ -74,7 +45,7 @@ pub(crate) fn tick<T: Send + Sync + 'static>(
     } else if tracking.marker.is_none() {
         inner
             .fresh_until
-            .store(fresh_until(now, liveness), Ordering::Release);
+            .store(liveness.fresh_until(now), Ordering::Release);
     } else if tracking
         .marker
         .is_some_and(|(_, sent)| sent.elapsed() >= liveness.marker_retry)
@@ -111,7 +82,7 @@ pub(crate) fn caught_up<T: Send + Sync + 'static>(inner: &Inner<T>) {
     if let Some(liveness) = &inner.liveness {
         inner
             .fresh_until
-            .store(fresh_until(clock::now(), liveness), Ordering::Release);
+            .store(liveness.fresh_until(clock::now()), Ordering::Release);
     }
     if inner.pending_marker.swap(false, Ordering::AcqRel) {
         tracing::info!(topic = inner.channel.topic(), "caught up after a stall");

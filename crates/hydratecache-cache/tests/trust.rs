@@ -51,6 +51,7 @@ async fn an_interruption_stops_serving_at_once_and_the_gap_after_it_repairs() ->
     );
     // Delivered meanwhile (the bus is not really cut): applied, not served.
     writer.publish("k", &"v2".into()).await?;
+    eventually("v2 applied", || reader.stats().updates_applied == 2).await;
     let stats = reader.stats();
     assert_eq!(
         (stats.interruptions, stats.untrusted, stats.trusted),
@@ -175,16 +176,19 @@ async fn serve_stale_on_error_answers_with_the_value_held_when_the_loader_fails(
     Ok(())
 }
 
-/// An update published before the last repair and delivered after it (a
-/// publisher's client held it through an outage) is not stored: a newer
+/// An update published before the last outage repair and delivered after it
+/// (a publisher's client held it through the outage) is not stored: a newer
 /// write may have been lost meanwhile, so the key is left to the store.
 #[tokio::test]
-async fn an_update_published_before_the_last_repair_only_invalidates() -> anyhow::Result<()> {
+async fn an_update_published_before_the_last_outage_repair_only_invalidates() -> anyhow::Result<()>
+{
     use hydratecache_core::{CborCodec, Codec, Envelope, PublisherId};
 
     let bus = Bus::new();
     let (reader, _writer) = holding_v1(&bus, "late").await?;
     let published_before = std::time::SystemTime::now() - std::time::Duration::from_secs(2);
+    // An outage: interrupted, then the gap that ends it.
+    bus.inject(interrupted(InterruptReason::Disconnected));
     bus.inject(|| Ok(Event::Gap(Gap::new(GapReason::Reconnected))));
     eventually("repaired", || reader.stats().repairs_clear == 1).await;
     let held = CborCodec::new()
