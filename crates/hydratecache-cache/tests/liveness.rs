@@ -114,3 +114,31 @@ async fn without_liveness_checks_a_stall_goes_unnoticed() {
     assert_eq!(value(&reader, "k").as_deref(), Some("v1"));
     assert_eq!(reader.stats().stalls, 0);
 }
+
+/// A writer that is never idle still announces its lease, so its crash is
+/// noticed too (it used to heartbeat only when idle: a busy writer's lease
+/// was never known).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_writer_that_dies_is_noticed_too() {
+    let bus = MemoryTransport::new().into_arc();
+    let reader = reader(&bus, "busy").await;
+    let writer: Channel<String> = Channel::new(Arc::clone(&bus), "busy");
+    let busy = tokio::spawn({
+        let writer = writer.clone();
+        async move {
+            for i in 0u64.. {
+                let _ = writer.publish("k", &format!("v{i}")).await;
+                tokio::time::sleep(BOUND / 40).await;
+            }
+        }
+    });
+    let heartbeats = tokio::spawn(writer.run_heartbeats(BOUND / 4, std::future::pending::<()>()));
+    tokio::time::sleep(BOUND * 2).await;
+    assert_eq!(reader.stats().silent_publishers, 0, "alive and busy");
+    busy.abort();
+    heartbeats.abort();
+    eventually("the silence noticed", || {
+        reader.stats().silent_publishers == 1
+    })
+    .await;
+}

@@ -349,7 +349,9 @@ impl<T: Send + Sync + 'static> Channel<T> {
     }
 
     /// Sends a heartbeat whenever this channel has been idle for `interval`,
-    /// each with a lease of [`LEASE_INTERVALS`] intervals (see
+    /// and at least every `LEASE_INTERVALS - 1` intervals while it is busy
+    /// (so subscribers learn its lease), each with a lease of
+    /// [`LEASE_INTERVALS`] intervals (see
     /// [`heartbeat_with_lease`](Self::heartbeat_with_lease)), until
     /// `shutdown` resolves; then a last one with a zero lease: a goodbye, so
     /// an orderly departure is no loss. A channel that never published sends
@@ -364,15 +366,32 @@ impl<T: Send + Sync + 'static> Channel<T> {
         let interval = interval.max(Duration::from_millis(1));
         let lease = interval.saturating_mul(LEASE_INTERVALS);
         let mut shutdown = std::pin::pin!(shutdown);
+        // When a heartbeat (with its lease) last went out: a busy channel is
+        // never idle, yet subscribers must learn its lease, and new ones
+        // join, so it announces the lease at least once per lease.
+        let mut announced: Option<tokio::time::Instant> = None;
         loop {
+            let since_announced = announced.map(|at| at.elapsed());
             let wait = match self.idle_for() {
-                Some(idle) if idle >= interval => {
-                    if let Err(e) = self.heartbeat_with_lease(lease).await {
-                        tracing::debug!(topic = %self.inner.topic, error = &e as &dyn std::error::Error, "heartbeat failed");
+                Some(idle)
+                    if idle >= interval
+                        || since_announced
+                            .is_none_or(|s| s >= interval.saturating_mul(LEASE_INTERVALS - 1)) =>
+                {
+                    match self.heartbeat_with_lease(lease).await {
+                        Ok(Some(_)) => announced = Some(tokio::time::Instant::now()),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(topic = %self.inner.topic, error = &e as &dyn std::error::Error, "heartbeat failed");
+                        }
                     }
                     interval
                 }
-                Some(idle) => interval - idle,
+                Some(idle) => (interval - idle).min(
+                    interval
+                        .saturating_mul(LEASE_INTERVALS - 1)
+                        .saturating_sub(since_announced.unwrap_or_default()),
+                ),
                 None => interval,
             };
             tokio::select! {
