@@ -40,8 +40,9 @@ async fn put_in_a_is_visible_in_b_and_invalidate_propagates() -> anyhow::Result<
     assert_eq!(value(&a, "k"), None);
     eventually("b sees the delete", || value(&b, "k").is_none()).await;
     let stats = a.stats();
-    assert_eq!(
-        stats.own_echoes_skipped, 2,
+    // Its put and its delete, and any heartbeat announcing its lease.
+    assert!(
+        stats.own_echoes_skipped >= 2,
         "a skipped its own two messages: {stats:?}"
     );
     assert_eq!(stats.updates_applied, 0);
