@@ -219,12 +219,20 @@ fn observe<T: Send + Sync + 'static>(
     let loss = tracking
         .sequences
         .observe(publisher, sequence, heartbeat, Instant::now(), now_ms());
-    if let Some(loss) = loss {
+    if let Some(loss) = loss.filter(|l| !l.first_word) {
         inner.counters.sequence_gaps.incr();
         inner.repair(&format!(
             "publisher {publisher}: {} (missed {:?}, at sequence {sequence})",
             loss.why, loss.missed
         ));
+    } else if loss.is_some() && inner.liveness.is_some() {
+        // A write of this publisher committed after a value here was loaded
+        // may have failed to publish before its first word: invisible in
+        // its sequence. Under a staleness bound such values go, as the
+        // loader would answer for them anyway (`warm_up` waits for these
+        // first words; see `Liveness::first_words_within`).
+        inner.counters.first_words.incr();
+        inner.invalidate_before_first_word(publisher);
     }
 }
 

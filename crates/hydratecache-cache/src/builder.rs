@@ -191,6 +191,13 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
 
     /// Bulk warm-up: `ready()` resolves once this stream of key/value pairs
     /// from the store is stored. Updates that arrive meanwhile win over it.
+    ///
+    /// Under a staleness bound the stream is first polled half of
+    /// [`max_staleness`](Self::max_staleness) after subscribing, once every
+    /// live publisher has been heard from: a write whose publish failed
+    /// before that is invisible in the publisher's sequence, so values
+    /// stored before its first word are invalidated (see
+    /// [`CacheStats::first_words`](crate::CacheStats::first_words)).
     pub fn warm_from(
         mut self,
         entries: impl Stream<Item = (String, Loaded<T>)> + Send + 'static,

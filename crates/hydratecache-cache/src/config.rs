@@ -54,6 +54,11 @@ pub(crate) struct Liveness {
     pub(crate) fresh_for: Duration,
     /// How long to wait for a marker before sending another.
     pub(crate) marker_retry: Duration,
+    /// By when, after subscribing, every live publisher has been heard from:
+    /// two heartbeat intervals of a publisher timed for this bound. The
+    /// warm-up waits for it, as each first word invalidates what was stored
+    /// before it.
+    pub(crate) first_words_within: Duration,
 }
 
 impl Liveness {
@@ -65,6 +70,7 @@ impl Liveness {
             tick: bound / 20,
             fresh_for: bound * 3 / 10,
             marker_retry: bound,
+            first_words_within: bound / 2,
         }
     }
 

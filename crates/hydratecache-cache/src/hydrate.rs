@@ -255,10 +255,18 @@ async fn run<T: Send + Sync + 'static>(
                 .run_heartbeats(interval, user_heartbeat_stopped),
         )
     })));
-    let mut warming =
-        std::pin::pin!(OptionFuture::from(warm.map(|(entries, since)| {
-            warm_up(Arc::clone(&inner), entries, since)
-        })));
+    let first_words_within = inner.liveness.map(|l| l.first_words_within);
+    let mut warming = std::pin::pin!(OptionFuture::from(warm.map(|(entries, since)| {
+        let inner = Arc::clone(&inner);
+        async move {
+            // The first word of each publisher already running invalidates
+            // what was stored before it: warm up after them.
+            if let Some(wait) = first_words_within {
+                tokio::time::sleep(wait).await;
+            }
+            warm_up(inner, entries, since).await;
+        }
+    })));
     let mut warm_done = false;
     // Both optional futures finish once: never poll them again after that.
     let mut heartbeats_done = false;

@@ -69,6 +69,21 @@ impl<T: Send + Sync + 'static> Inner<T> {
         }
     }
 
+    /// Invalidates the values stored before the first word from `publisher`
+    /// (see `Sequences`): not a gap, nothing is known to be lost, so no
+    /// warning and no repair count; `Reload` reloads them.
+    pub(crate) fn invalidate_before_first_word(self: &Arc<Self>, publisher: PublisherId) {
+        self.invalidate_values();
+        tracing::debug!(
+            topic = self.channel.topic(),
+            %publisher,
+            "first word from a publisher already running: values stored before it invalidated"
+        );
+        if self.policy == RepairPolicy::Reload {
+            self.start_reload();
+        }
+    }
+
     /// The cache will never serve again (its subscription ended): its values
     /// are invalidated and a running reload is stopped, none started.
     pub(crate) fn retire(&self) {

@@ -14,12 +14,13 @@
 //!   [`FORGET_AFTER`] of silence) coming back: a gap, as its messages in
 //!   between may have been lost, even when none were.
 //!
-//! What it cannot see:
-//! - losses from a publisher that was already running when the cache
-//!   subscribed (or started within the margin), before its first message
-//!   the cache receives: that message is the baseline;
-//! - anything of a publisher whose id does not carry a plausible start
-//!   (made by an older release or by hand), before its first message;
+//! What it cannot see: losses from a publisher that was already running
+//! when the cache subscribed (or started within the margin, or whose id does
+//! not carry a plausible start), before the first word the cache hears from
+//! it: that message or heartbeat is the baseline. So that first word is
+//! reported as [`Loss::first_word`]: values stored before it may miss a
+//! write of that publisher whose publish failed, and the cache invalidates
+//! them (not a gap: nothing is known to be lost). Besides:
 //! - anything on a transport that does not keep order (Kafka): there the
 //!   transport's gap events are the only signal.
 
@@ -50,6 +51,19 @@ pub(crate) struct Loss {
     pub(crate) missed: Option<u64>,
     /// Why, for the log.
     pub(crate) why: &'static str,
+    /// The first word from a publisher already running: what it sent before
+    /// is unknown, not known to be lost.
+    pub(crate) first_word: bool,
+}
+
+impl Loss {
+    fn gap(missed: Option<u64>, why: &'static str) -> Option<Loss> {
+        Some(Loss {
+            missed,
+            why,
+            first_word: false,
+        })
+    }
 }
 
 struct Seen {
@@ -126,18 +140,12 @@ impl Sequences {
                 };
                 if sequence > expected {
                     seen.last = sequence;
-                    Some(Loss {
-                        missed: Some(sequence - expected),
-                        why: "sequence jump",
-                    })
+                    Loss::gap(Some(sequence - expected), "sequence jump")
                 } else if seen.last.saturating_sub(sequence) > MAX_BACKWARD {
                     // Not a late message: one of the two marks is forged,
                     // or the publisher restarted under the same id.
                     seen.last = sequence;
-                    Some(Loss {
-                        missed: None,
-                        why: "sequence far below the last one seen",
-                    })
+                    Loss::gap(None, "sequence far below the last one seen")
                 } else {
                     seen.last = seen.last.max(sequence);
                     None
@@ -181,21 +189,22 @@ impl Sequences {
         let margin = margin_ms();
         let start = Some(publisher.start_millis()).filter(|&s| s <= now_ms.saturating_add(margin));
         if start.is_some_and(|s| s > self.subscribed_ms.saturating_add(margin)) {
-            return Some(Loss {
-                missed: Some(before),
-                why: "first messages of a publisher that started after the subscription",
-            });
+            return Loss::gap(
+                Some(before),
+                "first messages of a publisher that started after the subscription",
+            );
         }
         if self
             .forgotten_up_to
             .is_some_and(|up_to| start.unwrap_or(u64::MAX) <= up_to)
         {
-            return Some(Loss {
-                missed: None,
-                why: "a publisher that may have been forgotten",
-            });
+            return Loss::gap(None, "a publisher that may have been forgotten");
         }
-        None
+        Some(Loss {
+            missed: None,
+            why: "first word from a publisher already running",
+            first_word: true,
+        })
     }
 
     /// Drops `publisher`, remembering how recent a start was dropped.
@@ -259,9 +268,14 @@ mod tests {
     }
 
     fn jump(missed: u64) -> Option<Loss> {
+        Loss::gap(Some(missed), "sequence jump")
+    }
+
+    fn first_word() -> Option<Loss> {
         Some(Loss {
-            missed: Some(missed),
-            why: "sequence jump",
+            missed: None,
+            why: "first word from a publisher already running",
+            first_word: true,
         })
     }
 
@@ -272,8 +286,8 @@ mod tests {
         let (a, b) = (id(1, SUBSCRIBED - 5_000), id(2, SUBSCRIBED - 5_000));
         assert_eq!(
             s.observe(a, 7, false, now, t),
-            None,
-            "an old publisher is a baseline"
+            first_word(),
+            "an old publisher's first word: what it sent before is unknown"
         );
         assert_eq!(s.observe(a, 8, false, now, t), None);
         assert_eq!(s.observe(a, 11, false, now, t), jump(2), "9 and 10 missed");
@@ -289,14 +303,21 @@ mod tests {
             jump(1),
             "heartbeat ahead: the last message was lost"
         );
-        assert_eq!(s.observe(b, 1, true, now, t), None);
+        assert_eq!(
+            s.observe(b, 1, true, now, t),
+            first_word(),
+            "a heartbeat after one message"
+        );
+        let c = id(3, SUBSCRIBED - 5_000);
+        assert_eq!(s.observe(c, 0, true, now, t), None, "nothing sent before");
+        assert_eq!(s.observe(c, 1, false, now, t), None);
     }
 
     #[test]
     fn hostile_sequences_neither_panic_nor_wrap() {
         let (mut s, now) = table();
         let a = id(1, 1);
-        assert_eq!(s.observe(a, u64::MAX, false, now, SUBSCRIBED), None);
+        assert_eq!(s.observe(a, u64::MAX, false, now, SUBSCRIBED), first_word());
         assert_eq!(s.observe(a, u64::MAX, false, now, SUBSCRIBED), None);
         assert_eq!(s.observe(a, u64::MAX, true, now, SUBSCRIBED), None);
         assert!(s.observe(a, 1, false, now, SUBSCRIBED).is_some());
@@ -357,10 +378,10 @@ mod tests {
         let new = id(1, late);
         assert_eq!(
             s.observe(new, 3, false, now, late + 10),
-            Some(Loss {
-                missed: Some(2),
-                why: "first messages of a publisher that started after the subscription"
-            })
+            Loss::gap(
+                Some(2),
+                "first messages of a publisher that started after the subscription"
+            )
         );
         let new_hb = id(2, late);
         assert!(
@@ -372,13 +393,13 @@ mod tests {
         let within_margin = id(4, SUBSCRIBED + 500);
         assert_eq!(
             s.observe(within_margin, 3, false, now, late),
-            None,
+            first_word(),
             "clock-skew margin"
         );
         let future = id(5, late + 60_000);
         assert_eq!(
             s.observe(future, 3, false, now, late),
-            None,
+            first_word(),
             "an implausible start (an id made otherwise) is a baseline"
         );
     }

@@ -75,6 +75,7 @@ pub(crate) struct Counters {
     pub(crate) stalls: Counter,
     pub(crate) silent_publishers: Counter,
     pub(crate) predating_repair: Counter,
+    pub(crate) first_words: Counter,
     lag_micros: Mutex<VecDeque<u64>>,
 }
 
@@ -138,6 +139,7 @@ impl Counters {
             stalls: self.stalls.get(),
             silent_publishers: self.silent_publishers.get(),
             predating_repair: self.predating_repair.get(),
+            first_words: self.first_words.get(),
             trusted,
             entries,
             lag_p50,
@@ -221,6 +223,12 @@ pub struct CacheStats {
     /// (held by their publisher's client through an outage): applied as an
     /// invalidation of their key, since a newer write may have been lost.
     pub predating_repair: u64,
+    /// First words heard from publishers already running when the cache
+    /// subscribed (under a staleness bound): each invalidated the values
+    /// stored before it, as a write of that publisher may have failed to
+    /// publish before the cache could see its sequence. Once per publisher
+    /// after each (re)subscription; not a gap.
+    pub first_words: u64,
     /// Whether the cache served what it holds when the snapshot was taken.
     pub trusted: bool,
     /// Entries now held: values and tombstones, including values a repair

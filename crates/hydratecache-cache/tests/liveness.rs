@@ -142,3 +142,49 @@ async fn a_busy_writer_that_dies_is_noticed_too() {
     })
     .await;
 }
+
+/// A write whose publish failed before a new reader first heard from its
+/// writer does not show in the writer's sequence as the reader sees it: what
+/// the reader loaded before that first word is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lost_before_a_running_writers_first_word_is_not_served() {
+    let bus = common::bus::Bus::new();
+    let transport: Arc<dyn Transport> = bus.clone();
+    let writer: Channel<String> = Channel::new(Arc::clone(&transport), "joined");
+    writer.publish("a", &"a1".into()).await.expect("publish");
+    let store = Arc::new(std::sync::Mutex::new(String::from("k1")));
+    let reader = {
+        let store = Arc::clone(&store);
+        LocalCache::builder(Channel::new(transport, "joined"))
+            .max_staleness(Some(BOUND))
+            .loader(move |_key: String| {
+                let value = store.lock().expect("lock").clone();
+                async move {
+                    Ok::<_, hydratecache_core::BoxError>(Some(hydratecache_cache::Loaded::new(
+                        value,
+                    )))
+                }
+            })
+            .build()
+            .await
+            .expect("cache")
+    };
+    let loaded = reader.fetch("k").await.expect("fetch");
+    assert_eq!(loaded.as_deref().map(String::as_str), Some("k1"));
+    // The writer commits k2; its publish is lost (sequence 2); its next
+    // message (sequence 3) is the first word the reader hears from it.
+    *store.lock().expect("lock") = "k2".into();
+    bus.drop_next.store(1, std::sync::atomic::Ordering::Release);
+    writer.publish("k", &"k2".into()).await.expect("publish");
+    writer.publish("b", &"b1".into()).await.expect("publish");
+    eventually("b delivered", || value(&reader, "b").is_some()).await;
+    assert_eq!(
+        value(&reader, "k"),
+        None,
+        "k1 was loaded before the writer's first word"
+    );
+    assert_eq!(reader.stats().first_words, 1);
+    assert_eq!(reader.stats().sequence_gaps, 0, "not a gap");
+    let reloaded = reader.fetch("k").await.expect("fetch");
+    assert_eq!(reloaded.as_deref().map(String::as_str), Some("k2"));
+}
