@@ -25,7 +25,7 @@
 //!
 //! Whatever its class, a read staler than the bound (`--bound-ms`, 1 s by
 //! default, as `LocalCache`'s `max_staleness`) is a violation (invariant 4),
-//! and counted under the fault it falls in.
+//! and counted under the fault it falls in (`by_fault.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -34,7 +34,9 @@ use anyhow::{Context, Result};
 use hydratecache_testkit::workload::key_name;
 use serde_json::{json, Value};
 
+use crate::by_fault::{windows, ByFault, Status};
 use crate::report::{table, Summary};
+use crate::timeline::{svg, Lane, Picture};
 use crate::writer::WriterStats;
 
 /// One broken invariant.
@@ -98,9 +100,18 @@ struct Parsed {
     gaps: Vec<(u64, u64)>,
     transport_gaps: u64,
     sequence_gaps: u64,
+    /// First words from publishers already running (LocalCache invalidates
+    /// what it stored before each).
+    first_words: u64,
+    /// Repairs for a publisher silent past its lease.
+    lease_repairs: u64,
     deliveries: HashMap<usize, Vec<(u64, u64)>>,
     episodes: BTreeMap<(usize, u64, u64), Episode>,
     status: Option<Value>,
+    /// Every status line's loads and load errors while untrusted.
+    statuses: Vec<Status>,
+    /// Changes of trust: (when, trusted).
+    trust: Vec<(u64, bool)>,
     clean_exit: bool,
     stream_ended: bool,
 }
@@ -116,10 +127,11 @@ fn parse(path: &PathBuf) -> Result<Parsed> {
         match v["e"].as_str() {
             Some("gap") => {
                 p.gaps.push((u("t"), u("seen_pub")));
-                if v["kind"] == "sequence" {
-                    p.sequence_gaps += 1;
-                } else {
-                    p.transport_gaps += 1;
+                match v["kind"].as_str() {
+                    Some("sequence") => p.sequence_gaps += 1,
+                    Some("first_word") => p.first_words += 1,
+                    Some("lease") => p.lease_repairs += 1,
+                    _ => p.transport_gaps += 1,
                 }
             }
             Some("dlv") => p
@@ -155,7 +167,12 @@ fn parse(path: &PathBuf) -> Result<Parsed> {
                     })
                     .or_insert(fragment);
             }
-            Some("status") => p.status = Some(v),
+            Some("status") => {
+                p.statuses
+                    .push((u("t"), u("untrusted_loads"), u("untrusted_load_errors")));
+                p.status = Some(v);
+            }
+            Some("trust") => p.trust.push((u("t"), v["trusted"] == true)),
             Some("bye") => p.clean_exit = true,
             Some("stream_end") => p.stream_ended = true,
             _ => {}
@@ -186,6 +203,9 @@ struct Tally {
     silent: u64,
     transport_gaps: u64,
     sequence_gaps: u64,
+    first_words: u64,
+    cache_first_words: u64,
+    lease_repairs: u64,
     cache_gaps: u64,
     cache_sequence_gaps: u64,
     repairs_clear: u64,
@@ -197,27 +217,8 @@ struct Tally {
     hung: u64,
     /// Stale reads past the bound (violations whatever came before).
     beyond_bound: u64,
-    /// Per fault kind (or `none`): max staleness (µs) and reads past the bound.
-    by_fault: BTreeMap<String, (u64, u64)>,
-}
-
-/// How long after a fault ends stale reads are still put down to it.
-const FAULT_AFTERMATH_US: u64 = 5_000_000;
-
-/// The kind of the fault a stale read at `at` falls under: the latest one
-/// that began before it and ended less than [`FAULT_AFTERMATH_US`] before it.
-fn fault_at(fault_log: &[Value], at: u64) -> String {
-    fault_log
-        .iter()
-        .rev()
-        .find(|f| {
-            let start = f["t_us"].as_u64().unwrap_or(u64::MAX);
-            let end = start + f["took_ms"].as_u64().unwrap_or(0) * 1000;
-            start <= at && at <= end + FAULT_AFTERMATH_US
-        })
-        .and_then(|f| f["kind"].as_str())
-        .unwrap_or("none")
-        .to_owned()
+    /// What each kind of fault did.
+    by_fault: ByFault,
 }
 
 fn overlaps(pauses: &[(u64, u64)], from: u64, to: u64) -> bool {
@@ -227,7 +228,9 @@ fn overlaps(pauses: &[(u64, u64)], from: u64, to: u64) -> bool {
 /// Checks a run; returns its summary (printed table and JSON).
 pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Result<Summary> {
     let w = facts.window_us;
+    let faults = windows(&facts.fault_log);
     let mut t = Tally::default();
+    let mut lanes = Vec::new();
     let mut violations = std::mem::take(&mut facts.violations);
     for v in &violations {
         match v.invariant {
@@ -249,6 +252,7 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
             t.max_within_us = t.max_within_us.max(u("max_within_us"));
             t.max_stale_us = t.max_stale_us.max(u("max_stale_us"));
             t.cache_gaps += u("gaps");
+            t.cache_first_words += u("first_words");
             t.cache_sequence_gaps += u("sequence_gaps");
             t.repairs_clear += u("repairs_clear");
             t.repairs_reload += u("repairs_reload");
@@ -268,7 +272,17 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
                 });
             }
         }
+        t.by_fault.instance(&faults, &p.statuses, &p.trust);
+        let mut lane = Lane {
+            instance: record.name.split('#').next().unwrap_or("?").to_owned(),
+            started: record.started_us,
+            ended: record.ended_us,
+            trust: p.trust.clone(),
+            stale: Vec::new(),
+        };
         t.transport_gaps += p.transport_gaps;
+        t.first_words += p.first_words;
+        t.lease_repairs += p.lease_repairs;
         t.sequence_gaps += p.sequence_gaps;
         if p.stream_ended {
             violations.push(Violation {
@@ -287,15 +301,11 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
                 continue;
             };
             let stale_last = e.last.saturating_sub(c1);
+            lane.stale.push((e.first, e.last, c1));
             t.max_stale_us = t.max_stale_us.max(stale_last);
             let beyond = stale_last > facts.bound_us;
-            let fault = t
-                .by_fault
-                .entry(fault_at(&facts.fault_log, e.first))
-                .or_default();
-            fault.0 = fault.0.max(stale_last);
+            t.by_fault.stale(&faults, e.first, stale_last, e.n, beyond);
             if beyond {
-                fault.1 += e.n;
                 t.beyond_bound += e.n;
             }
             let detail = |class: &str| {
@@ -420,6 +430,7 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
                 detail: detail("silent"),
             });
         }
+        lanes.push(lane);
     }
     if t.transport_gaps != t.cache_gaps || t.sequence_gaps != t.cache_sequence_gaps {
         facts.notes.push(format!(
@@ -437,21 +448,13 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
         by_invariant[usize::from(v.invariant.min(4))] += 1;
     }
     let faults_total: u64 = facts.fault_counts.values().sum();
-    let by_fault: serde_json::Map<String, Value> = t
-        .by_fault
-        .iter()
-        .map(|(kind, (max, n))| {
-            let fault = json!({"max_staleness_ms": *max as f64 / 1000.0, "beyond_bound": n});
-            (kind.clone(), fault)
-        })
-        .collect();
     let json = json!({
         "backend": facts.backend, "passed": passed, "seed": facts.seed,
         "duration_s": facts.duration_s, "repair": facts.repair,
         "window_ms": w as f64 / 1000.0,
         "bound_ms": facts.bound_us as f64 / 1000.0,
         "beyond_bound": t.beyond_bound,
-        "by_fault": by_fault,
+        "by_fault": t.by_fault.to_json(),
         "faults": facts.fault_counts, "faults_total": faults_total, "fault_log": facts.fault_log,
         "garbage_messages": facts.garbage_sent,
         "writer": {
@@ -464,6 +467,8 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
         "reads": t.reads, "hits": t.hits, "loads": t.loads, "load_errors": t.load_errors,
         "gaps_signalled": {"transport": t.transport_gaps, "sequence": t.sequence_gaps,
                            "total": t.transport_gaps + t.sequence_gaps},
+        "first_words": {"witness": t.first_words, "cache": t.cache_first_words},
+        "lease_repairs": t.lease_repairs,
         "repairs": {"clear": t.repairs_clear, "reload": t.repairs_reload,
                     "ignored": t.repairs_ignored},
         "malformed_seen": t.malformed,
@@ -494,10 +499,31 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
         "run_start_us": facts.run_start_us, "faults_end_us": facts.faults_end_us,
     });
     let table = table(&json);
+    let timeline = svg(&Picture {
+        title: format!(
+            "chaos {}: {} (seed {}, {} s, repair {}, bound {} ms)",
+            facts.backend,
+            if passed { "PASS" } else { "FAIL" },
+            facts.seed,
+            facts.duration_s,
+            facts.repair,
+            facts.bound_us / 1000
+        ),
+        from_us: facts.run_start_us,
+        to_us: lanes
+            .iter()
+            .map(|l| l.ended)
+            .max()
+            .unwrap_or(facts.faults_end_us),
+        bound_us: facts.bound_us,
+        faults: &faults,
+        lanes: &lanes,
+    });
     Ok(Summary {
         backend: facts.backend,
         passed,
         json,
         table,
+        timeline: Some(timeline),
     })
 }

@@ -4,13 +4,14 @@
 //! `(key, version, value)`) and the backend under test (for PostgreSQL the
 //! same cluster: the writer then publishes in the `UPDATE`'s transaction),
 //! a writer that bumps rows and publishes each new version, and four
-//! subscriber instances as separate processes. Faults follow a schedule
+//! subscriber instances, each a separate process. Faults follow a schedule
 //! drawn from the seed. At the end the writer stops, the instances must
 //! agree with the table within the quiet period, and their logs are checked
 //! (see `check.rs`).
 //!
 //! This file runs the phases; the parts live beside it: `servers.rs`,
-//! `fleet.rs` (the instance processes), `writer.rs`, `schedule.rs` and
+//! `fleet.rs` (the instance processes), `writer.rs` and `writer_process.rs`
+//! (the writer process and the driver's side of it), `schedule.rs` and
 //! `faults.rs`, then `check.rs` and `report.rs`.
 
 use std::collections::BTreeMap;
@@ -20,27 +21,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hydratecache_core::{Channel, Transport};
-use hydratecache_testkit::connect::connect;
 use hydratecache_testkit::workload::{key_index, key_name, SplitMix64};
 use serde_json::json;
 use sqlx::{PgPool, Row as _};
-use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 
 use crate::check::{self, IncarnationRecord, RunFacts};
-use crate::common::{connect_options, now_us, truth_pool, Row, TABLE, TOPIC};
+use crate::common::{now_us, truth_pool, TABLE};
 use crate::faults::execute;
 use crate::fleet::{compare, lock, Run};
 use crate::report::Summary;
 use crate::schedule::schedule;
 use crate::servers::Servers;
 use crate::truth::TruthFile;
-use crate::writer::Writer;
+use crate::writer_process::{read_commits, Writers};
 
 pub(crate) use crate::fleet::Settings;
-
-/// Interval of the writer's heartbeats (they reveal a lost last message).
-const HEARTBEAT: Duration = Duration::from_millis(200);
 
 /// Installs a `kill` that forwards `kill -9 -PID` as a real process-group
 /// kill. procps-ng 4.0.2's `kill` parses `kill -9 -PID` as `kill(-1, SIGKILL)`
@@ -131,11 +126,7 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
     );
     let pool = truth_pool(&truth_url, 4).await?;
     setup_table(&pool, s.keys).await?;
-    let truth = TruthFile::create(&dir.join("truth.bin"), s.keys)?;
-    let transport: Arc<dyn Transport> = connect(&backend_url, &connect_options(&pool))
-        .await
-        .context("connect the writer's transport")?;
-    let channel = Channel::<Row>::new(Arc::clone(&transport), TOPIC);
+    TruthFile::create(&dir.join("truth.bin"), s.keys)?;
     let run = Arc::new(Run {
         settings: s.clone(),
         dir: dir.clone(),
@@ -170,28 +161,8 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
         );
     }
 
-    // The writer.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (command_tx, command_rx) = tmpsc::channel(4);
-    let (heartbeat_stop, heartbeat_stopped) = oneshot::channel::<()>();
-    let heartbeats = (s.backend != "postgres").then(|| {
-        tokio::spawn(channel.clone().run_heartbeats(HEARTBEAT, async move {
-            let _ = heartbeat_stopped.await;
-        }))
-    });
-    let writer = Writer::new(
-        s.backend.clone(),
-        pool.clone(),
-        channel.clone(),
-        truth,
-        s.keys,
-    );
-    let writer_task = tokio::spawn(writer.run(
-        s.write_rate,
-        SplitMix64::derive(s.seed, &format!("{}/writer", s.backend)),
-        stop_rx,
-        command_rx,
-    ));
+    // The writer: a process of its own, so that a fault can kill it.
+    let mut writers = Writers::start(&run).await?;
     let monitor_stop = Arc::new(AtomicBool::new(false));
     let monitor = {
         let (run, stop) = (Arc::clone(&run), Arc::clone(&monitor_stop));
@@ -212,7 +183,7 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
         tokio::time::sleep_until((origin + Duration::from_millis(fault.at_ms)).into()).await;
         let started = origin.elapsed();
         let t_us = now_us();
-        let outcome = execute(&run, &servers, &command_tx, fault, &mut garbage_sent).await;
+        let outcome = execute(&run, &servers, &mut writers, fault, &mut garbage_sent).await;
         let note = match outcome {
             Ok(note) => note,
             Err(e) => {
@@ -236,12 +207,11 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
     let faults_end_us = now_us();
 
     // Faults stop; the writer stops; the quiet period begins.
-    let _ = stop_tx.send(true);
-    let writer = writer_task.await.context("the writer task failed")?;
+    let writer_stats = writers.stop().await?;
+    let commits = read_commits(&dir.join("commits.log"), s.keys)?;
     println!(
-        "chaos: faults and writes stopped after {:?}; writer: {:?}",
+        "chaos: faults and writes stopped after {:?}; writer: {writer_stats:?}",
         origin.elapsed(),
-        writer.stats
     );
     let quiet_start = Instant::now();
     let mut divergent = Vec::new();
@@ -338,11 +308,6 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
     for (name, what) in hung {
         run.violation(3, format!("{name} {what}"), json!({"instance": name}));
     }
-    let _ = heartbeat_stop.send(());
-    if let Some(h) = heartbeats {
-        let _ = h.await;
-    }
-    let _ = transport.close().await;
 
     // Check the logs.
     let records: Vec<IncarnationRecord> = {
@@ -372,8 +337,8 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
         window_us: s.window_us,
         bound_us: s.bound_us,
         memory_limit_kb: s.memory_limit_kb,
-        commits: writer.commits,
-        writer: writer.stats,
+        commits,
+        writer: writer_stats,
         fault_counts,
         fault_log,
         garbage_sent,
@@ -385,6 +350,11 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
         notes: std::mem::take(&mut *lock(&run.notes)),
     };
     let summary = check::evaluate(facts, &records)?;
+    if let Some(timeline) = &summary.timeline {
+        let path = dir.join("timeline.svg");
+        std::fs::write(&path, timeline).with_context(|| format!("write {}", path.display()))?;
+        println!("chaos: {}: timeline in {}", s.backend, path.display());
+    }
     drop(servers);
     Ok(summary)
 }

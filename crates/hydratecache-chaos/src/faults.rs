@@ -2,7 +2,8 @@
 //! outage), killed subscriber connections, half-open connections (the
 //! instances' proxy stops forwarding), SIGSTOP/SIGCONT of an instance,
 //! third-party garbage on the topic, an oversize publish, kill -9 and
-//! restart of an instance.
+//! restart of an instance, kill -9 of the writer between a commit and its
+//! publish.
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -10,19 +11,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use crate::common::{now_us, TOPIC};
 use crate::fleet::{lock, Run};
 use crate::schedule::{Fault, FaultKind};
 use crate::servers::Servers;
-use crate::writer::WriterCommand;
+use crate::writer_process::Writers;
 
 /// Runs one fault; returns what happened.
 pub(crate) async fn execute(
     run: &Arc<Run>,
     servers: &Arc<Mutex<Servers>>,
-    writer: &tmpsc::Sender<WriterCommand>,
+    writer: &mut Writers,
     fault: &Fault,
     garbage_sent: &mut u64,
 ) -> Result<String> {
@@ -138,23 +138,21 @@ pub(crate) async fn execute(
             *garbage_sent += 1;
             Ok(note)
         }
-        FaultKind::Oversize => {
-            let (reply, answer) = oneshot::channel();
-            writer
-                .send(WriterCommand::Oversize(reply))
-                .await
-                .map_err(|_| anyhow::anyhow!("the writer is gone"))?;
-            match answer.await? {
-                Ok(note) => Ok(note),
-                Err(what) => {
-                    run.violation(
-                        3,
-                        format!("oversize publish: {what}"),
-                        json!({"fault": "oversize"}),
-                    );
-                    Ok(what)
-                }
+        FaultKind::Oversize => match writer.oversize().await? {
+            Ok(note) => Ok(note),
+            Err(what) => {
+                run.violation(
+                    3,
+                    format!("oversize publish: {what}"),
+                    json!({"fault": "oversize"}),
+                );
+                Ok(what)
             }
+        },
+        FaultKind::WriterKill => {
+            writer
+                .kill_after_commit(Duration::from_millis(fault.hold_ms))
+                .await
         }
         FaultKind::InstanceRestart => {
             let (id, inc) = {

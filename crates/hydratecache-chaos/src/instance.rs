@@ -71,6 +71,9 @@ struct Reads {
     loads: AtomicU64,
     missing: AtomicU64,
     load_errors: AtomicU64,
+    /// Misses while the cache did not trust what it holds, and their errors.
+    untrusted_loads: AtomicU64,
+    untrusted_load_errors: AtomicU64,
     fresh: AtomicU64,
     stale_within: AtomicU64,
     stale_beyond: AtomicU64,
@@ -180,6 +183,17 @@ pub(crate) fn main(args: &Args) -> Result<()> {
                 )
             })?
     };
+    let watcher = {
+        let (cache, shared, stop, log) = (
+            Arc::clone(&cache),
+            Arc::clone(&shared),
+            Arc::clone(&stop),
+            Arc::clone(&log),
+        );
+        std::thread::Builder::new()
+            .name("watcher".into())
+            .spawn(move || watch(&cache, &shared, &stop, &log))?
+    };
     let reporter = {
         let (cache, shared, stop, reads, episodes, log) = (
             Arc::clone(&cache),
@@ -219,12 +233,40 @@ pub(crate) fn main(args: &Args) -> Result<()> {
     stop.store(true, Ordering::Release);
     let _ = reader.join();
     let _ = reporter.join();
+    let _ = watcher.join();
     report(&cache, &shared, &reads, &episodes, &log, false);
     log.line(&json!({"e": "bye", "t": now_us()}));
     log.flush();
     say(&json!({"e": "bye", "t": now_us()}));
     // No graceful close: the process ends here, as a service instance would.
     std::process::exit(0)
+}
+
+/// How often the watcher looks at the cache's trust and counters.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+
+/// Logs what the cache decides on its own, which the witness cannot see:
+/// each change of trust (for the timeline) and each repair for a publisher
+/// silent past its lease (a gap signal, as the cache's own).
+fn watch(cache: &LocalCache<Row>, shared: &Shared, stop: &AtomicBool, log: &Log) {
+    let mut trusted = None;
+    let mut silent = 0;
+    while !stop.load(Ordering::Acquire) {
+        let health = cache.health();
+        if trusted != Some(health.is_trusted()) {
+            trusted = Some(health.is_trusted());
+            log.line(&json!({
+                "e": "trust", "t": now_us(), "trusted": health.is_trusted(),
+                "why": health.untrusted.map(|u| format!("{u:?}")),
+            }));
+        }
+        let now_silent = cache.stats().silent_publishers;
+        if now_silent > silent {
+            silent = now_silent;
+            shared.cache_gap("lease", json!({"silent_publishers": now_silent}));
+        }
+        std::thread::sleep(WATCH_EVERY);
+    }
 }
 
 /// Connects, subscribes and builds the cache, retrying until [`START_DEADLINE`]
@@ -259,6 +301,7 @@ async fn try_start(config: &Config, shared: &Arc<Shared>) -> Result<LocalCache<R
     let witness = Witness {
         inner,
         shared: Arc::clone(shared),
+        first_words: config.liveness,
     };
     let loader = {
         let pool = pool.clone();
@@ -333,14 +376,30 @@ fn read_loop(
                 None => {
                     // A miss reads through: the loader's answer comes from the
                     // source of truth itself, so it is not checked.
+                    let untrusted = !cache.health().is_trusted();
                     let fetched = handle.block_on(async {
                         tokio::time::timeout(FETCH_TIMEOUT, cache.fetch(&names[k])).await
                     });
-                    match fetched {
-                        Ok(Ok(Some(_))) => reads.loads.fetch_add(1, Ordering::Relaxed),
-                        Ok(Ok(None)) => reads.missing.fetch_add(1, Ordering::Relaxed),
-                        _ => reads.load_errors.fetch_add(1, Ordering::Relaxed),
+                    let failed = match fetched {
+                        Ok(Ok(Some(_))) => {
+                            reads.loads.fetch_add(1, Ordering::Relaxed);
+                            false
+                        }
+                        Ok(Ok(None)) => {
+                            reads.missing.fetch_add(1, Ordering::Relaxed);
+                            false
+                        }
+                        _ => {
+                            reads.load_errors.fetch_add(1, Ordering::Relaxed);
+                            true
+                        }
                     };
+                    if untrusted {
+                        reads.untrusted_loads.fetch_add(1, Ordering::Relaxed);
+                        if failed {
+                            reads.untrusted_load_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
         }
@@ -440,12 +499,14 @@ fn report(
         "e": "status", "t": now_us(),
         "reads": r(&reads.reads), "hits": r(&reads.hits), "loads": r(&reads.loads),
         "missing": r(&reads.missing), "load_errors": r(&reads.load_errors),
+        "untrusted_loads": r(&reads.untrusted_loads),
+        "untrusted_load_errors": r(&reads.untrusted_load_errors),
         "fresh": r(&reads.fresh), "stale_within": r(&reads.stale_within),
         "stale_beyond": r(&reads.stale_beyond), "max_stale_us": r(&reads.max_stale_us),
         "max_within_us": r(&reads.max_within_us),
         "w_transport_gaps": r(&shared.transport_gaps), "w_sequence_gaps": r(&shared.sequence_gaps),
         "w_malformed": r(&shared.malformed), "w_messages": r(&shared.messages),
-        "gaps": s.gaps, "sequence_gaps": s.sequence_gaps, "malformed": s.malformed,
+        "gaps": s.gaps, "sequence_gaps": s.sequence_gaps, "first_words": s.first_words, "malformed": s.malformed,
         "repairs_clear": s.repairs_clear, "repairs_reload": s.repairs_reload,
         "repairs_ignored": s.repairs_ignored, "updates_applied": s.updates_applied,
         "stale_rejected": s.stale_rejected, "entries": s.entries,

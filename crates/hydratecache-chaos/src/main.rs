@@ -4,12 +4,13 @@
 //! `hydratecache-chaos drive --backend <redis|nats|postgres|kafka|all|a,b>
 //! [--duration 60s] [--seed N] [--repair clear|reload|ignore] [--out DIR]`
 //! runs one chaos run per backend and exits with 1 when an invariant broke;
-//! `hydratecache-chaos instance ...` is one subscriber process (started by
-//! the driver). `cargo xtask chaos` builds and runs it; see
+//! `hydratecache-chaos instance ...` is one subscriber process and
+//! `hydratecache-chaos writer ...` the writer (both started by the driver). `cargo xtask chaos` builds and runs it; see
 //! `docs/reliability.md` for what is checked.
 
 #![recursion_limit = "256"]
 
+mod by_fault;
 mod check;
 mod common;
 mod drive;
@@ -19,9 +20,11 @@ mod instance;
 mod report;
 mod schedule;
 mod servers;
+mod timeline;
 mod truth;
 mod witness;
 mod writer;
+mod writer_process;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,7 +41,8 @@ hydratecache-chaos drive --backend <redis|nats|postgres|kafka|all|a,b> [--durati
                          [--reads-per-ms 5] [--window-ms 10] [--quiet 5s]
                          [--memory-limit-mb 256] [--bound-ms 1000] [--liveness on|off]
                          [--command TEXT]
-hydratecache-chaos instance ...   (one subscriber; started by drive)";
+hydratecache-chaos instance ...   (one subscriber; started by drive)
+hydratecache-chaos writer ...     (the writer; started by drive)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +50,9 @@ fn main() {
         Some("drive") => Args::parse(&args[1..]).and_then(|a| drive_all(&a)),
         Some("instance") => Args::parse(&args[1..])
             .and_then(|a| instance::main(&a))
+            .map(|()| true),
+        Some("writer") => Args::parse(&args[1..])
+            .and_then(|a| writer::main(&a))
             .map(|()| true),
         _ => {
             eprintln!("{USAGE}");
@@ -128,6 +135,7 @@ fn drive_all(args: &Args) -> Result<bool> {
                     json: json!({"backend": backend, "passed": false, "seed": seed,
                                  "error": format!("{e:#}")}),
                     table: format!("\n== chaos {backend}: ERROR (seed {seed}): {e:#}\n"),
+                    timeline: None,
                 }
             }
         };

@@ -12,6 +12,8 @@ pub(crate) struct Summary {
     pub(crate) passed: bool,
     pub(crate) json: Value,
     pub(crate) table: String,
+    /// The run as an SVG timeline.
+    pub(crate) timeline: Option<String>,
 }
 
 fn n(v: &Value) -> String {
@@ -56,10 +58,12 @@ pub(crate) fn rows(j: &Value) -> Vec<(&'static str, String)> {
         (
             "gaps signalled",
             format!(
-                "{} (transport {}, sequence {})",
+                "{} (transport {}, sequence {}); writers silent past their lease {}; first words from running writers {}",
                 n(&j["gaps_signalled"]["total"]),
                 n(&j["gaps_signalled"]["transport"]),
-                n(&j["gaps_signalled"]["sequence"])
+                n(&j["gaps_signalled"]["sequence"]),
+                n(&j["lease_repairs"]),
+                n(&j["first_words"]["cache"])
             ),
         ),
         (
@@ -163,6 +167,37 @@ pub(crate) fn rows(j: &Value) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Per fault kind: what it did to the reads and to trust.
+pub(crate) fn fault_table(j: &Value) -> String {
+    let mut out = String::from(
+        "\n| fault | max staleness | reads past the bound | loads while untrusted (errors) | instances untrusted | fault to untrusted (max) | recovery to trusted (max) |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let Some(faults) = j["by_fault"].as_object() else {
+        return out;
+    };
+    for (kind, f) in faults {
+        let untrusted = f["instances_untrusted"].as_u64().unwrap_or(0);
+        let timing = |name: &str| {
+            if untrusted == 0 {
+                "-".to_owned()
+            } else {
+                format!("{} ms", n(&f[name]))
+            }
+        };
+        out.push_str(&format!(
+            "| {kind} | {} ms | {} | {} ({}) | {} | {} | {} |\n",
+            n(&f["max_staleness_ms"]),
+            n(&f["beyond_bound"]),
+            n(&f["loads_while_untrusted"]),
+            n(&f["load_errors_while_untrusted"]),
+            n(&f["instances_untrusted"]),
+            timing("max_fault_to_untrusted_ms"),
+            timing("max_recovery_to_trusted_ms"),
+        ));
+    }
+    out
+}
+
 /// The printed summary of a run: a title, its table, the first violation
 /// and the notes.
 pub(crate) fn table(j: &Value) -> String {
@@ -179,6 +214,7 @@ pub(crate) fn table(j: &Value) -> String {
     for (metric, value) in rows(j) {
         out.push_str(&format!("| {metric} | {value} |\n"));
     }
+    out.push_str(&fault_table(j));
     if let Some(first) = j["first_violation"].as_object() {
         out.push_str(&format!(
             "FIRST VIOLATION (invariant {}): {}\n  seed {} reproduces the schedule: cargo xtask chaos {} --seed {} --duration {}s --repair {}\n",

@@ -16,10 +16,11 @@ pub(crate) enum FaultKind {
     InstanceRestart,
     HalfOpen,
     LongOutage,
+    WriterKill,
 }
 
 impl FaultKind {
-    pub(crate) const ALL: [FaultKind; 8] = [
+    pub(crate) const ALL: [FaultKind; 9] = [
         FaultKind::ServerKill,
         FaultKind::ConnKill,
         FaultKind::Pause,
@@ -28,6 +29,20 @@ impl FaultKind {
         FaultKind::InstanceRestart,
         FaultKind::HalfOpen,
         FaultKind::LongOutage,
+        FaultKind::WriterKill,
+    ];
+
+    /// The kinds drawn again after each has run once (the long outage
+    /// takes too long to repeat).
+    const REPEATED: [FaultKind; 8] = [
+        FaultKind::ServerKill,
+        FaultKind::ConnKill,
+        FaultKind::Pause,
+        FaultKind::Garbage,
+        FaultKind::Oversize,
+        FaultKind::InstanceRestart,
+        FaultKind::HalfOpen,
+        FaultKind::WriterKill,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -40,6 +55,7 @@ impl FaultKind {
             FaultKind::InstanceRestart => "instance kill -9 + restart",
             FaultKind::HalfOpen => "half-open connections (proxy stops forwarding)",
             FaultKind::LongOutage => "server down 10 s",
+            FaultKind::WriterKill => "writer kill -9 after a commit",
         }
     }
 
@@ -53,6 +69,7 @@ impl FaultKind {
             FaultKind::InstanceRestart => "instance_restart",
             FaultKind::HalfOpen => "half_open",
             FaultKind::LongOutage => "long_outage",
+            FaultKind::WriterKill => "writer_kill",
         }
     }
 }
@@ -82,8 +99,10 @@ pub(crate) fn schedule(seed: u64, duration_ms: u64, instances: usize) -> Vec<Fau
         let kind = kinds
             .get(i)
             .copied()
-            // Seeded picks among the short kinds; the long outage once.
-            .unwrap_or_else(|| FaultKind::ALL[rng.range(0, 6) as usize]);
+            // Seeded picks among the short kinds.
+            .unwrap_or_else(|| {
+                FaultKind::REPEATED[rng.range(0, FaultKind::REPEATED.len() as u64 - 1) as usize]
+            });
         let target = rng.range(0, instances.max(1) as u64 - 1) as usize;
         let (hold_ms, cost) = match kind {
             FaultKind::ServerKill => {
@@ -104,6 +123,10 @@ pub(crate) fn schedule(seed: u64, duration_ms: u64, instances: usize) -> Vec<Fau
                 (h, h + 1000)
             }
             FaultKind::LongOutage => (10_000, 11_000),
+            FaultKind::WriterKill => {
+                let h = rng.range(1000, 2500);
+                (h, h + 1000)
+            }
             FaultKind::Garbage | FaultKind::Oversize => (0, 50),
         };
         let spacing = rng.range(700, 2000);

@@ -68,6 +68,16 @@ impl TruthFile {
         Ok(truth)
     }
 
+    /// Opens the file to go on writing it (a restarted writer).
+    pub(crate) fn open_rw(path: &Path) -> Result<TruthFile> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("open {}", path.display()))?;
+        Ok(TruthFile { file })
+    }
+
     pub(crate) fn open(path: &Path) -> Result<TruthFile> {
         let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
         Ok(TruthFile { file })

@@ -72,6 +72,12 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A repair the cache decided on its own (seen in its counters).
+    pub(crate) fn cache_gap(&self, kind: &str, detail: Value) {
+        let mut state = self.lock();
+        self.gap(&mut state, kind, detail);
+    }
+
     fn gap(&self, state: &mut State, kind: &str, detail: Value) {
         let t = now_us();
         let epoch = self.gap_epoch.fetch_add(1, Ordering::AcqRel) + 1;
@@ -84,7 +90,7 @@ impl Shared {
         );
     }
 
-    fn observe(&self, item: &Result<Event>, ordered: bool) {
+    fn observe(&self, item: &Result<Event>, ordered: bool, first_words: bool) {
         match item {
             Ok(Event::Gap(gap)) => {
                 self.transport_gaps.fetch_add(1, Ordering::Relaxed);
@@ -95,7 +101,7 @@ impl Shared {
                     json!({"reason": gap.reason.to_string(), "missed": gap.missed}),
                 );
             }
-            Ok(Event::Message(envelope)) => self.message(envelope, ordered),
+            Ok(Event::Message(envelope)) => self.message(envelope, ordered, first_words),
             Ok(_) => {}
             Err(e) => {
                 self.malformed.fetch_add(1, Ordering::Relaxed);
@@ -106,7 +112,7 @@ impl Shared {
         }
     }
 
-    fn message(&self, envelope: &Envelope, ordered: bool) {
+    fn message(&self, envelope: &Envelope, ordered: bool, first_words: bool) {
         self.messages.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
         // The same rule as LocalCache's sequence tracking: a publisher's
@@ -120,6 +126,25 @@ impl Shared {
             }
             _ => 0,
         };
+        // And LocalCache's first-word rule (under a staleness bound): the
+        // first word from a publisher that had sent something before
+        // invalidates what the cache stored before it.
+        let sent_before = if heartbeat {
+            envelope.sequence
+        } else {
+            envelope.sequence.saturating_sub(1)
+        };
+        if ordered
+            && first_words
+            && sent_before > 0
+            && !state.sequences.contains_key(&envelope.publisher)
+        {
+            self.gap(
+                &mut state,
+                "first_word",
+                json!({"publisher": envelope.publisher.to_string(), "at": envelope.sequence}),
+            );
+        }
         let mark = state.sequences.entry(envelope.publisher).or_insert(0);
         *mark = (*mark).max(envelope.sequence);
         if missed > 0 {
@@ -167,6 +192,8 @@ impl Shared {
 pub(crate) struct Witness {
     pub(crate) inner: Arc<dyn Transport>,
     pub(crate) shared: Arc<Shared>,
+    /// Whether the cache applies its first-word rule (a staleness bound).
+    pub(crate) first_words: bool,
 }
 
 impl Transport for Witness {
@@ -190,11 +217,15 @@ impl Transport for Witness {
         async move {
             let ordered = self.inner.capabilities().ordered;
             let inner = self.inner.subscribe(topic, options).await?;
+            // A new subscription is a new hydration run: LocalCache's
+            // sequence tracking starts over.
+            self.shared.lock().sequences.clear();
             let stream = Watched {
                 inner,
                 shared: Arc::clone(&self.shared),
                 ended: false,
                 ordered,
+                first_words: self.first_words,
             };
             Ok(Subscription::new(topic, stream.boxed()))
         }
@@ -212,6 +243,7 @@ struct Watched {
     ended: bool,
     /// Whether sequence jumps mean losses on this transport.
     ordered: bool,
+    first_words: bool,
 }
 
 impl Stream for Watched {
@@ -221,7 +253,7 @@ impl Stream for Watched {
         let this = &mut *self;
         match this.inner.poll_next_unpin(cx) {
             Poll::Ready(Some(item)) => {
-                this.shared.observe(&item, this.ordered);
+                this.shared.observe(&item, this.ordered, this.first_words);
                 Poll::Ready(Some(item))
             }
             Poll::Ready(None) => {

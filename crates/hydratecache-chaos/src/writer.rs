@@ -1,26 +1,44 @@
 //! The writer: bumps rows of the source of truth at a fixed rate, records
-//! each commit in the truth file and publishes the new version (for
-//! PostgreSQL in the `UPDATE`'s transaction).
+//! each commit in the truth file and the commit log, and publishes the new
+//! version (for PostgreSQL in the `UPDATE`'s transaction). It runs as a
+//! process of its own (`hydratecache-chaos writer`, see `writer_process.rs`
+//! for the driver's side) so that a fault can kill it with -9 between a
+//! commit and its publish.
 
+use std::fs::File;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use hydratecache_core::{CborCodec, Channel, Error as CoreError, PublishOptions};
+use anyhow::{Context, Result};
+use hydratecache_core::{CborCodec, Channel, Error as CoreError, PublishOptions, Transport};
 use hydratecache_postgres::PostgresTransport;
-use hydratecache_testkit::workload::{key_name, SplitMix64, Zipf};
+use hydratecache_testkit::connect::connect;
+use hydratecache_testkit::workload::{key_index, key_name, SplitMix64, Zipf};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sqlx::{PgPool, Row as _};
 use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 
-use crate::common::{now_us, Row, TABLE, TOPIC, ZIPF_S};
+use crate::common::{connect_options, now_us, truth_pool, Args, Row, TABLE, TOPIC, ZIPF_S};
 use crate::truth::{Truth, TruthFile, RING};
 
 /// Bound on one writer publish; the writer goes on without it.
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
 /// Bound on one writer commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Interval of the writer's heartbeats (they reveal a lost last message,
+/// and their lease a writer that died).
+const HEARTBEAT: Duration = Duration::from_millis(200);
+/// How long a writer keeps trying to connect at start.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+/// A held commit is one of a key this hot (by Zipf rank): one the
+/// instances read, so that its lost publish shows.
+const HOT_KEYS: usize = 50;
 
 /// What the writer did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(crate) struct WriterStats {
     pub(crate) committed: u64,
     pub(crate) commit_errors: u64,
@@ -28,6 +46,24 @@ pub(crate) struct WriterStats {
     pub(crate) published: u64,
     pub(crate) publish_errors: u64,
     pub(crate) longest_publish_outage_ms: u64,
+    /// Writers killed with -9 between a commit and its publish.
+    #[serde(default)]
+    pub(crate) killed: u64,
+}
+
+impl WriterStats {
+    /// Adds what another incarnation of the writer did.
+    pub(crate) fn add(&mut self, other: &WriterStats) {
+        self.committed += other.committed;
+        self.commit_errors += other.commit_errors;
+        self.uncertain_committed += other.uncertain_committed;
+        self.published += other.published;
+        self.publish_errors += other.publish_errors;
+        self.longest_publish_outage_ms = self
+            .longest_publish_outage_ms
+            .max(other.longest_publish_outage_ms);
+        self.killed += other.killed;
+    }
 }
 
 /// The value of version `version` of key `key`.
@@ -40,6 +76,9 @@ pub(crate) enum WriterCommand {
     /// Publish a value over the size limit; answer what happened (an
     /// error when the publisher did not refuse it as it should).
     Oversize(oneshot::Sender<Result<String, String>>),
+    /// After the next commit of a hot key, say so (`held`) and publish
+    /// nothing more: the driver kills the process there.
+    Hold,
 }
 
 /// The writer's state; [`Writer::run`] returns it when it stops.
@@ -48,34 +87,55 @@ pub(crate) struct Writer {
     pool: PgPool,
     channel: Channel<Row>,
     truth: TruthFile,
+    /// One line `key version commit_us` per commit, appended.
+    commit_log: File,
     versions: Vec<u64>,
     rings: Vec<[u64; RING]>,
-    seqs: Vec<u64>,
-    /// Per key, commit instant of version v at index v - 1 (version 1: 0).
-    pub(crate) commits: Vec<Vec<u64>>,
+    hold: bool,
     pub(crate) stats: WriterStats,
 }
 
 impl Writer {
-    /// A writer of `keys` keys, all at version 1, publishing on `channel`.
-    pub(crate) fn new(
+    /// A writer of `keys` keys that goes on from the versions in the table
+    /// and the commit instants in the truth file, publishing on `channel`.
+    async fn open(
         backend: String,
         pool: PgPool,
         channel: Channel<Row>,
         truth: TruthFile,
+        commit_log: &Path,
         keys: usize,
-    ) -> Writer {
-        Writer {
+    ) -> Result<Writer> {
+        let mut versions = vec![1; keys];
+        let rows = sqlx::query(&format!("SELECT key, version FROM {TABLE}"))
+            .fetch_all(&pool)
+            .await?;
+        for row in rows {
+            let key: String = row.try_get(0)?;
+            let version: i64 = row.try_get(1)?;
+            if let Some(k) = key_index(&key).filter(|k| *k < keys) {
+                versions[k] = u64::try_from(version).unwrap_or(1);
+            }
+        }
+        let rings = (0..keys)
+            .map(|k| truth.read(k).map_or([0; RING], |t| t.commits))
+            .collect();
+        let commit_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(commit_log)
+            .with_context(|| format!("open {}", commit_log.display()))?;
+        Ok(Writer {
             backend,
             pool,
             channel,
             truth,
-            versions: vec![1; keys],
-            rings: vec![[0; RING]; keys],
-            seqs: vec![1; keys],
-            commits: vec![vec![0]; keys],
+            commit_log,
+            versions,
+            rings,
+            hold: false,
             stats: WriterStats::default(),
-        }
+        })
     }
 
     fn record_commit(&mut self, k: usize, version: u64, at: u64) -> Result<()> {
@@ -83,19 +143,20 @@ impl Writer {
         let ring = &mut self.rings[k];
         ring.rotate_right(1);
         ring[0] = at;
-        self.seqs[k] += 1;
-        while self.commits[k].len() < (version as usize).saturating_sub(1) {
-            self.commits[k].push(at);
-        }
-        self.commits[k].push(at);
+        // The truth file first: an instance's read must never find a
+        // version older than what a delivery already showed it.
         self.truth.write(
             k,
-            self.seqs[k],
+            version,
             Truth {
                 version,
                 commits: *ring,
             },
-        )
+        )?;
+        // One write call a line: a kill -9 leaves whole lines.
+        self.commit_log
+            .write_all(format!("{k} {version} {at}\n").as_bytes())
+            .context("append to the commit log")
     }
 
     /// Commits version `w` of key `k`; for PostgreSQL with its notification
@@ -189,13 +250,15 @@ impl Writer {
         }
     }
 
-    /// Writes `rate` versions a second until `stop`, serving `commands`.
-    pub(crate) async fn run(
+    /// Writes `rate` versions a second until `stop`, serving `commands`
+    /// and showing its stats on `stats`.
+    async fn run(
         mut self,
         rate: u32,
         seed: u64,
         mut stop: watch::Receiver<bool>,
         mut commands: tmpsc::Receiver<WriterCommand>,
+        stats: watch::Sender<WriterStats>,
     ) -> Writer {
         let keys = self.versions.len();
         let zipf = Zipf::new(keys, ZIPF_S);
@@ -210,11 +273,13 @@ impl Writer {
                     WriterCommand::Oversize(reply) => {
                         let _ = reply.send(self.oversize().await);
                     }
+                    WriterCommand::Hold => self.hold = true,
                 },
                 _ = tick.tick() => {
                     if *stop.borrow() {
                         break;
                     }
+                    stats.send_replace(self.stats.clone());
                     let k = zipf.sample(&mut rng);
                     let w = self.versions[k] + 1;
                     let row = Row { version: w, value: value_for(k, w) };
@@ -232,6 +297,11 @@ impl Writer {
                             self.resolve(k, w, sent_at, &stop_rx).await;
                             continue;
                         }
+                    }
+                    if self.hold && k < HOT_KEYS {
+                        // Committed, not published: killed here.
+                        say(&json!({"e": "held", "t": now_us(), "k": k, "w": w, "stats": self.stats}));
+                        std::future::pending::<()>().await;
                     }
                     if self.backend == "postgres" {
                         // Published in the transaction.
@@ -264,4 +334,115 @@ impl Writer {
         }
         self
     }
+}
+
+/// One line of JSON on standard output, for the driver.
+fn say(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+/// `hydratecache-chaos writer ...`: the writer process. Standard output
+/// carries `ready`, a `stats` line every 500 ms, the answers to `oversize`
+/// and `hold`, and `stopped` (with the final stats) after `stop` or the end
+/// of standard input.
+pub(crate) fn main(args: &Args) -> Result<()> {
+    let backend = args.need("backend")?.to_owned();
+    let url = args.need("url")?.to_owned();
+    let truth_url = args.need("truth-url")?.to_owned();
+    let truth_file = PathBuf::from(args.need("truth-file")?);
+    let commit_log = PathBuf::from(args.need("commit-log")?);
+    let keys: usize = args.num("keys", 2000)?;
+    let rate: u32 = args.num("rate", 200)?;
+    let seed: u64 = args.num("seed", 1)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let deadline = Instant::now() + START_DEADLINE;
+        let (pool, transport) = loop {
+            let attempt = async {
+                let pool = truth_pool(&truth_url, 4).await?;
+                let transport: Arc<dyn Transport> = connect(&url, &connect_options(&pool))
+                    .await
+                    .context("connect the writer's transport")?;
+                anyhow::Ok((pool, transport))
+            };
+            match attempt.await {
+                Ok(connected) => break connected,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let channel = Channel::<Row>::new(Arc::clone(&transport), TOPIC);
+        let writer = Writer::open(
+            backend.clone(),
+            pool,
+            channel.clone(),
+            TruthFile::open_rw(&truth_file)?,
+            &commit_log,
+            keys,
+        )
+        .await?;
+        // PostgreSQL publishes in each transaction: no publisher to heartbeat.
+        let (heartbeat_stop, heartbeat_stopped) = oneshot::channel::<()>();
+        let heartbeats = (backend != "postgres").then(|| {
+            tokio::spawn(channel.clone().run_heartbeats(HEARTBEAT, async move {
+                let _ = heartbeat_stopped.await;
+            }))
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (command_tx, command_rx) = tmpsc::channel(4);
+        // Commands from the driver; the end of input stops the writer.
+        let handle = tokio::runtime::Handle::current();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                match line.trim() {
+                    "oversize" => {
+                        let (reply, answer) = oneshot::channel();
+                        if command_tx
+                            .blocking_send(WriterCommand::Oversize(reply))
+                            .is_err()
+                        {
+                            break;
+                        }
+                        let answer = handle.block_on(answer);
+                        let (ok, note) = match answer {
+                            Ok(Ok(note)) => (true, note),
+                            Ok(Err(what)) => (false, what),
+                            Err(_) => (false, "the writer is gone".to_owned()),
+                        };
+                        say(&json!({"e": "oversize", "ok": ok, "note": note}));
+                    }
+                    "hold" if command_tx.blocking_send(WriterCommand::Hold).is_err() => break,
+                    "stop" => break,
+                    _ => {}
+                }
+            }
+            let _ = stop_tx.send(true);
+        });
+        say(&json!({"e": "ready", "t": now_us(), "pid": std::process::id()}));
+        let (stats_tx, mut stats_rx) = watch::channel(WriterStats::default());
+        let running = tokio::spawn(writer.run(rate, seed, stop_rx, command_rx, stats_tx));
+        let reporter = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let stats = stats_rx.borrow_and_update().clone();
+                say(&json!({"e": "stats", "stats": stats}));
+            }
+        });
+        let writer = running.await.context("the writer task failed")?;
+        reporter.abort();
+        // A goodbye: an orderly departure is no loss.
+        let _ = heartbeat_stop.send(());
+        if let Some(h) = heartbeats {
+            let _ = h.await;
+        }
+        let _ = transport.close().await;
+        say(&json!({"e": "stopped", "t": now_us(), "stats": writer.stats}));
+        Ok(())
+    })
 }
