@@ -32,19 +32,6 @@ impl FaultKind {
         FaultKind::WriterKill,
     ];
 
-    /// The kinds drawn again after each has run once (the long outage
-    /// takes too long to repeat).
-    const REPEATED: [FaultKind; 8] = [
-        FaultKind::ServerKill,
-        FaultKind::ConnKill,
-        FaultKind::Pause,
-        FaultKind::Garbage,
-        FaultKind::Oversize,
-        FaultKind::InstanceRestart,
-        FaultKind::HalfOpen,
-        FaultKind::WriterKill,
-    ];
-
     pub(crate) fn name(self) -> &'static str {
         match self {
             FaultKind::ServerKill => "server kill -9 + restart",
@@ -92,6 +79,12 @@ pub(crate) fn schedule(seed: u64, duration_ms: u64, instances: usize) -> Vec<Fau
         let j = rng.range(0, i as u64) as usize;
         kinds.swap(i, j);
     }
+    // After each kind ran once, seeded picks among all but the long outage
+    // (too long to repeat).
+    let repeated: Vec<FaultKind> = FaultKind::ALL
+        .into_iter()
+        .filter(|k| *k != FaultKind::LongOutage)
+        .collect();
     let mut out = Vec::new();
     let mut t = WARMUP_MS;
     let end = duration_ms.saturating_sub(500);
@@ -99,10 +92,7 @@ pub(crate) fn schedule(seed: u64, duration_ms: u64, instances: usize) -> Vec<Fau
         let kind = kinds
             .get(i)
             .copied()
-            // Seeded picks among the short kinds.
-            .unwrap_or_else(|| {
-                FaultKind::REPEATED[rng.range(0, FaultKind::REPEATED.len() as u64 - 1) as usize]
-            });
+            .unwrap_or_else(|| repeated[rng.range(0, repeated.len() as u64 - 1) as usize]);
         let target = rng.range(0, instances.max(1) as u64 - 1) as usize;
         let (hold_ms, cost) = match kind {
             FaultKind::ServerKill => {
