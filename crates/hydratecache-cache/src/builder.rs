@@ -120,7 +120,7 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
 
     /// Heartbeat interval of this cache's own publisher, and of the channel
     /// it was built from once that published (default
-    /// [`DEFAULT_HEARTBEAT_INTERVAL`], a quarter of the
+    /// [`DEFAULT_HEARTBEAT_INTERVAL`], a fifth of the
     /// [`max_staleness`](Self::max_staleness)); each heartbeat's lease is
     /// three intervals. `None` sends none: subscribers then notice neither a
     /// lost last message nor this publisher's silence.
@@ -153,7 +153,7 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
     /// - the transport reports a broken connection at the moment it notices
     ///   it ([`Event::Interrupted`](hydratecache_core::Event::Interrupted)):
     ///   the cache stops serving then (see [`LocalCache::health`]);
-    /// - publishers heartbeat every quarter of it (this sets the
+    /// - publishers heartbeat every fifth of it (this sets the
     ///   [`heartbeat_interval`](Self::heartbeat_interval); set that after
     ///   this to change it), each heartbeat promising the next within three
     ///   intervals; a publisher silent past that may have lost its last
@@ -167,7 +167,7 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
     pub fn max_staleness(mut self, bound: Option<Duration>) -> Self {
         self.max_staleness = bound;
         if let Some(bound) = bound {
-            self.heartbeat_interval = Some((bound / 4).max(Duration::from_millis(1)));
+            self.heartbeat_interval = Some((bound / 5).max(Duration::from_millis(1)));
         }
         self
     }

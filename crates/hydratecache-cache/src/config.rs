@@ -29,9 +29,12 @@ pub type Weigher<T> = dyn Fn(&str, &T) -> u64 + Send + Sync;
 
 /// Default maximum number of entries.
 pub const DEFAULT_CAPACITY: u64 = 10_000;
-/// Default heartbeat interval of the cache's own publisher: a quarter of
-/// [`DEFAULT_MAX_STALENESS`], so its lease (three intervals) fits in it.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
+/// Default heartbeat interval of the cache's own publisher: a fifth of
+/// [`DEFAULT_MAX_STALENESS`], so its lease (three intervals) plus the
+/// delivery of its last message fits in it. Writers that publish through a
+/// plain [`Channel`](hydratecache_core::Channel) should pass the same to
+/// [`Channel::run_heartbeats`](hydratecache_core::Channel::run_heartbeats).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
 /// Default bound on how stale a read may be, whatever fails (see
 /// [`LocalCacheBuilder::max_staleness`](crate::LocalCacheBuilder::max_staleness)).
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(1);
@@ -55,7 +58,8 @@ pub(crate) struct Liveness {
     /// How long to wait for a marker before sending another.
     pub(crate) marker_retry: Duration,
     /// By when, after subscribing, every live publisher has been heard from:
-    /// two heartbeat intervals of a publisher timed for this bound. The
+    /// two and a half heartbeat intervals of a publisher timed for this
+    /// bound (a fifth of it). The
     /// warm-up waits for it, as each first word invalidates what was stored
     /// before it.
     pub(crate) first_words_within: Duration,

@@ -28,9 +28,6 @@ use crate::truth::{Truth, TruthFile, RING};
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
 /// Bound on one writer commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Interval of the writer's heartbeats (they reveal a lost last message,
-/// and their lease a writer that died).
-const HEARTBEAT: Duration = Duration::from_millis(200);
 /// How long a writer keeps trying to connect at start.
 const START_DEADLINE: Duration = Duration::from_secs(60);
 /// A held commit is one of a key this hot (by Zipf rank): one the
@@ -389,7 +386,10 @@ pub(crate) fn main(args: &Args) -> Result<()> {
         // PostgreSQL publishes in each transaction: no publisher to heartbeat.
         let (heartbeat_stop, heartbeat_stopped) = oneshot::channel::<()>();
         let heartbeats = (backend != "postgres").then(|| {
-            tokio::spawn(channel.clone().run_heartbeats(HEARTBEAT, async move {
+            // The interval LocalCache's default bound is timed for: the
+            // lease reveals a writer that died, a heartbeat a lost last message.
+            let interval = hydratecache_cache::DEFAULT_HEARTBEAT_INTERVAL;
+            tokio::spawn(channel.clone().run_heartbeats(interval, async move {
                 let _ = heartbeat_stopped.await;
             }))
         });

@@ -361,7 +361,9 @@ impl<T: Send + Sync + 'static> Channel<T> {
     /// to notice a lost *last* message within about one interval, and a
     /// publisher gone silent within its lease. Spawn it next to a channel
     /// that publishes:
-    /// `tokio::spawn(channel.clone().run_heartbeats(Duration::from_millis(250), token.cancelled_owned()))`.
+    /// `tokio::spawn(channel.clone().run_heartbeats(Duration::from_millis(200), token.cancelled_owned()))`
+    /// (a fifth of the staleness bound `LocalCache` subscribers keep: its
+    /// `DEFAULT_HEARTBEAT_INTERVAL`).
     pub async fn run_heartbeats<S: Future>(self, interval: Duration, shutdown: S) {
         let interval = interval.max(Duration::from_millis(1));
         let lease = interval.saturating_mul(LEASE_INTERVALS);
