@@ -192,12 +192,16 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
     /// Bulk warm-up: `ready()` resolves once this stream of key/value pairs
     /// from the store is stored. Updates that arrive meanwhile win over it.
     ///
-    /// Under a staleness bound the stream is first polled half of
-    /// [`max_staleness`](Self::max_staleness) after subscribing, once every
-    /// live publisher has been heard from: a write whose publish failed
-    /// before that is invisible in the publisher's sequence, so values
-    /// stored before its first word are invalidated (see
-    /// [`CacheStats::first_words`](crate::CacheStats::first_words)).
+    /// The stream should read the store when polled. Under a staleness
+    /// bound, on a transport that keeps each publisher's order, it is first
+    /// polled half of [`max_staleness`](Self::max_staleness) (at most 2 s)
+    /// after subscribing: by then every live publisher heartbeating at a
+    /// fifth of the same bound has been heard from. A write whose publish
+    /// failed before a publisher's first word is invisible in its sequence,
+    /// so values stored before that first word are invalidated (see
+    /// [`CacheStats::first_words`](crate::CacheStats::first_words)); a later
+    /// first word (a publisher timed for a longer bound, or without
+    /// heartbeats) ends the warm-up there, and the rest loads on demand.
     pub fn warm_from(
         mut self,
         entries: impl Stream<Item = (String, Loaded<T>)> + Send + 'static,
@@ -237,6 +241,7 @@ impl<T: Send + Sync + 'static> LocalCacheBuilder<T> {
             reload_concurrency: self.reload_concurrency,
             reload_jitter: self.reload_jitter,
             generation: AtomicU64::new(0),
+            first_word_bumps: AtomicU64::new(0),
             repaired_wall_ms: AtomicU64::new(0),
             store_lock: Mutex::new(()),
             in_flight: Mutex::new(Flights::new()),

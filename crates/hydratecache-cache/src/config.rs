@@ -74,7 +74,8 @@ impl Liveness {
             tick: bound / 20,
             fresh_for: bound * 3 / 10,
             marker_retry: bound,
-            first_words_within: bound / 2,
+            // Capped: a long bound must not hold the warm-up back as long.
+            first_words_within: (bound / 2).min(Duration::from_secs(2)),
         }
     }
 

@@ -255,16 +255,24 @@ async fn run<T: Send + Sync + 'static>(
                 .run_heartbeats(interval, user_heartbeat_stopped),
         )
     })));
-    let first_words_within = inner.liveness.map(|l| l.first_words_within);
+    // First words are only told apart on ordered transports.
+    let first_words_within = inner
+        .liveness
+        .filter(|_| inner.ordered)
+        .map(|l| l.first_words_within);
     let mut warming = std::pin::pin!(OptionFuture::from(warm.map(|(entries, since)| {
         let inner = Arc::clone(&inner);
         async move {
+            let subscribed = (
+                inner.generation.load(Ordering::Acquire),
+                inner.first_word_bumps.load(Ordering::Acquire),
+            );
             // The first word of each publisher already running invalidates
             // what was stored before it: warm up after them.
             if let Some(wait) = first_words_within {
                 tokio::time::sleep(wait).await;
             }
-            warm_up(inner, entries, since).await;
+            warm_up(inner, entries, since, subscribed).await;
         }
     })));
     let mut warm_done = false;
@@ -313,12 +321,29 @@ async fn run<T: Send + Sync + 'static>(
     outcome
 }
 
+/// Stores the warm-up stream's entries, as loads that started when the
+/// subscription did, unless a repair happened since: `subscribed` is the
+/// generation and the count of first-word bumps then. First words since are
+/// passed over (they concern values stored before them; the stream reads
+/// the store when polled).
 async fn warm_up<T: Send + Sync + 'static>(
     inner: Arc<Inner<T>>,
     mut entries: WarmStream<T>,
     since: Nanos,
+    subscribed: (u64, u64),
 ) {
-    let generation = inner.generation.load(Ordering::Acquire);
+    let (generation_then, first_words_then) = subscribed;
+    let first_words = inner
+        .first_word_bumps
+        .load(Ordering::Acquire)
+        .wrapping_sub(first_words_then);
+    let now = inner.generation.load(Ordering::Acquire);
+    let generation = if now.wrapping_sub(generation_then) == first_words {
+        now
+    } else {
+        // A repair since the subscription: nothing of the stream stores.
+        generation_then
+    };
     let mut stored = 0u64;
     loop {
         let (key, loaded) = match AssertUnwindSafe(entries.next()).catch_unwind().await {

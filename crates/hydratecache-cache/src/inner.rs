@@ -33,6 +33,10 @@ pub(crate) struct Inner<T> {
     pub(crate) reload_jitter: Duration,
     /// Bumped by every repair: loads started before it do not store.
     pub(crate) generation: AtomicU64,
+    /// How many of the `generation` bumps were first words (see
+    /// `Sequences`): the warm-up, which starts after them, goes on
+    /// through those but not through a repair.
+    pub(crate) first_word_bumps: AtomicU64,
     /// When the last outage repair happened, in ms since the epoch (0: none).
     pub(crate) repaired_wall_ms: AtomicU64,
     /// Serialises "check then store" between the hydration task and loads.

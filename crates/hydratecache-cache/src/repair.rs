@@ -71,17 +71,19 @@ impl<T: Send + Sync + 'static> Inner<T> {
 
     /// Invalidates the values stored before the first word from `publisher`
     /// (see `Sequences`): not a gap, nothing is known to be lost, so no
-    /// warning and no repair count; `Reload` reloads them.
-    pub(crate) fn invalidate_before_first_word(self: &Arc<Self>, publisher: PublisherId) {
+    /// warning and no repair count. Not reloaded even under `Reload`: first
+    /// words come right after subscribing, one per running publisher, when
+    /// little is held, and each would restart the reload.
+    pub(crate) fn invalidate_before_first_word(&self, publisher: PublisherId) {
+        // Counted before the bump: a warm-up reading both in between sees
+        // more first words than bumps, and takes it for a repair (safe).
+        self.first_word_bumps.fetch_add(1, Ordering::AcqRel);
         self.invalidate_values();
         tracing::debug!(
             topic = self.channel.topic(),
             %publisher,
             "first word from a publisher already running: values stored before it invalidated"
         );
-        if self.policy == RepairPolicy::Reload {
-            self.start_reload();
-        }
     }
 
     /// The cache will never serve again (its subscription ended): its values

@@ -224,10 +224,11 @@ pub struct CacheStats {
     /// invalidation of their key, since a newer write may have been lost.
     pub predating_repair: u64,
     /// First words heard from publishers already running when the cache
-    /// subscribed (under a staleness bound): each invalidated the values
-    /// stored before it, as a write of that publisher may have failed to
-    /// publish before the cache could see its sequence. Once per publisher
-    /// after each (re)subscription; not a gap.
+    /// subscribed (under a staleness bound, on a transport that keeps each
+    /// publisher's order): each invalidated the values stored before it, as
+    /// a write of that publisher may have failed to publish before the cache
+    /// could see its sequence. Once per publisher after each
+    /// (re)subscription; not a gap, not reloaded under `Reload`.
     pub first_words: u64,
     /// Whether the cache served what it holds when the snapshot was taken.
     pub trusted: bool,

@@ -548,3 +548,48 @@ async fn an_ended_subscription_does_not_reload() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The warm-up waits for running publishers' first words; a gap in that wait
+/// is a repair all the same: the warm-up, which stands for loads that began
+/// at the subscription, stores nothing.
+#[tokio::test]
+async fn a_gap_while_the_warm_up_waits_keeps_it_from_storing() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let warm = futures::stream::iter([("k".to_owned(), Loaded::new("k0".to_owned()))]);
+    let reader = LocalCache::builder(channel(&bus, "warm-gap"))
+        .max_staleness(Some(Duration::from_millis(400)))
+        .warm_from(warm)
+        .build()
+        .await?;
+    // The warm-up waits 200 ms (half the bound) before its first poll.
+    bus.inject(|| Ok(Event::Gap(Gap::new(GapReason::Reconnected))));
+    eventually("the gap repaired", || reader.stats().repairs_clear == 1).await;
+    tokio::time::timeout(WAIT, reader.ready())
+        .await
+        .map_err(|_| anyhow::anyhow!("never ready"))?;
+    assert_eq!(value(&reader, "k"), None, "the warm-up predates the repair");
+    Ok(())
+}
+
+/// A running publisher's first word while the warm-up waits invalidates what
+/// was stored before it, not the warm-up that follows.
+#[tokio::test]
+async fn a_first_word_while_the_warm_up_waits_leaves_it_whole() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let writer = channel(&bus, "warm-word");
+    writer.publish("a", &"a1".into()).await?;
+    let warm = futures::stream::iter([("k".to_owned(), Loaded::new("k0".to_owned()))]);
+    let reader = LocalCache::builder(channel(&bus, "warm-word"))
+        .max_staleness(Some(Duration::from_millis(400)))
+        .warm_from(warm)
+        .build()
+        .await?;
+    writer.publish("b", &"b1".into()).await?;
+    eventually("the first word", || reader.stats().first_words == 1).await;
+    tokio::time::timeout(WAIT, reader.ready())
+        .await
+        .map_err(|_| anyhow::anyhow!("never ready"))?;
+    assert_eq!(value(&reader, "k").as_deref(), Some("k0"));
+    assert_eq!(value(&reader, "b").as_deref(), Some("b1"));
+    Ok(())
+}

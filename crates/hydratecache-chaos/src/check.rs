@@ -432,10 +432,13 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
         }
         lanes.push(lane);
     }
-    if t.transport_gaps != t.cache_gaps || t.sequence_gaps != t.cache_sequence_gaps {
+    if t.transport_gaps != t.cache_gaps
+        || t.sequence_gaps != t.cache_sequence_gaps
+        || t.first_words != t.cache_first_words
+    {
         facts.notes.push(format!(
-            "gap counts differ between the witness (transport {}, sequence {}) and LocalCache::stats (gaps {}, sequence_gaps {}); killed instances report up to 500 ms late",
-            t.transport_gaps, t.sequence_gaps, t.cache_gaps, t.cache_sequence_gaps
+            "gap counts differ between the witness (transport {}, sequence {}, first words {}) and LocalCache::stats (gaps {}, sequence_gaps {}, first_words {}); killed instances report up to 500 ms late",
+            t.transport_gaps, t.sequence_gaps, t.first_words, t.cache_gaps, t.cache_sequence_gaps, t.cache_first_words
         ));
     }
     violations.sort_by_key(|v| (v.detail["t_us"].as_u64().unwrap_or(u64::MAX), v.invariant));

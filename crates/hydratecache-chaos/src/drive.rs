@@ -184,6 +184,14 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
         let started = origin.elapsed();
         let t_us = now_us();
         let outcome = execute(&run, &servers, &mut writers, fault, &mut garbage_sent).await;
+        if let Some(what) = writers.gone() {
+            // Without a writer the rest of the run would check nothing.
+            run.violation(
+                3,
+                format!("the writer {what}"),
+                json!({"fault": fault.kind.id()}),
+            );
+        }
         let note = match outcome {
             Ok(note) => note,
             Err(e) => {

@@ -301,7 +301,8 @@ async fn try_start(config: &Config, shared: &Arc<Shared>) -> Result<LocalCache<R
     let witness = Witness {
         inner,
         shared: Arc::clone(shared),
-        first_words: config.liveness,
+        // The cache has no staleness bound under `Ignore`.
+        first_words: config.liveness && config.policy != RepairPolicy::Ignore,
     };
     let loader = {
         let pool = pool.clone();

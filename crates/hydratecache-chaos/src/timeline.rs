@@ -143,7 +143,7 @@ pub(crate) fn svg(p: &Picture<'_>) -> String {
             let mut trusted = false;
             // The end of the process closes the last span.
             for &(t, now_trusted) in lane.trust.iter().chain(&[(lane.ended, false)]) {
-                let t = t.clamp(lane.started, lane.ended);
+                let t = t.max(lane.started).min(lane.ended);
                 if t > at {
                     let color = if trusted { "#2ca02c" } else { "#d62728" };
                     let _ = writeln!(
@@ -210,7 +210,7 @@ pub(crate) fn svg(p: &Picture<'_>) -> String {
         );
     }
     // Time axis: seconds since the run began.
-    let seconds = (span / 1e6).ceil() as u64;
+    let seconds = (span / 1e6).floor() as u64;
     let tick = if seconds > 120 { 30 } else { 5 };
     for s in (0..=seconds).step_by(tick as usize) {
         let xx = x(p.from_us + s * 1_000_000);

@@ -21,6 +21,10 @@ use serde_json::{json, Value};
 
 use crate::common::now_us;
 
+/// LocalCache's margin for clock skew about a publisher's start
+/// (`CLOCK_SKEW_MARGIN`, 1 s).
+const CLOCK_MARGIN_MS: u64 = 1000;
+
 /// What the witness and the instance's reader share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -45,6 +49,8 @@ pub(crate) struct State {
     /// Events for the log, drained by the reporter.
     pub(crate) events: Vec<Value>,
     sequences: HashMap<PublisherId, u64>,
+    /// When the current subscription started (ms since the epoch).
+    subscribed_ms: u64,
     /// Latest `published_at` (µs) of the messages delivered so far.
     published_max: u64,
 }
@@ -63,6 +69,7 @@ impl Shared {
                 pending: HashMap::new(),
                 events: Vec::new(),
                 sequences: HashMap::new(),
+                subscribed_ms: 0,
                 published_max: 0,
             }),
         }
@@ -126,24 +133,29 @@ impl Shared {
             }
             _ => 0,
         };
-        // And LocalCache's first-word rule (under a staleness bound): the
-        // first word from a publisher that had sent something before
-        // invalidates what the cache stored before it.
+        // And LocalCache's rules for a publisher's first message: one that
+        // started after the subscription (by more than the clock margin)
+        // lost its first ones, a gap; one already running speaks its first
+        // word, which (under a staleness bound) invalidates what the cache
+        // stored before it.
         let sent_before = if heartbeat {
             envelope.sequence
         } else {
             envelope.sequence.saturating_sub(1)
         };
-        if ordered
-            && first_words
-            && sent_before > 0
-            && !state.sequences.contains_key(&envelope.publisher)
-        {
-            self.gap(
-                &mut state,
-                "first_word",
-                json!({"publisher": envelope.publisher.to_string(), "at": envelope.sequence}),
-            );
+        if ordered && sent_before > 0 && !state.sequences.contains_key(&envelope.publisher) {
+            let start_ms = envelope.publisher.start_millis();
+            let now_ms = now_us() / 1000;
+            let started_later = start_ms <= now_ms + CLOCK_MARGIN_MS
+                && start_ms > state.subscribed_ms + CLOCK_MARGIN_MS;
+            let detail =
+                json!({"publisher": envelope.publisher.to_string(), "at": envelope.sequence});
+            if started_later {
+                self.sequence_gaps.fetch_add(1, Ordering::Relaxed);
+                self.gap(&mut state, "sequence", detail);
+            } else if first_words {
+                self.gap(&mut state, "first_word", detail);
+            }
         }
         let mark = state.sequences.entry(envelope.publisher).or_insert(0);
         *mark = (*mark).max(envelope.sequence);
@@ -219,7 +231,11 @@ impl Transport for Witness {
             let inner = self.inner.subscribe(topic, options).await?;
             // A new subscription is a new hydration run: LocalCache's
             // sequence tracking starts over.
-            self.shared.lock().sequences.clear();
+            {
+                let mut state = self.shared.lock();
+                state.sequences.clear();
+                state.subscribed_ms = now_us() / 1000;
+            }
             let stream = Watched {
                 inner,
                 shared: Arc::clone(&self.shared),

@@ -46,6 +46,7 @@ pub(crate) struct Writers {
     incarnation: usize,
     /// What the incarnations before `current` did.
     done: WriterStats,
+    gone_reported: bool,
 }
 
 impl Writers {
@@ -56,6 +57,7 @@ impl Writers {
             current: spawn(run, 0)?,
             incarnation: 0,
             done: WriterStats::default(),
+            gone_reported: false,
         };
         writers.expect("ready", READY_TIMEOUT).await?;
         Ok(writers)
@@ -94,30 +96,60 @@ impl Writers {
         })
     }
 
+    /// Whether the current writer ended on its own (it must not): what
+    /// happened, once.
+    pub(crate) fn gone(&mut self) -> Option<String> {
+        if self.gone_reported {
+            return None;
+        }
+        let status = self.current.child.try_wait().ok().flatten()?;
+        self.gone_reported = true;
+        Some(format!(
+            "(incarnation {}) exited on its own with {status}",
+            self.incarnation
+        ))
+    }
+
     /// Kills the writer with -9 right after a commit, before its publish;
     /// starts another after `hold`.
     pub(crate) async fn kill_after_commit(&mut self, hold: Duration) -> Result<String> {
         self.send("hold")?;
-        let held = self.expect("held", ANSWER_TIMEOUT).await;
-        let _ = self.current.child.kill();
-        let _ = self.current.child.wait();
-        let mut stats = match &held {
-            Ok(line) => serde_json::from_value(line["stats"].clone()).unwrap_or_default(),
-            Err(_) => lock(&self.current.stats).clone(),
-        };
-        stats.killed += 1;
-        self.done.add(&stats);
-        let what = match &held {
-            Ok(line) => format!(
-                "writer killed -9 right after committing {} version {} (never published)",
-                key_name(line["k"].as_u64().unwrap_or(0) as usize),
-                line["w"]
-            ),
-            Err(e) => format!("writer killed -9 ({e:#})"),
+        let what = match self.expect("held", ANSWER_TIMEOUT).await {
+            Ok(line) => {
+                let _ = self.current.child.kill();
+                let _ = self.current.child.wait();
+                let mut stats: WriterStats =
+                    serde_json::from_value(line["stats"].clone()).unwrap_or_default();
+                stats.killed += 1;
+                self.done.add(&stats);
+                format!(
+                    "writer killed -9 right after committing {} version {} ({})",
+                    key_name(line["k"].as_u64().unwrap_or(0) as usize),
+                    line["w"],
+                    if self.run.settings.backend == "postgres" {
+                        "published with the commit"
+                    } else {
+                        "never published"
+                    }
+                )
+            }
+            Err(e) => {
+                // No commit to stop after (commits failing): a kill now
+                // could fall between a commit and its record in the log.
+                // Stop it cleanly instead.
+                self.send("stop")?;
+                let stopped = self.expect("stopped", ANSWER_TIMEOUT).await?;
+                let stats: WriterStats =
+                    serde_json::from_value(stopped["stats"].clone()).unwrap_or_default();
+                self.done.add(&stats);
+                let _ = self.current.child.wait();
+                format!("no commit to kill the writer after ({e:#}): stopped it instead")
+            }
         };
         tokio::time::sleep(hold).await;
         self.incarnation += 1;
         self.current = spawn(&self.run, self.incarnation)?;
+        self.gone_reported = false;
         let started = Instant::now();
         self.expect("ready", READY_TIMEOUT).await?;
         Ok(format!(
@@ -136,8 +168,11 @@ impl Writers {
         let stats = match &last {
             Ok(line) => serde_json::from_value(line["stats"].clone()).unwrap_or_default(),
             Err(e) => {
-                self.run
-                    .note(format!("the writer did not stop cleanly: {e:#}"));
+                self.run.violation(
+                    3,
+                    format!("the writer did not stop cleanly: {e:#}"),
+                    serde_json::json!({"writer": self.incarnation}),
+                );
                 lock(&self.current.stats).clone()
             }
         };
