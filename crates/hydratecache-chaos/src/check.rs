@@ -35,6 +35,7 @@ use hydratecache_testkit::workload::key_name;
 use serde_json::{json, Value};
 
 use crate::by_fault::{windows, ByFault, Status};
+use crate::common::ordered;
 use crate::report::{table, Summary};
 use crate::timeline::{svg, Lane, Picture};
 use crate::writer::WriterStats;
@@ -387,10 +388,13 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
                 continue;
             }
             // Version v + 1 never reached the instance: lost. The first gap
-            // after it must come before anything published after it.
+            // after it must come before anything published after it, on a
+            // transport that keeps order; across Kafka's partitions a later
+            // message may come first, and only the key's own order (a newer
+            // version of it, checked above) holds.
             let gap = p.gaps.iter().find(|(g, _)| *g >= c1 && *g <= resolved_at);
             match gap {
-                Some(&(_, seen)) if seen <= c1 + w => {
+                Some(&(_, seen)) if seen <= c1 + w || !ordered(&facts.backend) => {
                     t.signalled += e.n;
                     continue;
                 }

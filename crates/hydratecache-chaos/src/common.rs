@@ -14,6 +14,12 @@ use sqlx::PgPool;
 /// Backends the run knows, in the order `all` runs them.
 pub(crate) const BACKENDS: &[&str] = &["redis", "nats", "postgres", "kafka"];
 
+/// Whether `backend`'s adapter keeps one publisher's order
+/// (`Capabilities::ordered`): all but Kafka, whose topic has partitions.
+pub(crate) fn ordered(backend: &str) -> bool {
+    backend != "kafka"
+}
+
 /// The topic every process of a run uses.
 pub(crate) const TOPIC: &str = "chaos_kv";
 
