@@ -260,13 +260,15 @@ async fn run<T: Send + Sync + 'static>(
         .liveness
         .filter(|_| inner.ordered)
         .map(|l| l.first_words_within);
+    // Read before the loop: `select!` may apply a gap already queued before
+    // it first polls the warm-up, which must still count that repair.
+    let subscribed = (
+        inner.generation.load(Ordering::Acquire),
+        inner.first_word_bumps.load(Ordering::Acquire),
+    );
     let mut warming = std::pin::pin!(OptionFuture::from(warm.map(|(entries, since)| {
         let inner = Arc::clone(&inner);
         async move {
-            let subscribed = (
-                inner.generation.load(Ordering::Acquire),
-                inner.first_word_bumps.load(Ordering::Acquire),
-            );
             // The first word of each publisher already running invalidates
             // what was stored before it: warm up after them.
             if let Some(wait) = first_words_within {
