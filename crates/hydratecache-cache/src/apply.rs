@@ -106,6 +106,14 @@ pub(crate) fn unreadable<T: Send + Sync + 'static>(
     }
 }
 
+/// Counts an update or delete that arrived while the transport reported
+/// the subscription cut off (see [`CacheStats::caught_up`](crate::CacheStats::caught_up)).
+fn count_if_cut_off<T>(inner: &Inner<T>, tracking: &mut Tracking) {
+    if inner.pending_gap.load(Ordering::Acquire) {
+        tracking.since_interruption += 1;
+    }
+}
+
 pub(crate) fn apply<T: Send + Sync + 'static>(
     inner: &Arc<Inner<T>>,
     tracking: &mut Tracking,
@@ -113,6 +121,7 @@ pub(crate) fn apply<T: Send + Sync + 'static>(
 ) {
     match event {
         ChannelEvent::Gap(gap) => {
+            tracking.since_interruption = 0;
             inner.counters.gaps.incr();
             let why = format!("transport gap ({}, missed {:?})", gap.reason, gap.missed);
             if inner.pending_gap.swap(false, Ordering::AcqRel) {
@@ -136,17 +145,26 @@ pub(crate) fn apply<T: Send + Sync + 'static>(
                 // Stale values are accepted: only the gap after it counts.
                 return;
             }
-            inner.pending_gap.store(true, Ordering::Release);
+            if !inner.pending_gap.swap(true, Ordering::AcqRel) {
+                tracking.since_interruption = 0;
+            }
             inner.untrust(Untrusted::Interrupted(interruption.reason));
         }
-        // Nothing was lost: what was published meanwhile came first.
+        // Nothing was lost: what was published meanwhile came first, so
+        // the cache caught up instead of repairing.
         ChannelEvent::Resumed if inner.pending_gap.swap(false, Ordering::AcqRel) => {
+            inner.counters.resumes.incr();
+            inner
+                .counters
+                .caught_up
+                .add(std::mem::take(&mut tracking.since_interruption));
             inner.ready_if_warm();
         }
         // The subscription skipped this cache's own writes (its channel
         // publishes under an id of its own; other clones of the user's
         // channel are other publishers).
         ChannelEvent::Update(msg) => {
+            count_if_cut_off(inner, tracking);
             observe(inner, tracking, msg.publisher, msg.sequence, false);
             if inner.predates_repair(msg.published_at) {
                 // Published before the last outage repair and delivered after it
@@ -168,6 +186,7 @@ pub(crate) fn apply<T: Send + Sync + 'static>(
             );
         }
         ChannelEvent::Delete(delete) => {
+            count_if_cut_off(inner, tracking);
             observe(inner, tracking, delete.publisher, delete.sequence, false);
             inner.store_delete(&delete.key, delete.version, Origin::Remote);
         }

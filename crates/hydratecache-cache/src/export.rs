@@ -27,6 +27,8 @@ pub(crate) fn export_metrics(topic: &str, s: &CacheStats) {
         ),
         ("hydratecache_cache_gaps", s.gaps + s.sequence_gaps),
         ("hydratecache_cache_interruptions", s.interruptions),
+        ("hydratecache_cache_resumes", s.resumes),
+        ("hydratecache_cache_caught_up", s.caught_up),
         ("hydratecache_cache_untrusted", s.untrusted),
         ("hydratecache_cache_stale_served", s.stale_served),
         ("hydratecache_cache_stalls", s.stalls),

@@ -39,6 +39,10 @@ impl Counter {
         self.slots[slot_index()].0.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn add(&self, n: u64) {
+        self.slots[slot_index()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn get(&self) -> u64 {
         self.slots.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
     }
@@ -76,6 +80,8 @@ pub(crate) struct Counters {
     pub(crate) silent_publishers: Counter,
     pub(crate) predating_repair: Counter,
     pub(crate) first_words: Counter,
+    pub(crate) resumes: Counter,
+    pub(crate) caught_up: Counter,
     lag_micros: Mutex<VecDeque<u64>>,
 }
 
@@ -140,6 +146,8 @@ impl Counters {
             silent_publishers: self.silent_publishers.get(),
             predating_repair: self.predating_repair.get(),
             first_words: self.first_words.get(),
+            resumes: self.resumes.get(),
+            caught_up: self.caught_up.get(),
             trusted,
             entries,
             lag_p50,
@@ -230,6 +238,14 @@ pub struct CacheStats {
     /// could see its sequence. Once per publisher after each
     /// (re)subscription; not a gap, not reloaded under `Reload`.
     pub first_words: u64,
+    /// Interruptions that ended in [`Event::Resumed`](hydratecache_core::Event::Resumed)
+    /// rather than a gap: the transport ([`Capabilities::resumable`](hydratecache_core::Capabilities::resumable))
+    /// delivered what was published while the subscription was cut off, so
+    /// the cache caught up instead of repairing.
+    pub resumes: u64,
+    /// Updates and deletes that arrived while cut off and were applied
+    /// before a resume: the catch-up that took the place of repairs.
+    pub caught_up: u64,
     /// Whether the cache served what it holds when the snapshot was taken.
     pub trusted: bool,
     /// Entries now held: values and tombstones, including values a repair

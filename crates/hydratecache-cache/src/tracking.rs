@@ -14,6 +14,9 @@ pub(crate) struct Tracking {
     /// The marker sent to catch up after a stall, and when: the cache
     /// serves again once it came back.
     pub(crate) marker: Option<(PublisherId, Instant)>,
+    /// Updates and deletes applied since the transport's interruption:
+    /// counted as caught up if it ends in a resume rather than a gap.
+    pub(crate) since_interruption: u64,
 }
 
 impl Tracking {
@@ -22,6 +25,7 @@ impl Tracking {
             sequences: Sequences::new(subscribed_ms, now),
             leases: Leases::default(),
             marker: None,
+            since_interruption: 0,
         }
     }
 }

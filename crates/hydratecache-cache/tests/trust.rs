@@ -72,18 +72,37 @@ async fn an_interruption_stops_serving_at_once_and_the_gap_after_it_repairs() ->
     Ok(())
 }
 
+/// A resumable transport delivers what was published while cut off, then
+/// `Resumed`: the cache caught up, keeps what it holds, and counts both.
 #[tokio::test]
 async fn resumed_after_an_interruption_serves_again_without_a_repair() -> anyhow::Result<()> {
     let bus = Bus::new();
-    let (reader, _writer) = holding_v1(&bus, "resume").await?;
+    let (reader, writer) = holding_v1(&bus, "resume").await?;
+    writer.publish("j", &"j1".into()).await?;
+    eventually("j = j1", || value(&reader, "j").as_deref() == Some("j1")).await;
     bus.inject(interrupted(InterruptReason::Disconnected));
     eventually("untrusted", || !reader.health().is_trusted()).await;
     let since = reader.health().since;
+    // The catch-up: what the transport retained while cut off.
+    writer.publish("k", &"v2".into()).await?;
+    writer.delete("j").await?;
+    eventually("caught up", || reader.stats().deletes_applied == 1).await;
     bus.inject(|| Ok(Event::Resumed));
     eventually("trusted again", || reader.health().is_trusted()).await;
     assert!(reader.health().since >= since);
-    assert_eq!(value(&reader, "k").as_deref(), Some("v1"));
-    assert_eq!(reader.stats().repairs(), 0, "nothing was lost");
+    assert_eq!(value(&reader, "k").as_deref(), Some("v2"));
+    assert_eq!(value(&reader, "j"), None);
+    let stats = reader.stats();
+    assert_eq!(stats.repairs(), 0, "nothing was lost");
+    assert_eq!((stats.resumes, stats.caught_up), (1, 2));
+    // A later cut that ends in a gap is a repair, and no resume.
+    bus.inject(interrupted(InterruptReason::Disconnected));
+    writer.publish("k", &"v3".into()).await?;
+    eventually("v3 applied", || reader.stats().updates_applied == 4).await;
+    bus.inject(|| Ok(Event::Gap(Gap::new(GapReason::Reconnected))));
+    eventually("repaired", || reader.stats().repairs() == 1).await;
+    let stats = reader.stats();
+    assert_eq!((stats.resumes, stats.caught_up), (1, 2));
     Ok(())
 }
 

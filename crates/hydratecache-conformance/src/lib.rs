@@ -5,6 +5,7 @@ mod config;
 mod cut;
 mod harness;
 mod memory;
+mod resume;
 mod silence;
 
 pub use cases::{
@@ -22,4 +23,7 @@ pub use harness::{
     RECEIVE_TIMEOUT,
 };
 pub use memory::MemoryHarness;
+pub use resume::{
+    gap_when_the_position_is_gone, resumes_after_a_cut, ResumeReport, RESUME_MESSAGES,
+};
 pub use silence::{interrupted_when_the_connection_goes_silent, SilenceReport};

@@ -117,6 +117,12 @@ pub struct Capabilities {
     /// a topic is split into partitions read in parallel (Kafka): there,
     /// losses show as [`Event::Gap`] only.
     pub ordered: bool,
+    /// Whether a subscription cut off from the server resumes from its last
+    /// delivered position once back and delivers everything the backend
+    /// retained since, in order, then [`Event::Resumed`]: a cut is no gap.
+    /// It reports [`Event::Gap`] only when that position is no longer
+    /// retained (trimmed, purged, a log reset), with `missed` when known.
+    pub resumable: bool,
 }
 
 impl Capabilities {
@@ -126,12 +132,19 @@ impl Capabilities {
             max_message_size,
             replay: false,
             ordered: true,
+            resumable: false,
         }
     }
 
     /// The same, with `ordered` set.
     pub fn with_ordered(mut self, ordered: bool) -> Capabilities {
         self.ordered = ordered;
+        self
+    }
+
+    /// The same, with `resumable` set.
+    pub fn with_resumable(mut self, resumable: bool) -> Capabilities {
+        self.resumable = resumable;
         self
     }
 

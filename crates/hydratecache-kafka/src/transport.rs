@@ -440,10 +440,12 @@ impl Transport for KafkaTransport {
 
     fn capabilities(&self) -> Capabilities {
         // Partitions are read in parallel: one publisher's messages for
-        // different keys may arrive out of publish order.
+        // different keys may arrive out of publish order. Each partition's
+        // reader goes on from its offset after a cut (`reader::run`).
         Capabilities::new(Some(self.inner.settings.max_message_size()))
             .with_replay(true)
             .with_ordered(false)
+            .with_resumable(true)
     }
 
     fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>> {

@@ -193,11 +193,9 @@ async fn local_cache_never_serves_pre_gap_values_after_a_broker_restart() {
 /// subscription is interrupted at that moment; once the broker answers
 /// again and the reader has delivered what it holds, `Resumed` (a log keeps
 /// what was published meanwhile: nothing to repair).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_broker_connection_is_interrupted() {
-    use hydratecache_core::InterruptReason;
-    use hydratecache_kafka::{DEFAULT_FETCH_MAX_WAIT, DEFAULT_PROBE_TIMEOUT};
-
+/// A private tansu that advertises a proxy in front of it, so every client
+/// connection goes through the proxy, and a harness connecting through it.
+async fn behind_a_proxy() -> (TansuServer, hydratecache_testkit::Proxy, KafkaHarness) {
     let proxy_port = match hydratecache_testkit::free_port() {
         Ok(p) => p,
         Err(e) => panic!("port: {e:#}"),
@@ -213,6 +211,15 @@ async fn a_silent_broker_connection_is_interrupted() {
     };
     let bootstrap = format!("127.0.0.1:{proxy_port}");
     let harness = KafkaHarness::at(&format!("kafka://{bootstrap}"), &bootstrap, None).await;
+    (server, proxy, harness)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_connection_is_interrupted() {
+    use hydratecache_core::InterruptReason;
+    use hydratecache_kafka::{DEFAULT_FETCH_MAX_WAIT, DEFAULT_PROBE_TIMEOUT};
+
+    let (_server, proxy, harness) = behind_a_proxy().await;
     let subscriber = match harness.connect().await {
         Ok(t) => t,
         Err(e) => panic!("connect through the proxy: {e:?}"),
@@ -232,4 +239,64 @@ async fn a_silent_broker_connection_is_interrupted() {
         !report.gap,
         "the log kept what was published meanwhile: Resumed"
     );
+}
+
+/// The subscriber's connections are closed and refused (the publisher's,
+/// made before, go on) while 1,000 messages are published: the reader goes
+/// on from its offset and delivers all of them, in order, then `Resumed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_reader_resumes_from_its_offset() {
+    let (_server, proxy, harness) = behind_a_proxy().await;
+    let mark = std::cell::Cell::new(0);
+    let report = hydratecache_conformance::resumes_after_a_cut(
+        &harness,
+        || {
+            mark.set(proxy.accepted());
+            async {
+                match harness.connect().await {
+                    Ok(t) => t,
+                    Err(e) => panic!("connect through the proxy: {e:?}"),
+                }
+            }
+        },
+        || proxy.cut_from(mark.get()),
+        || async { proxy.restore() },
+    )
+    .await;
+    println!("kafka: {report:?}");
+}
+
+/// A log reset while the reader is cut off (the broker restarted empty):
+/// its offset is gone, and it says so with a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_reader_whose_offset_is_gone_reports_a_gap() {
+    let (mut server, proxy, harness) = behind_a_proxy().await;
+    let mark = std::cell::Cell::new(0);
+    let (server, harness) = (&mut server, &harness);
+    hydratecache_conformance::gap_when_the_position_is_gone(
+        harness,
+        || {
+            mark.set(proxy.accepted());
+            async {
+                match harness.connect().await {
+                    Ok(t) => t,
+                    Err(e) => panic!("connect through the proxy: {e:?}"),
+                }
+            }
+        },
+        || proxy.cut_from(mark.get()),
+        || async move {
+            server.kill9();
+            if let Err(e) = server.start_again() {
+                panic!("restart tansu: {e:#}");
+            }
+            for topic in harness.topics() {
+                if let Err(e) = server.create_topic(&topic, 1) {
+                    panic!("recreate {topic}: {e:#}");
+                }
+            }
+        },
+        || async { proxy.restore() },
+    )
+    .await;
 }

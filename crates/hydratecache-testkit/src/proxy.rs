@@ -25,9 +25,12 @@ struct State {
     stopped: AtomicBool,
     /// Bumped by `reset`: copiers of an older generation close their pair.
     generation: AtomicU64,
-    /// Both ends of every pair, to close them on `reset` and drop.
-    streams: Mutex<Vec<TcpStream>>,
+    /// Both ends of every pair, with the pair's number in accept order, to
+    /// close them on `reset`, `cut_from` and drop.
+    streams: Mutex<Vec<(u64, TcpStream)>>,
     accepted: AtomicU64,
+    /// Set by `cut_from`: new connections are closed at once.
+    refusing: AtomicBool,
 }
 
 /// A proxy on its own port of `127.0.0.1`, forwarding to one upstream
@@ -104,9 +107,34 @@ impl Proxy {
         self.thaw();
     }
 
-    /// Connections accepted so far.
+    /// Connections accepted so far: a mark for [`cut_from`](Proxy::cut_from).
     pub fn accepted(&self) -> u64 {
         self.state.accepted.load(Ordering::Acquire)
+    }
+
+    /// Cuts a client off: closes every connection accepted since `mark` (an
+    /// earlier [`accepted`](Proxy::accepted)), and every new one at once,
+    /// until [`restore`](Proxy::restore). Connections made before `mark`
+    /// (another client's) keep forwarding.
+    pub fn cut_from(&self, mark: u64) {
+        self.state.refusing.store(true, Ordering::Release);
+        let mut streams = self
+            .state
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        streams.retain(|(n, stream)| {
+            let cut = *n >= mark;
+            if cut {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            !cut
+        });
+    }
+
+    /// Accepts connections again after [`cut_from`](Proxy::cut_from).
+    pub fn restore(&self) {
+        self.state.refusing.store(false, Ordering::Release);
     }
 }
 
@@ -122,7 +150,7 @@ impl Drop for Proxy {
 fn close_all(state: &State) {
     let streams =
         std::mem::take(&mut *state.streams.lock().unwrap_or_else(PoisonError::into_inner));
-    for stream in streams {
+    for (_, stream) in streams {
         let _ = stream.shutdown(Shutdown::Both);
     }
 }
@@ -133,11 +161,15 @@ fn accept(listener: &TcpListener, upstream: SocketAddr, state: &Arc<State>) {
             return;
         }
         let Ok(client) = client else { continue };
+        if state.refusing.load(Ordering::Acquire) {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        }
         let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) else {
             let _ = client.shutdown(Shutdown::Both);
             continue;
         };
-        state.accepted.fetch_add(1, Ordering::AcqRel);
+        let number = state.accepted.fetch_add(1, Ordering::AcqRel);
         let generation = state.generation.load(Ordering::Acquire);
         let pair = (|| -> std::io::Result<_> {
             let _ = client.set_nodelay(true);
@@ -156,7 +188,7 @@ fn accept(listener: &TcpListener, upstream: SocketAddr, state: &Arc<State>) {
             .streams
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .extend([client_keep, server_keep]);
+            .extend([(number, client_keep), (number, server_keep)]);
         for (from, to) in [
             (client_read, server.try_clone()),
             (server_read, client.try_clone()),
@@ -282,5 +314,35 @@ mod tests {
             "closed: {closed:?}"
         );
         assert_eq!(proxy.accepted(), 1);
+    }
+
+    fn closed(stream: &mut TcpStream) -> bool {
+        let mut rest = Vec::new();
+        matches!(stream.read_to_end(&mut rest), Ok(0) | Err(_))
+    }
+
+    #[test]
+    fn cut_from_closes_later_connections_and_refuses_new_ones_until_restored() {
+        let proxy = Proxy::start(echo()).expect("proxy");
+        let connect = || {
+            let stream = TcpStream::connect(("127.0.0.1", proxy.port())).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .expect("timeout");
+            stream
+        };
+        let mut kept = connect();
+        assert_eq!(round_trip(&mut kept, 1).expect("forwarded"), 1);
+        let mark = proxy.accepted();
+        let mut cut = connect();
+        assert_eq!(round_trip(&mut cut, 2).expect("forwarded"), 2);
+        proxy.cut_from(mark);
+        assert!(closed(&mut cut), "a connection since the mark is closed");
+        assert_eq!(round_trip(&mut kept, 3).expect("kept"), 3);
+        let mut refused = connect();
+        assert!(closed(&mut refused), "a new connection is closed at once");
+        proxy.restore();
+        let mut again = connect();
+        assert_eq!(round_trip(&mut again, 4).expect("forwarded again"), 4);
     }
 }
