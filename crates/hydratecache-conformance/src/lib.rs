@@ -24,6 +24,7 @@ pub use harness::{
 };
 pub use memory::MemoryHarness;
 pub use resume::{
-    gap_when_the_position_is_gone, resumes_after_a_cut, ResumeReport, RESUME_MESSAGES,
+    gap_when_the_position_is_gone, local_cache_catches_up_after_a_cut, resumes_after_a_cut,
+    CatchUpReport, ResumeReport, CATCH_UP_KEYS, RESUME_MESSAGES,
 };
 pub use silence::{interrupted_when_the_connection_goes_silent, SilenceReport};

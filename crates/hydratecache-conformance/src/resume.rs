@@ -243,3 +243,133 @@ pub async fn gap_when_the_position_is_gone<S, SF, C, D, DF, R, RF>(
         }
     }
 }
+
+/// What [`local_cache_catches_up_after_a_cut`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUpReport {
+    /// Resumes B counted (at least 1).
+    pub resumes: u64,
+    /// Updates B applied while cut off, before resuming.
+    pub caught_up: u64,
+    /// B's repairs (0: the cut was no gap).
+    pub repairs: u64,
+    /// B's loader calls (0: every value came from the messages).
+    pub loads: u64,
+}
+
+/// Two [`LocalCache`](hydratecache_cache::LocalCache)s on one topic: A
+/// writes [`CATCH_UP_KEYS`] keys and B (connected through `subscriber`)
+/// holds them; B is cut off (`cut`) until it stops trusting what it holds,
+/// A rewrites every key, and B is restored 1.5 s later (past A's lease). On a resumable transport B must
+/// catch up: trusted again with every new value, without a repair or a
+/// load, and with the resume counted.
+///
+/// Panics otherwise, or when B does not catch up within [`RECEIVE_TIMEOUT`].
+pub async fn local_cache_catches_up_after_a_cut<S, SF, C, R, RF>(
+    h: &dyn Harness,
+    subscriber: S,
+    cut: C,
+    restore: R,
+) -> CatchUpReport
+where
+    S: FnOnce() -> SF,
+    SF: Future<Output = Arc<dyn Transport>>,
+    C: FnOnce(),
+    R: FnOnce() -> RF,
+    RF: Future<Output = ()>,
+{
+    use hydratecache_cache::{Loaded, LocalCache};
+    use hydratecache_core::Channel;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let topic = topic(h, "catchup").await;
+    let a: LocalCache<String> =
+        match LocalCache::builder(Channel::new(connect(h).await, topic.clone()))
+            .build()
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => panic!("cache A: {e:?}"),
+        };
+    // A's connections exist before B's (a proxy tells them apart that way).
+    if let Err(e) = a.put("warm", String::new()).await {
+        panic!("put before B connects: {e:?}");
+    }
+    let loads = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&loads);
+    let b: LocalCache<String> =
+        match LocalCache::builder(Channel::new(subscriber().await, topic.clone()))
+            .loader(move |_key: String| {
+                counted.fetch_add(1, Ordering::AcqRel);
+                async move { Ok::<Option<Loaded<String>>, hydratecache_core::BoxError>(None) }
+            })
+            .build()
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => panic!("cache B: {e:?}"),
+        };
+    let key = |i: usize| format!("key{i}");
+    let holds = |b: &LocalCache<String>, prefix: &str| {
+        (0..CATCH_UP_KEYS).all(|i| b.get(&key(i)).as_deref() == Some(&format!("{prefix}-{i}")))
+    };
+    for i in 0..CATCH_UP_KEYS {
+        if let Err(e) = a.put(&key(i), format!("before-{i}")).await {
+            panic!("put before the cut: {e:?}");
+        }
+    }
+    wait_for("B holds every key before the cut", || holds(&b, "before")).await;
+    cut();
+    wait_for("B stops trusting what it holds", || {
+        !b.health().is_trusted()
+    })
+    .await;
+    for i in 0..CATCH_UP_KEYS {
+        if let Err(e) = a.put(&key(i), format!("after-{i}")).await {
+            panic!("put while B is cut off: {e:?}");
+        }
+    }
+    // Longer than A's lease (three heartbeat intervals): B hears nothing
+    // from A meanwhile, and its heartbeats come with the catch-up.
+    tokio::time::sleep(CUT_HELD).await;
+    restore().await;
+    wait_for("B caught up with every key", || holds(&b, "after")).await;
+    let s = b.stats();
+    let report = CatchUpReport {
+        resumes: s.resumes,
+        caught_up: s.caught_up,
+        repairs: s.repairs(),
+        loads: loads.load(Ordering::Acquire),
+    };
+    assert!(report.resumes >= 1, "no resume counted: {s:?}");
+    assert_eq!(
+        report.repairs, 0,
+        "B repaired although nothing was lost: {s:?}"
+    );
+    assert_eq!(
+        report.loads, 0,
+        "B loaded although every value was delivered: {s:?}"
+    );
+    assert!(
+        report.caught_up >= CATCH_UP_KEYS as u64,
+        "the writes made while cut off were not counted as caught up: {s:?}"
+    );
+    report
+}
+
+/// How long [`local_cache_catches_up_after_a_cut`] keeps B cut off.
+const CUT_HELD: Duration = Duration::from_millis(1500);
+
+/// Keys of [`local_cache_catches_up_after_a_cut`].
+pub const CATCH_UP_KEYS: usize = 20;
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + RECEIVE_TIMEOUT;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {RECEIVE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -300,3 +300,27 @@ async fn a_cut_reader_whose_offset_is_gone_reports_a_gap() {
     )
     .await;
 }
+
+/// LocalCache on Kafka: cut off while every key is rewritten, it catches up
+/// from its offsets once back, without a repair or a load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_cache_catches_up_after_a_cut() {
+    let (_server, proxy, harness) = behind_a_proxy().await;
+    let mark = std::cell::Cell::new(0);
+    let report = hydratecache_conformance::local_cache_catches_up_after_a_cut(
+        &harness,
+        || {
+            mark.set(proxy.accepted());
+            async {
+                match harness.connect().await {
+                    Ok(t) => t,
+                    Err(e) => panic!("connect through the proxy: {e:?}"),
+                }
+            }
+        },
+        || proxy.cut_from(mark.get()),
+        || async { proxy.restore() },
+    )
+    .await;
+    println!("kafka: {report:?}");
+}

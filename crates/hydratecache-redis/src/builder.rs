@@ -11,6 +11,7 @@ use hydratecache_core::adapter::LONGEST_DURATION;
 use hydratecache_core::{Error, Result};
 
 use crate::settings::{Settings, MAX_BULK_LEN};
+use crate::streams::RedisStreamsTransport;
 use crate::transport::RedisTransport;
 use crate::BACKEND;
 
@@ -123,6 +124,49 @@ impl RedisBuilder {
     pub fn sharded(mut self, sharded: bool) -> Self {
         self.settings.sharded = sharded;
         self
+    }
+
+    /// Streams mode: the cap on each stream's length, trimmed approximately
+    /// (`XADD ... MAXLEN ~ n`) on every publish (default
+    /// [`DEFAULT_STREAM_MAX_LEN`](crate::DEFAULT_STREAM_MAX_LEN); at least 1).
+    /// A subscriber cut off while more than this many messages were
+    /// published gets a gap when it reads again; size it to the publish rate
+    /// times the longest outage to ride out, and to the memory it costs.
+    pub fn stream_max_len(mut self, entries: u64) -> Self {
+        self.settings.stream_max_len = entries.max(1);
+        self
+    }
+
+    /// Streams mode: entries a subscription reads per step (default
+    /// [`DEFAULT_STREAM_READ_COUNT`](crate::DEFAULT_STREAM_READ_COUNT); at
+    /// least 1).
+    pub fn stream_read_count(mut self, entries: u64) -> Self {
+        self.settings.stream_read_count = entries.max(1);
+        self
+    }
+
+    /// Connects in streams mode ([`RedisStreamsTransport`]): topics are
+    /// Redis Streams, and a subscription resumes from its position after a
+    /// lost connection. Of this builder's options it uses the message size,
+    /// the command and connect timeouts, the keepalive interval (how long
+    /// each blocking read waits) and the probe timeout (its slack before
+    /// the connection is given up), and the stream options; the Pub/Sub
+    /// buffers and `sharded` do not apply.
+    pub async fn connect_streams(self, url: &str) -> Result<RedisStreamsTransport> {
+        crate::tls::check_url(url)?;
+        let config =
+            Config::from_url(url).map_err(|e| Error::backend(BACKEND, "parse the Redis URL", e))?;
+        self.connect_streams_with(config).await
+    }
+
+    /// [`connect_streams`](Self::connect_streams) with a fred [`Config`].
+    pub async fn connect_streams_with(self, config: Config) -> Result<RedisStreamsTransport> {
+        let mut builder = Builder::from_config(config);
+        builder.set_policy(default_reconnect_policy());
+        let publisher = builder
+            .build()
+            .map_err(|e| Error::backend(BACKEND, "build the publishing client", e))?;
+        RedisStreamsTransport::start(self.settings, publisher).await
     }
 
     /// Connects to `url` (`redis://`, `rediss://`, `redis-cluster://`,

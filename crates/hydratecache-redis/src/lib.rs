@@ -5,6 +5,9 @@ mod builder;
 mod liveness;
 mod publisher;
 mod settings;
+mod stream_position;
+mod stream_reader;
+mod streams;
 mod subscriber;
 mod tls;
 mod transport;
@@ -13,8 +16,10 @@ pub use builder::{default_reconnect_policy, RedisBuilder};
 pub use settings::{
     DEFAULT_BROADCAST_CAPACITY, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROBE_TIMEOUT,
-    DEFAULT_SUBSCRIPTION_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER_BYTES, MAX_BULK_LEN,
+    DEFAULT_STREAM_MAX_LEN, DEFAULT_STREAM_READ_COUNT, DEFAULT_SUBSCRIPTION_BUFFER,
+    DEFAULT_SUBSCRIPTION_BUFFER_BYTES, MAX_BULK_LEN,
 };
+pub use streams::RedisStreamsTransport;
 pub use transport::RedisTransport;
 
 /// The fred version this crate is built on, for building clients and configs

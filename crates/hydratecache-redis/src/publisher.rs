@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fred::clients::Client;
 use fred::error::{Error as FredError, ErrorKind};
-use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::interfaces::{ClientLike, PubsubInterface, StreamsInterface};
 use fred::types::config::{Options, Server, ServerConfig};
 use fred::types::ClientState;
 use hydratecache_core::adapter::lock;
@@ -189,15 +189,27 @@ impl Health {
 /// PUBLISH (or SPUBLISH) `frame` to `topic`, bounded by `timeout`; fails at
 /// once while the connection is known to be down, with an error that names
 /// the cause and the address.
+/// The command that carries a frame to a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// `PUBLISH`, or `SPUBLISH` when sharded.
+    Publish { sharded: bool },
+    /// `XADD topic MAXLEN ~ max_len * m frame` (streams mode).
+    XAdd { max_len: u64 },
+}
+
 pub(crate) async fn publish(
     publisher: &Client,
     health: &Health,
-    sharded: bool,
+    command: Command,
     timeout: Duration,
     topic: &str,
     frame: Bytes,
 ) -> Result<()> {
-    let doing = format!("publish to channel {topic:?}");
+    let doing = match command {
+        Command::Publish { .. } => format!("publish to channel {topic:?}"),
+        Command::XAdd { .. } => format!("add to stream {topic:?}"),
+    };
     let start = Instant::now();
     let downs = health.ready(publisher, timeout, &doing).await?;
     let left = timeout.saturating_sub(start.elapsed());
@@ -216,10 +228,23 @@ pub(crate) async fn publish(
     let client = publisher.with_options(&options);
     let channel = topic.to_owned();
     let mut sent = Box::pin(async move {
-        let result: std::result::Result<i64, FredError> = if sharded {
-            client.spublish(channel, frame).await
-        } else {
-            client.publish(channel, frame).await
+        let result: std::result::Result<(), FredError> = match command {
+            Command::Publish { sharded: true } => {
+                client.spublish::<i64, _, _>(channel, frame).await.map(drop)
+            }
+            Command::Publish { sharded: false } => {
+                client.publish::<i64, _, _>(channel, frame).await.map(drop)
+            }
+            Command::XAdd { max_len } => client
+                .xadd::<fred::types::Value, _, _, _, _>(
+                    channel,
+                    false,
+                    ("MAXLEN", "~", i64::try_from(max_len).unwrap_or(i64::MAX)),
+                    "*",
+                    vec![(crate::stream_reader::FIELD, frame)],
+                )
+                .await
+                .map(drop),
         };
         result
     });
@@ -240,8 +265,8 @@ pub(crate) async fn publish(
         },
     };
     match result {
-        Ok(receivers) => {
-            tracing::trace!(topic, receivers, "published");
+        Ok(()) => {
+            tracing::trace!(topic, "published");
             Ok(())
         }
         Err(e) => Err(health.explain(&doing, &e, timeout)),

@@ -42,6 +42,13 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
 /// half-open subscriber connection is noticed within 500 ms.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
+/// Default cap on a stream's length in streams mode (`XADD ... MAXLEN ~`):
+/// how far a subscriber cut off can fall behind and still resume.
+pub const DEFAULT_STREAM_MAX_LEN: u64 = 10_000;
+
+/// Default number of entries a stream subscription reads per step.
+pub const DEFAULT_STREAM_READ_COUNT: u64 = 256;
+
 /// Default bound on the first connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,6 +64,8 @@ pub(crate) struct Settings {
     pub(crate) sharded: bool,
     pub(crate) keepalive: Option<Duration>,
     pub(crate) probe_timeout: Duration,
+    pub(crate) stream_max_len: u64,
+    pub(crate) stream_read_count: u64,
 }
 
 impl Default for Settings {
@@ -71,6 +80,8 @@ impl Default for Settings {
             sharded: false,
             keepalive: Some(DEFAULT_KEEPALIVE_INTERVAL),
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            stream_max_len: DEFAULT_STREAM_MAX_LEN,
+            stream_read_count: DEFAULT_STREAM_READ_COUNT,
         }
     }
 }

@@ -21,7 +21,7 @@ use hydratecache_core::{
 use tokio::task::JoinHandle;
 
 use crate::liveness;
-use crate::publisher::{self, publish, Health};
+use crate::publisher::{self, publish, Command, Health};
 use crate::settings::Settings;
 use crate::subscriber::{control, dispatch, Shared};
 use crate::BACKEND;
@@ -56,7 +56,7 @@ struct Inner {
     tasks: Vec<JoinHandle<()>>,
 }
 
-async fn ensure_connected<C: ClientLike>(
+pub(crate) async fn ensure_connected<C: ClientLike>(
     client: &C,
     timeout: Duration,
     context: &'static str,
@@ -84,7 +84,7 @@ async fn ensure_connected<C: ClientLike>(
     }
 }
 
-async fn quit<C: ClientLike>(client: &C, timeout: Duration) {
+pub(crate) async fn quit<C: ClientLike>(client: &C, timeout: Duration) {
     if let Ok(Err(e)) = tokio::time::timeout(timeout, client.quit()).await {
         tracing::debug!(error = %e, "QUIT failed");
     }
@@ -255,7 +255,9 @@ impl Transport for RedisTransport {
             publish(
                 &inner.publisher,
                 &inner.health,
-                inner.settings.sharded,
+                Command::Publish {
+                    sharded: inner.settings.sharded,
+                },
                 inner.settings.command_timeout,
                 topic,
                 frame,
