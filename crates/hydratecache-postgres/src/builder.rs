@@ -10,6 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::listener::ListenerConfig;
+use crate::outbox::{OutboxSettings, PostgresOutboxTransport};
 use crate::publisher::{redacted_address, unreachable_reason, Health, Publisher};
 use crate::transport::PostgresTransport;
 use crate::{
@@ -29,6 +30,7 @@ pub struct PostgresBuilder {
     probe_timeout: Duration,
     request_timeout: Duration,
     subscription_buffer_bytes: usize,
+    outbox_retention: Option<Duration>,
 }
 
 impl Default for PostgresBuilder {
@@ -42,6 +44,7 @@ impl Default for PostgresBuilder {
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
+            outbox_retention: Some(crate::DEFAULT_OUTBOX_RETENTION),
         }
     }
 }
@@ -115,11 +118,53 @@ impl PostgresBuilder {
         self
     }
 
+    /// Outbox mode: rows committed longer ago than this are deleted (every
+    /// quarter of it, at most every 5 minutes), which bounds how long a
+    /// subscriber can be cut off and still catch up; `None` keeps every row
+    /// (trim with [`PostgresOutboxTransport::trim`] yourself). Default
+    /// [`DEFAULT_OUTBOX_RETENTION`](crate::DEFAULT_OUTBOX_RETENTION). It must
+    /// exceed your longest transaction that publishes.
+    pub fn outbox_retention(mut self, retention: Option<Duration>) -> Self {
+        self.outbox_retention = retention.map(|r| r.min(LONGEST_DURATION));
+        self
+    }
+
     /// Connects to `url` (`postgres://user:password@host:port/database?...`).
     pub async fn connect(self, url: &str) -> Result<PostgresTransport> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| Error::backend(BACKEND, "parse the connection URL", e))?;
         self.connect_with(options).await
+    }
+
+    /// Connects in outbox mode ([`PostgresOutboxTransport`]): publishes are
+    /// rows of an outbox table, and subscriptions resume after an outage.
+    /// The tables must exist ([`PostgresOutboxTransport::migrate`]). Of
+    /// this builder's options it uses the pool size, the timeouts, the
+    /// keepalive interval (how often a subscription reads without a
+    /// wake-up, at most every second), the probe timeout (the bound on each
+    /// of those reads), the reconnect delay and the retention.
+    pub async fn connect_outbox(self, url: &str) -> Result<PostgresOutboxTransport> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::backend(BACKEND, "parse the connection URL", e))?;
+        let options = tls_policy(options)?;
+        let pool = self.pool(options).await?;
+        Ok(self.outbox(pool, true))
+    }
+
+    /// Outbox mode through an existing pool, left open by `close`.
+    pub fn outbox_from_pool(self, pool: PgPool) -> PostgresOutboxTransport {
+        self.outbox(pool, false)
+    }
+
+    fn outbox(self, pool: PgPool, owns_pool: bool) -> PostgresOutboxTransport {
+        let settings = OutboxSettings {
+            request_timeout: self.request_timeout,
+            keepalive: self.keepalive,
+            probe_timeout: self.probe_timeout,
+            max_backoff: self.max_backoff,
+            retention: self.outbox_retention,
+        };
+        PostgresOutboxTransport::new(pool, owns_pool, settings)
     }
 
     /// Connects with sqlx connection options.
@@ -129,6 +174,12 @@ impl PostgresBuilder {
     /// built without a TLS feature; see [`tls_policy`].
     pub async fn connect_with(self, options: PgConnectOptions) -> Result<PostgresTransport> {
         let options = tls_policy(options)?;
+        let pool = self.pool(options).await?;
+        Ok(self.build(pool, true))
+    }
+
+    /// A pool of [`max_connections`](Self::max_connections), connected.
+    async fn pool(&self, options: PgConnectOptions) -> Result<PgPool> {
         let address = redacted_address(&options);
         let pool = match PgPoolOptions::new()
             .max_connections(self.max_connections)
@@ -161,7 +212,7 @@ impl PostgresBuilder {
             }
             Err(e) => return Err(Error::backend(BACKEND, format!("connect to {address}"), e)),
         };
-        Ok(self.build(pool, true))
+        Ok(pool)
     }
 
     /// Uses an existing pool for publishing.

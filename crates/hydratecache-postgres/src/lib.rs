@@ -4,6 +4,8 @@
 mod builder;
 mod command;
 mod listener;
+mod outbox;
+mod outbox_reader;
 mod publisher;
 mod tls;
 mod transport;
@@ -14,6 +16,9 @@ use std::time::Duration;
 
 pub use builder::PostgresBuilder;
 pub use command::ListenerInfo;
+pub use outbox::{
+    PostgresOutboxTransport, DEFAULT_OUTBOX_RETENTION, OUTBOX_MAX_MESSAGE_SIZE, OUTBOX_MIGRATION,
+};
 pub use tls::tls_policy;
 pub use transport::PostgresTransport;
 pub use wire::{validate_topic, MAX_MESSAGE_SIZE, MAX_NOTIFY_PAYLOAD, MAX_TOPIC_LEN};

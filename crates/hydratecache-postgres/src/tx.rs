@@ -81,7 +81,12 @@ impl PostgresTransport {
 /// rollback leaves no hole in anyone's sequence numbers), stamped in whole
 /// microseconds, as the wire carries them, so that the envelope returned
 /// equals the one subscribers receive.
-fn tx_envelope(kind: Kind, key: &str, payload: Bytes, options: PublishOptions) -> Envelope {
+pub(crate) fn tx_envelope(
+    kind: Kind,
+    key: &str,
+    payload: Bytes,
+    options: PublishOptions,
+) -> Envelope {
     let now = truncate_to_micros(SystemTime::now());
     Envelope {
         sequence: 1,
