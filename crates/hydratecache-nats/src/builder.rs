@@ -50,13 +50,14 @@ pub(crate) const EVENT_RECONNECT_CHECK: Duration = Duration::from_secs(1);
 /// ```
 #[derive(Debug, Clone)]
 pub struct NatsBuilder {
-    subject_prefix: Option<String>,
-    publish_timeout: Duration,
+    pub(crate) subject_prefix: Option<String>,
+    pub(crate) publish_timeout: Duration,
     confirm_timeout: Duration,
     subscription_buffer: usize,
     subscription_buffer_bytes: usize,
     pub(crate) reconnect_check: Duration,
     pub(crate) ping_interval: Option<Duration>,
+    pub(crate) jetstream_heartbeat: Duration,
 }
 
 impl Default for NatsBuilder {
@@ -69,6 +70,7 @@ impl Default for NatsBuilder {
             subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
             reconnect_check: DEFAULT_RECONNECT_CHECK,
             ping_interval: Some(DEFAULT_PING_INTERVAL),
+            jetstream_heartbeat: crate::DEFAULT_JETSTREAM_HEARTBEAT,
         }
     }
 }
@@ -132,6 +134,15 @@ impl NatsBuilder {
     /// [`from_client`](Self::from_client) keeps its own.
     pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
         self.ping_interval = interval.map(|i| i.max(Duration::from_millis(10)));
+        self
+    }
+
+    /// JetStream mode: the server's idle heartbeat on each subscription's
+    /// pulls (default [`DEFAULT_JETSTREAM_HEARTBEAT`](crate::DEFAULT_JETSTREAM_HEARTBEAT),
+    /// 100 ms to 10 s); two missed, and the subscription is interrupted.
+    pub fn jetstream_heartbeat(mut self, interval: Duration) -> Self {
+        self.jetstream_heartbeat =
+            interval.clamp(Duration::from_millis(100), Duration::from_secs(10));
         self
     }
 

@@ -5,6 +5,8 @@ mod builder;
 mod close;
 mod confirm;
 mod inner;
+mod jetstream;
+mod jetstream_reader;
 mod publish;
 mod shared;
 mod subject;
@@ -15,6 +17,9 @@ mod transport;
 pub use builder::{
     NatsBuilder, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_PUBLISH_TIMEOUT,
     DEFAULT_RECONNECT_CHECK, DEFAULT_SUBSCRIPTION_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
+};
+pub use jetstream::{
+    NatsJetStreamTransport, DEFAULT_JETSTREAM_HEARTBEAT, DEFAULT_JETSTREAM_PREFIX,
 };
 pub use subject::{validate_topic, MAX_SUBJECT_LEN};
 pub use transport::NatsTransport;

@@ -11,6 +11,7 @@ use hydratecache_core::{
 
 use crate::builder::{checked_addrs, Config, NatsBuilder, EVENT_RECONNECT_CHECK};
 use crate::inner::Inner;
+use crate::jetstream::{JetStreamSettings, NatsJetStreamTransport};
 use crate::shared::Shared;
 use crate::BACKEND;
 
@@ -58,6 +59,44 @@ impl NatsBuilder {
             .await
             .map_err(|e| Error::backend(BACKEND, "connect", e))?;
         Ok(NatsTransport::new(client, true, config, shared))
+    }
+
+    /// Connects in JetStream mode ([`NatsJetStreamTransport`]): each topic
+    /// is a stream keeping the last message of each key, and a subscription
+    /// resumes from its stream sequence after an outage. Of this builder's
+    /// options it uses the subject prefix (the subjects' first token,
+    /// default [`DEFAULT_JETSTREAM_PREFIX`](crate::DEFAULT_JETSTREAM_PREFIX)),
+    /// the publish timeout (each acknowledged publish and each request to
+    /// the server), the ping interval and the JetStream heartbeat.
+    pub async fn connect_jetstream(self, url: &str) -> Result<NatsJetStreamTransport> {
+        let (addrs, options) = checked_addrs(url, ConnectOptions::new())?;
+        let options = match self.ping_interval {
+            Some(interval) => options.ping_interval(interval),
+            None => options,
+        };
+        let client = options
+            .connect(addrs)
+            .await
+            .map_err(|e| Error::backend(BACKEND, "connect", e))?;
+        Ok(self.jetstream(client, true))
+    }
+
+    /// JetStream mode on a client built elsewhere, left open by `close`.
+    pub fn jetstream_from_client(self, client: Client) -> NatsJetStreamTransport {
+        self.jetstream(client, false)
+    }
+
+    fn jetstream(self, client: Client, owned: bool) -> NatsJetStreamTransport {
+        let settings = JetStreamSettings {
+            prefix: self
+                .subject_prefix
+                .clone()
+                .unwrap_or_else(|| crate::DEFAULT_JETSTREAM_PREFIX.to_owned()),
+            publish_timeout: self.publish_timeout,
+            heartbeat: self.jetstream_heartbeat,
+            max_payload: client.server_info().max_payload,
+        };
+        NatsJetStreamTransport::new(client, owned, settings)
     }
 
     /// A transport on a client built elsewhere (shared with other code).

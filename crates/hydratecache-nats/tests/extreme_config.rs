@@ -31,3 +31,30 @@ async fn extreme_timeouts_never_panic() {
     })
     .await;
 }
+
+/// JetStream mode, with its own uses of the durations (each request's bound,
+/// the pulls' heartbeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_timeouts_never_panic_in_jetstream_mode() {
+    let nats = shared_or_private().expect("a NATS server");
+    let url = nats.url();
+    let settings = ["publish_timeout", "jetstream_heartbeat", "ping_interval"];
+    extreme_durations_never_panic(&settings, |d| {
+        let url = url.clone();
+        async move {
+            let mut builder = NatsTransport::builder();
+            if let Some(d) = d[0] {
+                builder = builder.publish_timeout(d);
+            }
+            if let Some(d) = d[1] {
+                builder = builder.jetstream_heartbeat(d);
+            }
+            if let Some(d) = d[2] {
+                builder = builder.ping_interval(Some(d));
+            }
+            Ok(builder.connect_jetstream(&url).await?.into_arc())
+        }
+        .boxed()
+    })
+    .await;
+}

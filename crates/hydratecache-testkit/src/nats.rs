@@ -76,8 +76,16 @@ impl NatsServer {
             cmd.arg("-c").arg(config);
         }
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor_port.to_string()])
-            .current_dir(self.dir.path());
+            .args(["-m", &self.monitor_port.to_string()]);
+        if self.config.is_none() {
+            // JetStream on, its store in the server's own directory (kept
+            // across `start_again`, as a real server's disk is). Not with a
+            // configuration file: a cluster's would need a server name.
+            cmd.arg("-js")
+                .arg("-sd")
+                .arg(self.dir.path().join("jetstream"));
+        }
+        cmd.current_dir(self.dir.path());
         let process = Process::spawn("nats-server", cmd, &self.dir.path().join("nats.log"))?;
         self.process = Some(process);
         wait_for_port(self.port, Duration::from_secs(10))

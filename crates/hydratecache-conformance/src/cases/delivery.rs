@@ -54,7 +54,9 @@ pub async fn per_publisher_order(h: &dyn Harness) -> Outcome {
         publish(
             &*t,
             &topic,
-            &envelope(publisher, i, "k", i.to_be_bytes().to_vec()),
+            // A key each: a transport that keeps the last message per key
+            // may skip a superseded one.
+            &envelope(publisher, i, &format!("k{i}"), i.to_be_bytes().to_vec()),
         )
         .await;
     }
@@ -246,7 +248,7 @@ async fn all_arrive_from_concurrent_writers(
                 publish(
                     &*t,
                     &topic,
-                    &envelope(publisher, i, &format!("w{w}"), payload),
+                    &envelope(publisher, i, &format!("w{w}-{i}"), payload),
                 )
                 .await;
             }

@@ -75,7 +75,7 @@ pub async fn all_byte_values(h: &dyn Harness) -> Outcome {
         publish(
             &*t,
             &topic,
-            &envelope(publisher, i as u64 + 1, "bytes", p.clone()),
+            &envelope(publisher, i as u64 + 1, &format!("bytes{i}"), p.clone()),
         )
         .await;
     }
