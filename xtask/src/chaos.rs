@@ -1,5 +1,5 @@
 //! `cargo xtask chaos <redis|nats|postgres|kafka|all> [--duration 60s]
-//! [--seed N] [--repair clear|reload|ignore] [--liveness on|off]
+//! [--seed N] [--repair clear|reload|ignore] [--liveness on|off] [--mode pubsub|resumable]
 //! [--bound-ms 1000]`: the chaos run of
 //! `crates/hydratecache-chaos` (release build), on private servers; prints a
 //! table per backend and writes `target/chaos/summary.json`. Fails, naming
@@ -23,7 +23,7 @@ fn cargo() -> String {
 /// `cargo xtask chaos ...`.
 pub(crate) fn run(args: &[&str]) -> Result<()> {
     let Some((backend, options)) = args.split_first() else {
-        bail!("usage: cargo xtask chaos <redis|nats|postgres|kafka|all> [--duration 60s] [--seed N] [--repair clear|reload|ignore] [--liveness on|off] [--bound-ms 1000]");
+        bail!("usage: cargo xtask chaos <redis|nats|postgres|kafka|all> [--duration 60s] [--seed N] [--repair clear|reload|ignore] [--liveness on|off] [--bound-ms 1000] [--mode pubsub|resumable]");
     };
     let backends = crate::common::selected(backend)?;
     if backends.is_empty() {
@@ -35,7 +35,7 @@ pub(crate) fn run(args: &[&str]) -> Result<()> {
         match *option {
             "--duration" | "--seed" | "--repair" | "--keys" | "--instances" | "--write-rate"
             | "--reads-per-ms" | "--window-ms" | "--quiet" | "--memory-limit-mb" | "--bound-ms"
-            | "--liveness" => {
+            | "--liveness" | "--mode" => {
                 let value = it
                     .next()
                     .with_context(|| format!("{option} needs a value"))?;

@@ -60,6 +60,11 @@ struct Stats {
     beyond_bound: u64,
     loads_untrusted: u64,
     load_errors_untrusted: u64,
+    /// Repairs the instances made (clear or reload).
+    repairs: u64,
+    /// Reads that went to the loader while the cache was trusted: keys it
+    /// did not hold, most of them dropped by a repair.
+    loads_trusted: u64,
     /// (fault, instance) pairs in which the instance stopped trusting.
     untrusted: u64,
     max_to_untrusted_us: u64,
@@ -70,9 +75,16 @@ struct Stats {
 #[derive(Debug, Default)]
 pub(crate) struct ByFault(BTreeMap<String, Stats>);
 
-/// One instance's counters at one status line: (when, loads while
-/// untrusted, load errors while untrusted), cumulative.
-pub(crate) type Status = (u64, u64, u64);
+/// One instance's counters at one status line, cumulative.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Status {
+    pub(crate) t: u64,
+    pub(crate) untrusted_loads: u64,
+    pub(crate) untrusted_load_errors: u64,
+    /// Every read that went to the loader, trusted or not.
+    pub(crate) loads: u64,
+    pub(crate) repairs: u64,
+}
 
 impl ByFault {
     fn entry(&mut self, kind: Option<&Window>) -> &mut Stats {
@@ -108,13 +120,14 @@ impl ByFault {
         let as_of = |t: u64| {
             statuses
                 .iter()
-                .take_while(|s| s.0 <= t)
+                .take_while(|s| s.t <= t)
                 .last()
-                .map_or((0, 0), |s| (s.1, s.2))
+                .copied()
+                .unwrap_or_default()
         };
         for w in windows {
-            let (loads_from, errors_from) = as_of(w.start);
-            let (loads_to, errors_to) = as_of(w.until);
+            let (from, to) = (as_of(w.start), as_of(w.until));
+            let untrusted_loads = to.untrusted_loads.saturating_sub(from.untrusted_loads);
             let lost_trust = trust
                 .iter()
                 .find(|(t, trusted)| !trusted && *t >= w.start && *t <= w.until)
@@ -126,8 +139,15 @@ impl ByFault {
                     .map(|(t, _)| *t)
             });
             let s = self.entry(Some(w));
-            s.loads_untrusted += loads_to.saturating_sub(loads_from);
-            s.load_errors_untrusted += errors_to.saturating_sub(errors_from);
+            s.loads_untrusted += untrusted_loads;
+            s.load_errors_untrusted += to
+                .untrusted_load_errors
+                .saturating_sub(from.untrusted_load_errors);
+            s.repairs += to.repairs.saturating_sub(from.repairs);
+            s.loads_trusted += to
+                .loads
+                .saturating_sub(from.loads)
+                .saturating_sub(untrusted_loads);
             if let Some(lost) = lost_trust {
                 s.untrusted += 1;
                 s.max_to_untrusted_us = s.max_to_untrusted_us.max(lost - w.start);
@@ -151,6 +171,8 @@ impl ByFault {
                         "beyond_bound": s.beyond_bound,
                         "loads_while_untrusted": s.loads_untrusted,
                         "load_errors_while_untrusted": s.load_errors_untrusted,
+                        "repairs": s.repairs,
+                        "loads_while_trusted": s.loads_trusted,
                         "instances_untrusted": s.untrusted,
                         "max_fault_to_untrusted_ms": ms(s.max_to_untrusted_us),
                         "max_recovery_to_trusted_ms": ms(s.max_to_trusted_us),
@@ -165,6 +187,16 @@ impl ByFault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(t: u64, untrusted_loads: u64, errors: u64, loads: u64, repairs: u64) -> Status {
+        Status {
+            t,
+            untrusted_loads,
+            untrusted_load_errors: errors,
+            loads,
+            repairs,
+        }
+    }
 
     #[test]
     fn faults_get_what_happens_until_the_next_begins() {
@@ -183,7 +215,11 @@ mod tests {
         let mut by = ByFault::default();
         by.instance(
             &w,
-            &[(900_000, 5, 0), (2_500_000, 25, 1), (5_000_000, 25, 1)],
+            &[
+                status(900_000, 5, 0, 40, 0),
+                status(2_500_000, 25, 1, 90, 2),
+                status(5_000_000, 25, 1, 100, 2),
+            ],
             &[(1_300_000, false), (2_400_000, true)],
         );
         let j = by.to_json();
@@ -192,5 +228,7 @@ mod tests {
         assert_eq!(j["server_kill"]["max_fault_to_untrusted_ms"], 300.0);
         assert_eq!(j["server_kill"]["max_recovery_to_trusted_ms"], 400.0);
         assert_eq!(j["garbage"]["instances_untrusted"], 0);
+        assert_eq!(j["server_kill"]["repairs"], 2);
+        assert_eq!(j["server_kill"]["loads_while_trusted"], 30);
     }
 }

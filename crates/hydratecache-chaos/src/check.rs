@@ -169,8 +169,13 @@ fn parse(path: &PathBuf) -> Result<Parsed> {
                     .or_insert(fragment);
             }
             Some("status") => {
-                p.statuses
-                    .push((u("t"), u("untrusted_loads"), u("untrusted_load_errors")));
+                p.statuses.push(Status {
+                    t: u("t"),
+                    untrusted_loads: u("untrusted_loads"),
+                    untrusted_load_errors: u("untrusted_load_errors"),
+                    loads: u("loads"),
+                    repairs: u("repairs_clear") + u("repairs_reload"),
+                });
                 p.status = Some(v);
             }
             Some("trust") => p.trust.push((u("t"), v["trusted"] == true)),

@@ -60,6 +60,7 @@ pub(crate) fn connect_options(pool: &PgPool) -> ConnectOptions {
                 .retry_backoff_max(Duration::from_millis(500))
         }),
         without_liveness: false,
+        resumable: false,
     }
 }
 

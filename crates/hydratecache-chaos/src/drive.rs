@@ -126,6 +126,11 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
     );
     let pool = truth_pool(&truth_url, 4).await?;
     setup_table(&pool, s.keys).await?;
+    if s.resumable && s.backend == "postgres" {
+        // Once, before any process uses it: concurrent CREATE TABLE IF NOT
+        // EXISTS can collide.
+        hydratecache_postgres::PostgresOutboxTransport::migrate(&pool).await?;
+    }
     TruthFile::create(&dir.join("truth.bin"), s.keys)?;
     let run = Arc::new(Run {
         settings: s.clone(),

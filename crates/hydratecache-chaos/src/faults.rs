@@ -70,6 +70,27 @@ pub(crate) async fn execute(
             }
         }
         FaultKind::ConnKill => match backend.as_str() {
+            "redis" if run.settings.resumable => {
+                // Stream readers are plain connections (the writer's too).
+                let n = tokio::task::spawn_blocking(move || {
+                    hydratecache_testkit::redis::kill_clients(&url, "normal")
+                })
+                .await??;
+                Ok(format!("CLIENT KILL TYPE normal: {n} connections"))
+            }
+            "postgres" if run.settings.resumable => {
+                let out = tokio::task::spawn_blocking(move || {
+                    hydratecache_testkit::postgres::psql(
+                        &url,
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                         WHERE pid <> pg_backend_pid() AND application_name = 'hydratecache-outbox'",
+                    )
+                })
+                .await??;
+                Ok(format!(
+                    "pg_terminate_backend of {out} outbox reader connections"
+                ))
+            }
             "redis" => {
                 let n = tokio::task::spawn_blocking(move || {
                     hydratecache_testkit::redis::kill_pubsub_clients(&url)

@@ -40,6 +40,9 @@ pub(crate) struct Settings {
     pub(crate) bound_us: u64,
     /// The adapters' keepalives and the caches' liveness checks.
     pub(crate) liveness: bool,
+    /// Each adapter's resumable mode (Redis Streams, JetStream, the
+    /// PostgreSQL outbox; Kafka as it is) instead of its broadcast one.
+    pub(crate) resumable: bool,
 }
 
 /// The processes' view of one instance process.
@@ -151,6 +154,7 @@ impl Run {
             .args(["--reads-per-ms", &s.reads_per_ms.to_string()])
             .args(["--window-us", &s.window_us.to_string()])
             .args(["--liveness", if s.liveness { "on" } else { "off" }])
+            .args(["--mode", if s.resumable { "resumable" } else { "pubsub" }])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))

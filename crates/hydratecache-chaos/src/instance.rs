@@ -52,6 +52,8 @@ struct Config {
     /// Off: the adapters' keepalives and the cache's liveness checks are
     /// off, as before bounded staleness.
     liveness: bool,
+    /// The adapters' resumable modes.
+    resumable: bool,
 }
 
 pub(crate) fn parse_policy(name: &str) -> Result<RepairPolicy> {
@@ -130,6 +132,7 @@ pub(crate) fn main(args: &Args) -> Result<()> {
         reads_per_ms: args.num("reads-per-ms", 5)?,
         window_us: args.num("window-us", 10_000)?,
         liveness: args.get("liveness").unwrap_or("on") != "off",
+        resumable: args.get("mode") == Some("resumable"),
     };
     // A panic anywhere (the reader thread included) ends the process: the
     // driver counts it as a crash instead of watching a half-dead instance.
@@ -295,6 +298,7 @@ async fn try_start(config: &Config, shared: &Arc<Shared>) -> Result<LocalCache<R
     let options = ConnectOptions {
         postgres_pool: None,
         without_liveness: !config.liveness,
+        resumable: config.resumable,
         ..connect_options(&pool)
     };
     let inner = connect(&config.url, &options).await?;

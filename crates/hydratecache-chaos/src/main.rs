@@ -39,7 +39,7 @@ hydratecache-chaos drive --backend <redis|nats|postgres|kafka|all|a,b> [--durati
                          [--seed N] [--repair clear|reload|ignore] [--out target/chaos]
                          [--keys 2000] [--instances 4] [--write-rate 200]
                          [--reads-per-ms 5] [--window-ms 10] [--quiet 5s]
-                         [--memory-limit-mb 256] [--bound-ms 1000] [--liveness on|off]
+                         [--memory-limit-mb 256] [--bound-ms 1000] [--liveness on|off] [--mode pubsub|resumable]
                          [--command TEXT]
 hydratecache-chaos instance ...   (one subscriber; started by drive)
 hydratecache-chaos writer ...     (the writer; started by drive)";
@@ -94,14 +94,20 @@ fn drive_all(args: &Args) -> Result<bool> {
         "off" => false,
         other => bail!("--liveness {other:?}: on or off"),
     };
+    let resumable = match args.get("mode").unwrap_or("pubsub") {
+        "pubsub" => false,
+        "resumable" => true,
+        other => bail!("--mode {other:?}: pubsub or resumable"),
+    };
     let out = PathBuf::from(args.get("out").unwrap_or("target/chaos"));
     std::fs::create_dir_all(&out)?;
     let command = args.get("command").map_or_else(
         || {
             format!(
-                "hydratecache-chaos drive --backend {selection} --duration {}s --seed {seed} --repair {repair}{}",
+                "hydratecache-chaos drive --backend {selection} --duration {}s --seed {seed} --repair {repair}{}{}",
                 duration.as_secs(),
-                if liveness { "" } else { " --liveness off" }
+                if liveness { "" } else { " --liveness off" },
+                if resumable { " --mode resumable" } else { "" }
             )
         },
         str::to_owned,
@@ -124,6 +130,7 @@ fn drive_all(args: &Args) -> Result<bool> {
             memory_limit_kb: args.num::<u64>("memory-limit-mb", 256)? * 1024,
             bound_us: args.num::<u64>("bound-ms", 1000)? * 1000,
             liveness,
+            resumable,
         };
         let summary = match drive::main(settings) {
             Ok(summary) => summary,

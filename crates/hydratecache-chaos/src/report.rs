@@ -170,7 +170,7 @@ pub(crate) fn rows(j: &Value) -> Vec<(&'static str, String)> {
 /// Per fault kind: what it did to the reads and to trust.
 pub(crate) fn fault_table(j: &Value) -> String {
     let mut out = String::from(
-        "\n| fault | max staleness | reads past the bound | loads while untrusted (errors) | instances untrusted | fault to untrusted (max) | recovery to trusted (max) |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        "\n| fault | max staleness | reads past the bound | loads while untrusted (errors) | repairs | loads while trusted | instances untrusted | fault to untrusted (max) | recovery to trusted (max) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let Some(faults) = j["by_fault"].as_object() else {
         return out;
@@ -185,11 +185,13 @@ pub(crate) fn fault_table(j: &Value) -> String {
             }
         };
         out.push_str(&format!(
-            "| {kind} | {} ms | {} | {} ({}) | {} | {} | {} |\n",
+            "| {kind} | {} ms | {} | {} ({}) | {} | {} | {} | {} | {} |\n",
             n(&f["max_staleness_ms"]),
             n(&f["beyond_bound"]),
             n(&f["loads_while_untrusted"]),
             n(&f["load_errors_while_untrusted"]),
+            n(&f["repairs"]),
+            n(&f["loads_while_trusted"]),
             n(&f["instances_untrusted"]),
             timing("max_fault_to_untrusted_ms"),
             timing("max_recovery_to_trusted_ms"),

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hydratecache_core::{CborCodec, Channel, Error as CoreError, PublishOptions, Transport};
-use hydratecache_postgres::PostgresTransport;
-use hydratecache_testkit::connect::connect;
+use hydratecache_postgres::{PostgresOutboxTransport, PostgresTransport};
+use hydratecache_testkit::connect::{connect, ConnectOptions};
 use hydratecache_testkit::workload::{key_index, key_name, SplitMix64, Zipf};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -89,6 +89,9 @@ pub(crate) struct Writer {
     versions: Vec<u64>,
     rings: Vec<[u64; RING]>,
     hold: bool,
+    /// PostgreSQL: publish into the outbox (resumable mode) rather than
+    /// with NOTIFY.
+    outbox: bool,
     pub(crate) stats: WriterStats,
 }
 
@@ -131,6 +134,7 @@ impl Writer {
             versions,
             rings,
             hold: false,
+            outbox: false,
             stats: WriterStats::default(),
         })
     }
@@ -170,15 +174,17 @@ impl Writer {
                 .bind(&key)
                 .execute(&mut *tx)
                 .await?;
-            PostgresTransport::publish_value_tx(
-                &mut *tx,
-                TOPIC,
-                &CborCodec::new(),
-                &key,
-                row,
-                PublishOptions::new().version(w),
-            )
-            .await?;
+            let options = PublishOptions::new().version(w);
+            let codec = CborCodec::new();
+            if self.outbox {
+                PostgresOutboxTransport::publish_value_tx(
+                    &mut *tx, TOPIC, &codec, &key, row, options,
+                )
+                .await?;
+            } else {
+                PostgresTransport::publish_value_tx(&mut *tx, TOPIC, &codec, &key, row, options)
+                    .await?;
+            }
             tx.commit().await?;
         } else {
             sqlx::query(&update)
@@ -353,6 +359,7 @@ pub(crate) fn main(args: &Args) -> Result<()> {
     let keys: usize = args.num("keys", 2000)?;
     let rate: u32 = args.num("rate", 200)?;
     let seed: u64 = args.num("seed", 1)?;
+    let resumable = args.get("mode") == Some("resumable");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -362,7 +369,11 @@ pub(crate) fn main(args: &Args) -> Result<()> {
         let (pool, transport) = loop {
             let attempt = async {
                 let pool = truth_pool(&truth_url, 4).await?;
-                let transport: Arc<dyn Transport> = connect(&url, &connect_options(&pool))
+                let options = ConnectOptions {
+                    resumable,
+                    ..connect_options(&pool)
+                };
+                let transport: Arc<dyn Transport> = connect(&url, &options)
                     .await
                     .context("connect the writer's transport")?;
                 anyhow::Ok((pool, transport))
@@ -374,7 +385,7 @@ pub(crate) fn main(args: &Args) -> Result<()> {
             }
         };
         let channel = Channel::<Row>::new(Arc::clone(&transport), TOPIC);
-        let writer = Writer::open(
+        let mut writer = Writer::open(
             backend.clone(),
             pool,
             channel.clone(),
@@ -383,6 +394,7 @@ pub(crate) fn main(args: &Args) -> Result<()> {
             keys,
         )
         .await?;
+        writer.outbox = resumable;
         // PostgreSQL publishes in each transaction: no publisher to heartbeat.
         let (heartbeat_stop, heartbeat_stopped) = oneshot::channel::<()>();
         let heartbeats = (backend != "postgres").then(|| {

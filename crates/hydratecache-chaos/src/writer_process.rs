@@ -197,6 +197,7 @@ fn spawn(run: &Run, incarnation: usize) -> Result<WriterProcess> {
         .args(["--keys", &s.keys.to_string()])
         .args(["--rate", &s.write_rate.to_string()])
         .args(["--seed", &seed.to_string()])
+        .args(["--mode", if s.resumable { "resumable" } else { "pubsub" }])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(err))

@@ -142,11 +142,12 @@ impl PostgresBuilder {
     /// this builder's options it uses the pool size, the timeouts, the
     /// keepalive interval (how often a subscription reads without a
     /// wake-up, at most every second), the probe timeout (the bound on each
-    /// of those reads), the reconnect delay and the retention.
+    /// of those reads), the reconnect delay and the retention. Its
+    /// connections are named [`OUTBOX_APPLICATION_NAME`](crate::OUTBOX_APPLICATION_NAME).
     pub async fn connect_outbox(self, url: &str) -> Result<PostgresOutboxTransport> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| Error::backend(BACKEND, "parse the connection URL", e))?;
-        let options = tls_policy(options)?;
+        let options = tls_policy(options)?.application_name(crate::OUTBOX_APPLICATION_NAME);
         let pool = self.pool(options).await?;
         Ok(self.outbox(pool, true))
     }

@@ -49,6 +49,10 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
 /// dead or half-open listener connection is noticed within 500 ms.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
+/// `application_name` of the connections of an outbox transport made by
+/// [`PostgresBuilder::connect_outbox`], as `pg_stat_activity` shows them.
+pub const OUTBOX_APPLICATION_NAME: &str = "hydratecache-outbox";
+
 /// `application_name` of the listener connection, as `pg_stat_activity` shows it.
 pub const LISTENER_APPLICATION_NAME: &str = "hydratecache-listener";
 

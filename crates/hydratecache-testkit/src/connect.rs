@@ -24,6 +24,9 @@ pub struct ConnectOptions {
     /// adapters' keepalives and probes), as before bounded staleness: to
     /// show that the chaos run fails without them.
     pub without_liveness: bool,
+    /// Each adapter's resumable mode: Redis Streams, JetStream, the
+    /// PostgreSQL outbox (its tables must exist); Kafka as it is.
+    pub resumable: bool,
 }
 
 /// A probe bound long enough to notice nothing (the adapters' earlier
@@ -62,7 +65,11 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Arc<dyn Tran
             if options.without_liveness {
                 builder = builder.keepalive_interval(None);
             }
-            builder.connect(url).await?.into_arc()
+            if options.resumable {
+                builder.connect_streams(url).await?.into_arc()
+            } else {
+                builder.connect(url).await?.into_arc()
+            }
         }
         Adapter::Nats => {
             let mut builder = NatsTransport::builder();
@@ -70,16 +77,22 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Arc<dyn Tran
                 // async-nats' own: a ping after 60 s of silence.
                 builder = builder.ping_interval(None);
             }
-            builder.connect(url).await?.into_arc()
+            if options.resumable {
+                builder.connect_jetstream(url).await?.into_arc()
+            } else {
+                builder.connect(url).await?.into_arc()
+            }
         }
         Adapter::Postgres => {
             let mut builder = PostgresTransport::builder();
             if options.without_liveness {
                 builder = builder.keepalive_interval(None);
             }
-            match &options.postgres_pool {
-                Some(pool) => builder.from_pool(pool.clone()).into_arc(),
-                None => builder.connect(url).await?.into_arc(),
+            match (&options.postgres_pool, options.resumable) {
+                (Some(pool), false) => builder.from_pool(pool.clone()).into_arc(),
+                (None, false) => builder.connect(url).await?.into_arc(),
+                (Some(pool), true) => builder.outbox_from_pool(pool.clone()).into_arc(),
+                (None, true) => builder.connect_outbox(url).await?.into_arc(),
             }
         }
         Adapter::Kafka => {

@@ -206,7 +206,17 @@ pub fn cli(url: &str, args: &[&str], last_arg_stdin: Option<&[u8]>) -> Result<St
 /// `CLIENT KILL TYPE pubsub`: cuts every subscriber connection of the server
 /// at `url`. Returns how many were killed.
 pub fn kill_pubsub_clients(url: &str) -> Result<u64> {
-    let out = cli(url, &["CLIENT", "KILL", "TYPE", "pubsub"], None)?;
+    kill_clients(url, "pubsub")
+}
+
+/// `CLIENT KILL TYPE <kind> SKIPME yes` (`normal`, `pubsub`, ...): how many
+/// connections the server at `url` closed.
+pub fn kill_clients(url: &str, kind: &str) -> Result<u64> {
+    let out = cli(
+        url,
+        &["CLIENT", "KILL", "TYPE", kind, "SKIPME", "yes"],
+        None,
+    )?;
     out.trim()
         .parse()
         .with_context(|| format!("CLIENT KILL answered {out:?}"))
