@@ -241,6 +241,20 @@ async fn a_silent_broker_connection_is_interrupted() {
     );
 }
 
+/// Connects through the proxy, first marking where its connections begin
+/// (so that `cut_from` cuts them, and not the publisher's made before).
+async fn connect_after_mark(
+    proxy: &hydratecache_testkit::Proxy,
+    mark: &std::cell::Cell<u64>,
+    harness: &KafkaHarness,
+) -> Arc<dyn Transport> {
+    mark.set(proxy.accepted());
+    match harness.connect().await {
+        Ok(t) => t,
+        Err(e) => panic!("connect through the proxy: {e:?}"),
+    }
+}
+
 /// The subscriber's connections are closed and refused (the publisher's,
 /// made before, go on) while 1,000 messages are published: the reader goes
 /// on from its offset and delivers all of them, in order, then `Resumed`.
@@ -250,15 +264,7 @@ async fn a_cut_reader_resumes_from_its_offset() {
     let mark = std::cell::Cell::new(0);
     let report = hydratecache_conformance::resumes_after_a_cut(
         &harness,
-        || {
-            mark.set(proxy.accepted());
-            async {
-                match harness.connect().await {
-                    Ok(t) => t,
-                    Err(e) => panic!("connect through the proxy: {e:?}"),
-                }
-            }
-        },
+        || connect_after_mark(&proxy, &mark, &harness),
         || proxy.cut_from(mark.get()),
         || async { proxy.restore() },
     )
@@ -275,15 +281,7 @@ async fn a_cut_reader_whose_offset_is_gone_reports_a_gap() {
     let (server, harness) = (&mut server, &harness);
     hydratecache_conformance::gap_when_the_position_is_gone(
         harness,
-        || {
-            mark.set(proxy.accepted());
-            async {
-                match harness.connect().await {
-                    Ok(t) => t,
-                    Err(e) => panic!("connect through the proxy: {e:?}"),
-                }
-            }
-        },
+        || connect_after_mark(&proxy, &mark, harness),
         || proxy.cut_from(mark.get()),
         || async move {
             server.kill9();
@@ -309,15 +307,7 @@ async fn a_local_cache_catches_up_after_a_cut() {
     let mark = std::cell::Cell::new(0);
     let report = hydratecache_conformance::local_cache_catches_up_after_a_cut(
         &harness,
-        || {
-            mark.set(proxy.accepted());
-            async {
-                match harness.connect().await {
-                    Ok(t) => t,
-                    Err(e) => panic!("connect through the proxy: {e:?}"),
-                }
-            }
-        },
+        || connect_after_mark(&proxy, &mark, &harness),
         || proxy.cut_from(mark.get()),
         || async { proxy.restore() },
     )

@@ -1,9 +1,7 @@
 //! [`NatsJetStreamTransport`]: the resumable mode, on JetStream.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::jetstream::context::CreateStreamErrorKind;
@@ -12,13 +10,13 @@ use async_nats::jetstream::{self, ErrorCode};
 use async_nats::Client;
 use base64::Engine as _;
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream};
-use hydratecache_core::adapter::{check_envelope, lock, ClosedFlag, LONGEST_DURATION};
-use hydratecache_core::{
-    Capabilities, Envelope, Error, Event, Result, StartFrom, SubscribeOptions, Subscription,
-    Transport,
+use futures::FutureExt;
+use hydratecache_core::adapter::{
+    check_envelope, lock, read_ahead_channel, read_ahead_subscription, ClosedFlag, LONGEST_DURATION,
 };
-use tokio::sync::mpsc;
+use hydratecache_core::{
+    Capabilities, Envelope, Error, Result, StartFrom, SubscribeOptions, Subscription, Transport,
+};
 use tokio::task::JoinHandle;
 
 use crate::jetstream_reader::{self, Position, ReaderCtx};
@@ -32,10 +30,6 @@ pub const DEFAULT_JETSTREAM_PREFIX: &str = "hcjs";
 /// the subscription is interrupted (500 ms).
 pub const DEFAULT_JETSTREAM_HEARTBEAT: Duration = Duration::from_millis(250);
 
-/// Events read ahead of a subscription's consumer: past this the reader
-/// waits (the stream keeps what follows).
-const READ_AHEAD: usize = 1024;
-
 /// A [`Transport`] over NATS JetStream: each topic is a stream that keeps
 /// the last message of each key (`max_messages_per_subject = 1`, file
 /// storage), the key carried in the subject (`<prefix>.<topic>.k<base64url
@@ -44,12 +38,12 @@ const READ_AHEAD: usize = 1024;
 ///
 /// It is [resumable](Capabilities::resumable): a subscription that loses
 /// the server (two idle heartbeats missed, a request that fails or goes
-/// unanswered) yields [`Event::Interrupted`], then reads on from the stream
-/// sequence after the last one it delivered, and sends [`Event::Resumed`]
+/// unanswered) yields [`Event::Interrupted`](hydratecache_core::Event::Interrupted), then reads on from the stream
+/// sequence after the last one it delivered, and sends [`Event::Resumed`](hydratecache_core::Event::Resumed)
 /// once caught up. Older values of a key are removed by the stream as newer
 /// ones come, which loses nothing a cache needs, so a resume is lossless in
 /// value terms. [`StartFrom::Earliest`] is a warm start: the latest value
-/// of every key, then [`Event::ReplayDone`]. A gap
+/// of every key, then [`Event::ReplayDone`](hydratecache_core::Event::ReplayDone). A gap
 /// ([`GapReason::Reset`](hydratecache_core::GapReason::Reset)) only when the
 /// stream was deleted and made anew, or lost messages (a memory stream
 /// after a restart). The streams refuse purges and message deletes
@@ -245,21 +239,6 @@ impl Drop for Inner {
     }
 }
 
-/// A subscription's events, holding the transport alive.
-#[derive(Debug)]
-struct Events {
-    rx: mpsc::Receiver<Result<Event>>,
-    _inner: Arc<Inner>,
-}
-
-impl Stream for Events {
-    type Item = Result<Event>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
 impl Transport for NatsJetStreamTransport {
     fn backend(&self) -> &'static str {
         BACKEND
@@ -355,7 +334,7 @@ impl Transport for NatsJetStreamTransport {
                     )
                 })?
             };
-            let (tx, rx) = mpsc::channel(READ_AHEAD);
+            let (tx, rx) = read_ahead_channel();
             // Pulling before this returns: what is published after it is
             // delivered, not skipped for a newer value of its key.
             let mut position = position;
@@ -375,13 +354,7 @@ impl Transport for NatsJetStreamTransport {
                 readers.retain(|r| !r.is_finished());
                 readers.push(reader);
             }
-            Ok(Subscription::new(
-                topic,
-                Box::pin(Events {
-                    rx,
-                    _inner: Arc::clone(&self.inner),
-                }),
-            ))
+            Ok(read_ahead_subscription(topic, rx, Arc::clone(&self.inner)))
         }
         .boxed()
     }

@@ -1,23 +1,22 @@
 //! [`PostgresOutboxTransport`]: the resumable mode, on an outbox table.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream};
-use hydratecache_core::adapter::{check_envelope, lock, ClosedFlag, LONGEST_DURATION};
+use futures::FutureExt;
+use hydratecache_core::adapter::{
+    check_envelope, lock, read_ahead_channel, read_ahead_subscription, ClosedFlag, LONGEST_DURATION,
+};
 use hydratecache_core::{
-    Capabilities, Codec, Envelope, Error, Event, Kind, PublishOptions, Result, StartFrom,
-    SubscribeOptions, Subscription, Transport,
+    Capabilities, Codec, Envelope, Error, PublishOptions, Result, StartFrom, SubscribeOptions,
+    Subscription, Transport,
 };
 use sqlx::{PgPool, Postgres};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::outbox_reader::{self, ReaderCtx, Snapshot};
-use crate::tx::tx_envelope;
+use crate::tx::{delete_envelope, value_envelope};
 use crate::wire::validate_topic;
 use crate::BACKEND;
 
@@ -33,10 +32,6 @@ pub const OUTBOX_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 /// Default retention of outbox rows: how long a subscriber can be cut off
 /// and still catch up.
 pub const DEFAULT_OUTBOX_RETENTION: Duration = Duration::from_secs(3600);
-
-/// Events read ahead of a subscription's consumer: past this the reader
-/// waits (the table keeps what follows).
-const READ_AHEAD: usize = 1024;
 
 /// Rows per read statement.
 const PAGE: i64 = 512;
@@ -68,8 +63,8 @@ const TRIM: &str = "WITH gone AS ( \
 ///
 /// It is [resumable](Capabilities::resumable): a subscription that cannot
 /// read (connection lost, server down or silent) yields
-/// [`Event::Interrupted`], and once it reads again delivers what was
-/// committed meanwhile, then [`Event::Resumed`]. Its position is a snapshot
+/// [`Event::Interrupted`](hydratecache_core::Event::Interrupted), and once it reads again delivers what was
+/// committed meanwhile, then [`Event::Resumed`](hydratecache_core::Event::Resumed). Its position is a snapshot
 /// of its own, not a row id: ids are taken when rows are inserted, not when
 /// they commit, so "after id N" would skip a transaction that took a lower
 /// id and committed later; what became visible between two snapshots skips
@@ -192,11 +187,7 @@ impl PostgresOutboxTransport {
         E: sqlx::Executor<'c, Database = Postgres>,
         C: Codec<T> + ?Sized,
     {
-        let payload = codec.encode(value).map_err(|source| Error::Encode {
-            key: key.to_owned(),
-            source,
-        })?;
-        let envelope = tx_envelope(Kind::Update, key, payload.into(), options);
+        let envelope = value_envelope(codec, key, value, options)?;
         Self::publish_tx(executor, topic, &envelope).await?;
         Ok(envelope)
     }
@@ -212,7 +203,7 @@ impl PostgresOutboxTransport {
     where
         E: sqlx::Executor<'c, Database = Postgres>,
     {
-        let envelope = tx_envelope(Kind::Delete, key, bytes::Bytes::new(), options);
+        let envelope = delete_envelope(key, options);
         Self::publish_tx(executor, topic, &envelope).await?;
         Ok(envelope)
     }
@@ -283,21 +274,6 @@ impl Drop for Inner {
     }
 }
 
-/// A subscription's events, holding the transport alive.
-#[derive(Debug)]
-struct Events {
-    rx: mpsc::Receiver<Result<Event>>,
-    _inner: Arc<Inner>,
-}
-
-impl Stream for Events {
-    type Item = Result<Event>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
 impl Transport for PostgresOutboxTransport {
     fn backend(&self) -> &'static str {
         BACKEND
@@ -342,7 +318,7 @@ impl Transport for PostgresOutboxTransport {
                 outbox_reader::snapshot_now(&self.inner.pool, self.inner.settings.request_timeout)
                     .await?
             };
-            let (tx, rx) = mpsc::channel(READ_AHEAD);
+            let (tx, rx) = read_ahead_channel();
             let reader = tokio::spawn(outbox_reader::run(
                 self.reader_ctx(topic),
                 since,
@@ -354,13 +330,7 @@ impl Transport for PostgresOutboxTransport {
                 readers.retain(|r| !r.is_finished());
                 readers.push(reader);
             }
-            Ok(Subscription::new(
-                topic,
-                Box::pin(Events {
-                    rx,
-                    _inner: Arc::clone(&self.inner),
-                }),
-            ))
+            Ok(read_ahead_subscription(topic, rx, Arc::clone(&self.inner)))
         }
         .boxed()
     }

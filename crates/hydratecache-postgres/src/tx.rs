@@ -51,11 +51,7 @@ impl PostgresTransport {
         E: sqlx::Executor<'c, Database = Postgres>,
         C: Codec<T> + ?Sized,
     {
-        let payload = codec.encode(value).map_err(|source| Error::Encode {
-            key: key.to_owned(),
-            source,
-        })?;
-        let envelope = tx_envelope(Kind::Update, key, payload.into(), options);
+        let envelope = value_envelope(codec, key, value, options)?;
         Self::publish_tx(executor, topic, &envelope).await?;
         Ok(envelope)
     }
@@ -71,10 +67,29 @@ impl PostgresTransport {
     where
         E: sqlx::Executor<'c, Database = Postgres>,
     {
-        let envelope = tx_envelope(Kind::Delete, key, Bytes::new(), options);
+        let envelope = delete_envelope(key, options);
         Self::publish_tx(executor, topic, &envelope).await?;
         Ok(envelope)
     }
+}
+
+/// The envelope of a transactional update of `key` to `value`.
+pub(crate) fn value_envelope<T, C: Codec<T> + ?Sized>(
+    codec: &C,
+    key: &str,
+    value: &T,
+    options: PublishOptions,
+) -> Result<Envelope> {
+    let payload = codec.encode(value).map_err(|source| Error::Encode {
+        key: key.to_owned(),
+        source,
+    })?;
+    Ok(tx_envelope(Kind::Update, key, payload.into(), options))
+}
+
+/// The envelope of a transactional delete of `key` (a TTL is ignored).
+pub(crate) fn delete_envelope(key: &str, options: PublishOptions) -> Envelope {
+    tx_envelope(Kind::Delete, key, Bytes::new(), options)
 }
 
 /// A transactional publish's envelope: its own publisher with sequence 1 (a

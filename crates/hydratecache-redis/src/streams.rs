@@ -1,32 +1,26 @@
 //! [`RedisStreamsTransport`]: the resumable mode, on Redis Streams.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use fred::clients::Client;
 use fred::interfaces::EventInterface;
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream};
-use hydratecache_core::adapter::{self, lock, ClosedFlag};
-use hydratecache_core::{
-    Capabilities, Envelope, Error, Event, Result, StartFrom, SubscribeOptions, Subscription,
-    Transport,
+use futures::FutureExt;
+use hydratecache_core::adapter::{
+    self, lock, read_ahead_channel, read_ahead_subscription, ClosedFlag,
 };
-use tokio::sync::mpsc;
+use hydratecache_core::{
+    Capabilities, Envelope, Result, StartFrom, SubscribeOptions, Subscription, Transport,
+};
 use tokio::task::JoinHandle;
 
 use crate::publisher::{self, publish, Command, Health};
 use crate::settings::Settings;
 use crate::stream_reader::{self, ReaderCtx};
-use crate::transport::{ensure_connected, quit};
+use crate::transport::{check_topic, ensure_connected, quit};
 use crate::BACKEND;
-
-/// Events read ahead of a subscription's consumer: past this the reader
-/// waits (the stream keeps what follows; nothing is dropped).
-const READ_AHEAD: usize = 1024;
 
 /// Longest wait of one blocking read, whatever the keepalive interval: a
 /// reader's `QUIT` waits behind it.
@@ -41,9 +35,9 @@ const READER_QUIT: Duration = Duration::from_secs(2);
 /// subscription reads it with a connection of its own from its last entry.
 ///
 /// It is [resumable](Capabilities::resumable): a subscription whose
-/// connection breaks yields [`Event::Interrupted`], reads on from its
+/// connection breaks yields [`Event::Interrupted`](hydratecache_core::Event::Interrupted), reads on from its
 /// position once connected again, delivers what was added meanwhile and
-/// then [`Event::Resumed`]. It reports a gap ([`GapReason::Reset`](hydratecache_core::GapReason::Reset))
+/// then [`Event::Resumed`](hydratecache_core::Event::Resumed). It reports a gap ([`GapReason::Reset`](hydratecache_core::GapReason::Reset))
 /// only when entries after its position are gone: trimmed by the cap
 /// (a subscriber cut off for longer than the stream holds), deleted, or the
 /// stream deleted or made anew (a server restarted without persistence).
@@ -144,32 +138,6 @@ impl Drop for Inner {
     }
 }
 
-/// A subscription's events, holding the transport alive.
-#[derive(Debug)]
-struct Events {
-    rx: mpsc::Receiver<Result<Event>>,
-    _inner: Arc<Inner>,
-}
-
-impl Stream for Events {
-    type Item = Result<Event>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-fn check_topic(topic: &str) -> Result<()> {
-    if topic.is_empty() {
-        return Err(Error::invalid_topic(
-            BACKEND,
-            topic,
-            "the stream key is empty",
-        ));
-    }
-    Ok(())
-}
-
 impl Transport for RedisStreamsTransport {
     fn backend(&self) -> &'static str {
         BACKEND
@@ -184,7 +152,7 @@ impl Transport for RedisStreamsTransport {
     fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>> {
         async move {
             self.inner.closed.check(BACKEND)?;
-            check_topic(topic)?;
+            check_topic(topic, "stream key")?;
             adapter::check_envelope(BACKEND, &self.capabilities(), envelope)?;
             let frame = Bytes::from(envelope.encode()?);
             let inner = &self.inner;
@@ -210,7 +178,7 @@ impl Transport for RedisStreamsTransport {
     ) -> BoxFuture<'a, Result<Subscription>> {
         async move {
             self.inner.closed.check(BACKEND)?;
-            check_topic(topic)?;
+            check_topic(topic, "stream key")?;
             let client = self.inner.publisher.clone_new();
             let timeout = self.inner.settings.connect_timeout;
             if let Err(e) = ensure_connected(&client, timeout, "connect a stream reader").await {
@@ -226,7 +194,7 @@ impl Transport for RedisStreamsTransport {
                 }
             };
             let replay = matches!(options.start, StartFrom::Earliest);
-            let (tx, rx) = mpsc::channel(READ_AHEAD);
+            let (tx, rx) = read_ahead_channel();
             let reader_client = client.clone();
             let reader = tokio::spawn(async move {
                 stream_reader::run(ctx, position, replay, tx).await;
@@ -239,11 +207,7 @@ impl Transport for RedisStreamsTransport {
                 readers.retain(|(task, _)| !task.is_finished());
                 readers.push((reader, client));
             }
-            let events = Events {
-                rx,
-                _inner: Arc::clone(&self.inner),
-            };
-            Ok(Subscription::new(topic, Box::pin(events)))
+            Ok(read_ahead_subscription(topic, rx, Arc::clone(&self.inner)))
         }
         .boxed()
     }

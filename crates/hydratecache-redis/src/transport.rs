@@ -225,12 +225,14 @@ impl Drop for Inner {
     }
 }
 
-fn check_topic(topic: &str) -> Result<()> {
+/// Refuses an empty topic: `what` names what it is on the server (the
+/// channel, the stream key).
+pub(crate) fn check_topic(topic: &str, what: &str) -> Result<()> {
     if topic.is_empty() {
         return Err(Error::invalid_topic(
             BACKEND,
             topic,
-            "the channel name is empty",
+            format!("the {what} is empty"),
         ));
     }
     Ok(())
@@ -248,7 +250,7 @@ impl Transport for RedisTransport {
     fn publish<'a>(&'a self, topic: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<()>> {
         async move {
             self.check_open()?;
-            check_topic(topic)?;
+            check_topic(topic, "channel name")?;
             adapter::check_envelope(BACKEND, &self.capabilities(), envelope)?;
             let frame = Bytes::from(envelope.encode()?);
             let inner = &self.inner;
@@ -274,7 +276,7 @@ impl Transport for RedisTransport {
     ) -> BoxFuture<'a, Result<Subscription>> {
         async move {
             self.check_open()?;
-            check_topic(topic)?;
+            check_topic(topic, "channel name")?;
             adapter::refuse_replay(
                 BACKEND,
                 &options,

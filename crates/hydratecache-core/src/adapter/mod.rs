@@ -7,6 +7,9 @@
 //! - [`Fanout`] and [`SubscriptionQueue`]: one server-side subscription per
 //!   topic fanned out to bounded local queues that turn overflow, reconnects
 //!   and lost confirmations into [`Gap`](crate::Gap)s, never silence;
+//! - [`read_ahead_subscription`]: a subscription fed by a reader task of its
+//!   own, for backends that keep what was published (the task waits for its
+//!   consumer instead of dropping);
 //! - [`Backoff`] for reconnect loops, [`ClosedFlag`] for `close()`;
 //! - frame decoding and size checks ([`decode_frame`], [`check_envelope`]),
 //!   the wire constants, [`envelope_for`] from [`PublishOptions`](crate::PublishOptions);
@@ -17,6 +20,7 @@ mod backoff;
 mod fanout;
 mod frame;
 mod queue;
+mod read_ahead;
 mod sync;
 
 pub use crate::envelope::{
@@ -30,4 +34,5 @@ pub use frame::{
     truncate_to_micros,
 };
 pub use queue::SubscriptionQueue;
+pub use read_ahead::{read_ahead_channel, read_ahead_subscription, READ_AHEAD};
 pub use sync::{lock, ClosedFlag, LONGEST_DURATION};
