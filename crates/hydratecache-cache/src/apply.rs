@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use hydratecache_core::{
     ChannelEvent, CodecPanicked, EnvelopeError, Error as CoreError, PublisherId,
@@ -47,7 +47,14 @@ pub(crate) fn unreadable<T: Send + Sync + 'static>(
         ..
     } = error
     {
-        observe(inner, tracking, *publisher, *sequence, false);
+        // Its send time is in what could not be read: heard now.
+        observe(
+            inner,
+            tracking,
+            *publisher,
+            *sequence,
+            Some(SystemTime::now()),
+        );
         match source.downcast_ref::<CodecPanicked>() {
             Some(panic) => user_code_panicked(inner, key, &panic.message),
             None => {
@@ -153,6 +160,9 @@ pub(crate) fn apply<T: Send + Sync + 'static>(
         // Nothing was lost: what was published meanwhile came first, so
         // the cache caught up instead of repairing.
         ChannelEvent::Resumed if inner.pending_gap.swap(false, Ordering::AcqRel) => {
+            // Caught up: a publisher silent past its lease by now fell
+            // silent during the cut. Judged before serving again.
+            crate::watchdog::expire_leases(inner, tracking);
             inner.counters.resumes.incr();
             inner
                 .counters
@@ -165,7 +175,13 @@ pub(crate) fn apply<T: Send + Sync + 'static>(
         // channel are other publishers).
         ChannelEvent::Update(msg) => {
             count_if_cut_off(inner, tracking);
-            observe(inner, tracking, msg.publisher, msg.sequence, false);
+            observe(
+                inner,
+                tracking,
+                msg.publisher,
+                msg.sequence,
+                Some(msg.published_at),
+            );
             if inner.predates_repair(msg.published_at) {
                 // Published before the last outage repair and delivered after it
                 // (held by its publisher's client through an outage): a
@@ -187,7 +203,13 @@ pub(crate) fn apply<T: Send + Sync + 'static>(
         }
         ChannelEvent::Delete(delete) => {
             count_if_cut_off(inner, tracking);
-            observe(inner, tracking, delete.publisher, delete.sequence, false);
+            observe(
+                inner,
+                tracking,
+                delete.publisher,
+                delete.sequence,
+                Some(delete.published_at),
+            );
             inner.store_delete(&delete.key, delete.version, Origin::Remote);
         }
         ChannelEvent::Heartbeat(heartbeat) => {
@@ -201,16 +223,17 @@ pub(crate) fn apply<T: Send + Sync + 'static>(
                 return;
             }
             if inner.liveness.is_some() {
+                let at = heard_at(inner, heartbeat.published_at);
                 tracking
                     .leases
-                    .heartbeat(heartbeat.publisher, heartbeat.lease, Instant::now());
+                    .heartbeat(heartbeat.publisher, heartbeat.lease, at);
             }
             observe(
                 inner,
                 tracking,
                 heartbeat.publisher,
                 heartbeat.sequence,
-                true,
+                None,
             );
         }
         // An event of a newer core release: nothing for the cache to apply.
@@ -218,7 +241,26 @@ pub(crate) fn apply<T: Send + Sync + 'static>(
     }
 }
 
-/// Records a message's sequence, repairing on the loss it reveals.
+/// When a message published at `published_at` counts as heard, for its
+/// publisher's lease: now, as it arrives live; but one that arrives while
+/// the transport reports the subscription cut off is a catch-up of a
+/// resumable transport, heard when it was sent (the publisher's clock, as
+/// `Inner::predates_repair` takes it), so that a publisher that fell silent
+/// during the cut is not taken for alive by its old messages.
+fn heard_at<T>(inner: &Inner<T>, published_at: SystemTime) -> Instant {
+    let now = Instant::now();
+    if !inner.pending_gap.load(Ordering::Acquire) {
+        return now;
+    }
+    let age = SystemTime::now()
+        .duration_since(published_at)
+        .unwrap_or_default();
+    now.checked_sub(age).unwrap_or(now)
+}
+
+/// Records a message's sequence, repairing on the loss it reveals; a
+/// message (not a heartbeat: `published_at` is `None`) renews its
+/// publisher's lease.
 ///
 /// Sequence numbers reveal a loss only where one publisher's messages
 /// arrive in order; elsewhere the transport's gap events are the signal.
@@ -227,10 +269,11 @@ fn observe<T: Send + Sync + 'static>(
     tracking: &mut Tracking,
     publisher: PublisherId,
     sequence: u64,
-    heartbeat: bool,
+    published_at: Option<SystemTime>,
 ) {
-    if !heartbeat {
-        tracking.leases.heard(publisher, Instant::now());
+    let heartbeat = published_at.is_none();
+    if let Some(at) = published_at {
+        tracking.leases.heard(publisher, heard_at(inner, at));
     }
     if !inner.ordered {
         return;

@@ -52,6 +52,19 @@ pub(crate) fn tick<T: Send + Sync + 'static>(
     {
         send_marker(inner, tracking);
     }
+    // Cut off, this cache hears nobody: not their silence. A resumable
+    // transport delivers what they sent meanwhile; the end of the cut
+    // judges the leases (`expire_leases` at `Resumed`, a repair at a gap).
+    if !inner.pending_gap.load(Ordering::Acquire) {
+        expire_leases(inner, tracking);
+    }
+}
+
+/// Repairs for each publisher silent past its lease.
+pub(crate) fn expire_leases<T: Send + Sync + 'static>(
+    inner: &Arc<Inner<T>>,
+    tracking: &mut Tracking,
+) {
     for (publisher, lease) in tracking.leases.expired(Instant::now()) {
         inner.counters.silent_publishers.incr();
         inner.repair(&format!(

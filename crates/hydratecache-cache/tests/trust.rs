@@ -229,3 +229,97 @@ async fn an_update_published_before_the_last_outage_repair_only_invalidates() ->
     assert_eq!(value(&reader, "k"), None);
     Ok(())
 }
+
+const BOUND: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// A reader under a 400 ms bound holding `k = v1` from a writer whose lease
+/// (a heartbeat, three intervals of 80 ms) it knows.
+async fn leased(
+    bus: &Arc<Bus>,
+    topic: &str,
+) -> anyhow::Result<(LocalCache<String>, Channel<String>)> {
+    let transport: Arc<dyn Transport> = bus.clone();
+    let reader: LocalCache<String> = LocalCache::builder(Channel::new(transport, topic))
+        .max_staleness(Some(BOUND))
+        .heartbeat_interval(None)
+        .build()
+        .await?;
+    let writer = channel(bus, topic);
+    writer.publish("k", &"v1".into()).await?;
+    writer
+        .heartbeat_with_lease(std::time::Duration::from_millis(240))
+        .await?;
+    eventually("k = v1", || value(&reader, "k").as_deref() == Some("v1")).await;
+    Ok((reader, writer))
+}
+
+/// What a resumable transport delivers at the end of a cut: the writer's
+/// heartbeats sent meanwhile, each with its own send time.
+fn caught_up_heartbeat(
+    writer: &Channel<String>,
+    sent: std::time::SystemTime,
+) -> impl Fn() -> hydratecache_core::Result<Event> {
+    let envelope = hydratecache_core::Envelope {
+        kind: hydratecache_core::Kind::Heartbeat,
+        publisher: writer.publisher(),
+        ttl: Some(hydratecache_core::Ttl {
+            start: sent,
+            duration: std::time::Duration::from_millis(240),
+        }),
+        published_at: sent,
+        // The writer's last message: the one before the cut.
+        sequence: 1,
+        ..hydratecache_core::Envelope::update(String::new(), bytes::Bytes::new())
+    };
+    move || Ok(Event::Message(envelope.clone()))
+}
+
+/// Cut off longer than a writer's lease, this cache hears nobody: not the
+/// writer's silence. Its heartbeats of the cut come with the catch-up, and
+/// the resume is no repair. Before, the lease ran out during the cut and
+/// the cache repaired.
+#[tokio::test]
+async fn a_writer_heard_in_the_catch_up_is_not_silent() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let (reader, writer) = leased(&bus, "lease-cut").await?;
+    bus.inject(interrupted(InterruptReason::Disconnected));
+    let cut = std::time::SystemTime::now();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    for i in 1..=10 {
+        let sent = cut + std::time::Duration::from_millis(80 * i);
+        bus.inject(caught_up_heartbeat(&writer, sent));
+    }
+    bus.inject(|| Ok(Event::Resumed));
+    eventually("trusted again", || reader.health().is_trusted()).await;
+    let s = reader.stats();
+    assert_eq!((s.silent_publishers, s.repairs()), (0, 0), "{s:?}");
+    assert_eq!(value(&reader, "k").as_deref(), Some("v1"));
+    Ok(())
+}
+
+/// A writer that fell silent during the cut (its last heartbeat caught up
+/// is older than its lease) is judged at the resume, before the cache
+/// serves again.
+#[tokio::test]
+async fn a_writer_silent_during_the_cut_is_repaired_for_at_the_resume() -> anyhow::Result<()> {
+    let bus = Bus::new();
+    let (reader, writer) = leased(&bus, "lease-died").await?;
+    bus.inject(interrupted(InterruptReason::Disconnected));
+    let cut = std::time::SystemTime::now();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    // One heartbeat just after the cut began, then nothing.
+    bus.inject(caught_up_heartbeat(
+        &writer,
+        cut + std::time::Duration::from_millis(50),
+    ));
+    bus.inject(|| Ok(Event::Resumed));
+    eventually("trusted again", || reader.health().is_trusted()).await;
+    assert_eq!(
+        value(&reader, "k"),
+        None,
+        "served again before the silent writer was repaired for"
+    );
+    let s = reader.stats();
+    assert_eq!((s.silent_publishers, s.repairs_clear), (1, 1), "{s:?}");
+    Ok(())
+}

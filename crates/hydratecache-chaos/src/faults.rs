@@ -71,12 +71,10 @@ pub(crate) async fn execute(
         }
         FaultKind::ConnKill => match backend.as_str() {
             "redis" if run.settings.resumable => {
-                // Stream readers are plain connections (the writer's too).
-                let n = tokio::task::spawn_blocking(move || {
-                    hydratecache_testkit::redis::kill_clients(&url, "normal")
-                })
-                .await??;
-                Ok(format!("CLIENT KILL TYPE normal: {n} connections"))
+                // Stream readers are plain connections, as the writer's
+                // are: the instances' are cut where only theirs pass.
+                lock(servers).proxy().reset();
+                Ok("instances' connections reset at the proxy".to_owned())
             }
             "postgres" if run.settings.resumable => {
                 let out = tokio::task::spawn_blocking(move || {

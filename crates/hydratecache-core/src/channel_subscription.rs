@@ -71,6 +71,8 @@ pub struct Heartbeat {
     /// goodbye); `None` when it promised nothing (see
     /// [`Channel::heartbeat_with_lease`](crate::Channel::heartbeat_with_lease)).
     pub lease: Option<Duration>,
+    /// When it was sent (the publisher's clock).
+    pub published_at: SystemTime,
 }
 
 /// One item of a [`ChannelSubscription`].
@@ -218,6 +220,7 @@ impl<T: 'static> ChannelSubscription<T> {
                 publisher: envelope.publisher,
                 sequence: envelope.sequence,
                 lease: envelope.ttl.map(|ttl| ttl.duration),
+                published_at: envelope.published_at,
             }),
         })
     }
