@@ -2,6 +2,7 @@
 //! stream sequence after the last one delivered, made again by the reader
 //! after any error, so that it knows where it resumes and can say so.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -230,6 +231,11 @@ async fn consume(
         return Ok(false);
     }
     let mut consumer_sequence = 0;
+    // A reconnect since the consumer was opened, however quick (a server
+    // restart): what the old connection had in flight may never come, and
+    // the consumer may be gone with the server. Read again from the
+    // position, interrupted meanwhile.
+    let connects = ctx.client.statistics().connects.load(Ordering::Acquire);
     let mut watch = tokio::time::interval(ctx.heartbeat);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -243,6 +249,9 @@ async fn consume(
                 // the pull's heartbeats could.
                 if ctx.client.connection_state() != async_nats::connection::State::Connected {
                     return Err(Failure::Timeout("connection lost"));
+                }
+                if ctx.client.statistics().connects.load(Ordering::Acquire) != connects {
+                    return Err(Failure::Failed("read", "the client reconnected".into()));
                 }
                 continue;
             }

@@ -230,3 +230,56 @@ async fn earliest_is_the_latest_value_of_each_key() {
         ]
     );
 }
+
+async fn next(sub: &mut hydratecache_core::Subscription) -> Event {
+    match tokio::time::timeout(Duration::from_secs(15), sub.next()).await {
+        Ok(Some(Ok(event))) => event,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+/// A server restart is an interruption, however quick the client's
+/// reconnect: then the reader goes on from its stream sequence (the file
+/// store kept the stream), with `Resumed` and no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_interrupts_and_resumes() {
+    let mut server = NatsServer::start().expect("nats-server");
+    let t = jetstream(&server.url()).await;
+    let topic = hydratecache_conformance::unique_topic("restart");
+    let mut sub = t
+        .subscribe(&topic, SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    t.publish(&topic, &Envelope::update("before", &b"v"[..]))
+        .await
+        .expect("publish");
+    assert!(matches!(next(&mut sub).await, Event::Message(m) if m.key == "before"));
+    server.kill9();
+    server.start_again().expect("restart");
+    match next(&mut sub).await {
+        Event::Interrupted(_) => {}
+        other => panic!("expected the restart as an interruption, got {other:?}"),
+    }
+    // Published (with retries while the client reconnects) after it.
+    let mut published = false;
+    for _ in 0..50 {
+        if t.publish(&topic, &Envelope::update("after", &b"v"[..]))
+            .await
+            .is_ok()
+        {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(published, "no publish after the restart");
+    let (mut after, mut resumed) = (false, false);
+    while !(after && resumed) {
+        match next(&mut sub).await {
+            Event::Message(m) if m.key == "after" => after = true,
+            Event::Resumed => resumed = true,
+            Event::Gap(g) => panic!("the stream was kept: no gap, got {g:?}"),
+            _ => {}
+        }
+    }
+}
