@@ -35,7 +35,7 @@ use hydratecache_testkit::workload::key_name;
 use serde_json::{json, Value};
 
 use crate::by_fault::{windows, ByFault, Status};
-use crate::common::ordered;
+use crate::common::{compacted, ordered};
 use crate::report::{table, Summary};
 use crate::timeline::{svg, Lane, Picture};
 use crate::writer::WriterStats;
@@ -69,6 +69,8 @@ pub(crate) struct RunFacts {
     pub(crate) window_us: u64,
     /// The staleness bound: a read staler than this is a violation.
     pub(crate) bound_us: u64,
+    /// The adapters' resumable modes ran.
+    pub(crate) resumable: bool,
     pub(crate) memory_limit_kb: u64,
     pub(crate) commits: Vec<Vec<u64>>,
     pub(crate) writer: WriterStats,
@@ -378,6 +380,8 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
             } else {
                 match next {
                     Some((at, d)) if d == v + 1 => Some(at),
+                    // Version v + 1 was superseded before it was read.
+                    Some((at, _)) if compacted(&facts.backend, facts.resumable) => Some(at),
                     _ => None,
                 }
             };
@@ -399,7 +403,7 @@ pub(crate) fn evaluate(mut facts: RunFacts, records: &[IncarnationRecord]) -> Re
             // version of it, checked above) holds.
             let gap = p.gaps.iter().find(|(g, _)| *g >= c1 && *g <= resolved_at);
             match gap {
-                Some(&(_, seen)) if seen <= c1 + w || !ordered(&facts.backend) => {
+                Some(&(_, seen)) if seen <= c1 + w || !ordered(&facts.backend, facts.resumable) => {
                     t.signalled += e.n;
                     continue;
                 }

@@ -16,8 +16,20 @@ pub(crate) const BACKENDS: &[&str] = &["redis", "nats", "postgres", "kafka"];
 
 /// Whether `backend`'s adapter keeps one publisher's order
 /// (`Capabilities::ordered`): all but Kafka, whose topic has partitions.
-pub(crate) fn ordered(backend: &str) -> bool {
-    backend != "kafka"
+pub(crate) fn ordered(backend: &str, resumable: bool) -> bool {
+    match backend {
+        "kafka" => false,
+        // JetStream and the outbox: `Capabilities::ordered` is false.
+        "nats" | "postgres" => !resumable,
+        _ => true,
+    }
+}
+
+/// Whether the transport keeps only the last message of each key, so that
+/// a message followed by a newer one of its key may never be delivered
+/// (JetStream): no loss, as the newer one is.
+pub(crate) fn compacted(backend: &str, resumable: bool) -> bool {
+    resumable && backend == "nats"
 }
 
 /// The topic every process of a run uses.

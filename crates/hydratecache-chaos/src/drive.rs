@@ -349,6 +349,7 @@ async fn run(settings: Settings, dir: PathBuf, servers: Servers) -> Result<Summa
         repair: s.repair.clone(),
         window_us: s.window_us,
         bound_us: s.bound_us,
+        resumable: s.resumable,
         memory_limit_kb: s.memory_limit_kb,
         commits,
         writer: writer_stats,
