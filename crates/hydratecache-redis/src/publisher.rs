@@ -176,6 +176,11 @@ impl Health {
                  delivered: {}",
                 cause(error)
             ),
+            // fred found no connection to write on: it is reconnecting, and
+            // its error event may not have reached `watch` yet.
+            _ if unroutable(error) => {
+                "connection lost: no connection to send on (reconnecting)".to_owned()
+            }
             _ => cause(error),
         };
         self.error(doing, what)
@@ -186,9 +191,6 @@ impl Health {
     }
 }
 
-/// PUBLISH (or SPUBLISH) `frame` to `topic`, bounded by `timeout`; fails at
-/// once while the connection is known to be down, with an error that names
-/// the cause and the address.
 /// The command that carries a frame to a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Command {
@@ -198,6 +200,9 @@ pub(crate) enum Command {
     XAdd { max_len: u64 },
 }
 
+/// PUBLISH (or SPUBLISH, or XADD) `frame` to `topic`, bounded by
+/// `timeout`; fails at once while the connection is known to be down, with
+/// an error that names the cause and the address.
 pub(crate) async fn publish(
     publisher: &Client,
     health: &Health,
@@ -296,6 +301,12 @@ pub(crate) async fn watch(
     }
 }
 
+/// fred's "Failed to route command.": no connection to write the command on.
+fn unroutable(error: &FredError) -> bool {
+    matches!(error.kind(), ErrorKind::Unknown | ErrorKind::Routing)
+        && error.details().starts_with("Failed to route command")
+}
+
 /// A fred error in words: "connection refused" rather than the `Debug` of an
 /// `io::Error`.
 fn cause(error: &FredError) -> String {
@@ -330,5 +341,29 @@ fn address(config: &ServerConfig) -> String {
             ..
         } => format!("sentinel {} (service {service_name})", list(hosts)),
         _ => "the configured server".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_fred_could_not_route_is_a_lost_connection() {
+        let health = Health {
+            address: "127.0.0.1:6379".into(),
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+        };
+        let error = FredError::new(ErrorKind::Unknown, "Failed to route command.");
+        let chain = |e: Error| {
+            let source = std::error::Error::source(&e).map(ToString::to_string);
+            format!("{e}: {}", source.unwrap_or_default())
+        };
+        let message = chain(health.explain("publish", &error, Duration::from_secs(5)));
+        assert!(message.contains("connection lost"), "{message}");
+        let other = FredError::new(ErrorKind::Unknown, "something else");
+        let message = chain(health.explain("publish", &other, Duration::from_secs(5)));
+        assert!(!message.contains("connection lost"), "{message}");
     }
 }
