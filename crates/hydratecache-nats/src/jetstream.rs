@@ -287,14 +287,18 @@ impl Transport for NatsJetStreamTransport {
                     // Deleted since it was made here: made again, once.
                     self.inner.streams.lock().await.remove(topic);
                     self.stream(topic).await?;
-                    let ack = self
-                        .inner
-                        .context
-                        .publish(subject.clone(), frame_again)
-                        .await
-                        .map_err(|e| Error::backend(BACKEND, doing(), e))?;
-                    match tokio::time::timeout(timeout, ack).await {
-                        Ok(result) => result.map(drop).map_err(|e| Error::backend(BACKEND, doing(), e)),
+                    // The send bounded with its acknowledgement, as the first.
+                    let again = async {
+                        let ack = self
+                            .inner
+                            .context
+                            .publish(subject.clone(), frame_again)
+                            .await
+                            .map_err(|e| Error::backend(BACKEND, doing(), e))?;
+                        ack.await.map_err(|e| Error::backend(BACKEND, doing(), e))
+                    };
+                    match tokio::time::timeout(timeout, again).await {
+                        Ok(result) => result.map(drop),
                         Err(_) => Err(Error::backend(BACKEND, doing(), "no acknowledgement in time")),
                     }
                 }
